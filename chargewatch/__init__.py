@@ -1,0 +1,3 @@
+"""chargewatch: watch the charging efficiency of an EV fleet."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from chargewatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,328 @@
+"""The ``chargewatch`` command: run the services and look after the embedded store.
+
+Modules that import prometheus_client (the services) are imported only after ``serve`` has set
+``PROMETHEUS_MULTIPROC_DIR``, which prometheus_client reads once at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import ValidationError
+
+from chargewatch import __version__
+from chargewatch.settings import Settings
+
+logger = logging.getLogger("chargewatch")
+
+SERVICES = {"ingest": "ingest:create_app()"}
+RETENTION_SWEEP_SECONDS = 3600
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"CHARGEWATCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+        )
+        raise SystemExit(f"chargewatch: invalid configuration: {problems}") from None
+
+
+def _open_store(settings: Settings):
+    from chargewatch.stores import StorageUnavailable, open_store
+
+    try:
+        return open_store(settings)
+    except StorageUnavailable as err:
+        raise SystemExit(f"chargewatch: {err}") from None
+
+
+# -- serve / run ---------------------------------------------------------------------------------
+
+def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict:
+    """gunicorn settings; the defaults were chosen by benchmarks/ (see README, Performance)."""
+    svc = settings.ingest
+    return {
+        "bind": f"{host or svc.host}:{port if port is not None else svc.port}",
+        "workers": svc.workers,
+        "worker_class": "gthread",  # threads let concurrent requests share one group commit
+        "threads": svc.threads,
+        "keepalive": 75,  # devices and gateways reuse connections between posts
+        "timeout": 60,
+        "graceful_timeout": 20,
+        "proc_name": f"chargewatch-{service}",
+        "loglevel": settings.log_level.lower(),
+        "accesslog": None,
+        "child_exit": _mark_worker_dead,
+    }
+
+
+def _mark_worker_dead(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def _prepare_metrics_dir(settings: Settings, service: str) -> None:
+    directory = settings.data_dir / "metrics" / service
+    shutil.rmtree(directory, ignore_errors=True)  # counters restart with the service
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def _prepare_store(settings: Settings) -> None:
+    """Once per start, before workers fork: schema, tokens file, pairing file."""
+    from chargewatch.pairing import PairingConflict, read_pairing_file
+    from chargewatch.tokens import load_tokens
+
+    store = _open_store(settings)
+    try:
+        if settings.pairing.file:
+            try:
+                pairs = read_pairing_file(settings.pairing.file)
+                store.save_pairings(pairs)
+            except (ValueError, PairingConflict) as err:
+                raise SystemExit(f"chargewatch: {err}") from None
+            logger.info("loaded %d pairings from %s", len(pairs), settings.pairing.file)
+    finally:
+        store.close()
+    if settings.auth.enabled:
+        try:
+            load_tokens(settings)
+        except ValueError as err:
+            raise SystemExit(f"chargewatch: {err}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    settings = _settings()
+    _prepare_metrics_dir(settings, args.service)
+    _prepare_store(settings)
+    options = gunicorn_options(settings, args.service, args.host, args.port)
+    if args.workers:
+        options["workers"] = args.workers
+    if args.threads:
+        options["threads"] = args.threads
+    app_uri = SERVICES[args.service]
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            from gunicorn.util import import_app
+
+            return import_app(app_uri)
+
+    Server().run()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Every service on the embedded store, in the foreground, until Ctrl-C."""
+    settings = _settings()
+    _prepare_store(settings)
+    children: list[subprocess.Popen] = []
+    stopping = threading.Event()
+
+    def stop(signum=None, frame=None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    ingest_url = f"http://{settings.ingest.host}:{settings.ingest.port}"
+    children.append(subprocess.Popen([sys.executable, "-m", "chargewatch", "serve", "ingest"]))
+    print(_banner(settings, ingest_url), flush=True)
+    sweeper = threading.Thread(target=_sweep_retention, args=(settings, stopping), daemon=True)
+    sweeper.start()
+    try:
+        while not stopping.wait(0.5):
+            for child in children:
+                if child.poll() is not None:
+                    print(f"chargewatch: a service exited with status {child.returncode}; stopping",
+                          file=sys.stderr)
+                    stopping.set()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return max((c.returncode or 0 for c in children if c.returncode and c.returncode > 0), default=0)
+
+
+def _sweep_retention(settings: Settings, stopping: threading.Event) -> None:
+    from chargewatch.stores import StorageUnavailable
+
+    while not stopping.is_set():
+        store = _open_store(settings)
+        try:
+            store.drop_expired(datetime.now(timezone.utc), settings.retention_days)
+        except StorageUnavailable as err:
+            logger.warning("retention sweep failed, will retry: %s", err)
+        finally:
+            store.close()
+        stopping.wait(RETENTION_SWEEP_SECONDS)
+
+
+def _banner(settings: Settings, ingest_url: str) -> str:
+    lines = [
+        f"chargewatch {__version__} on the embedded store {settings.sqlite_path}",
+        f"  devices and gateways: POST {ingest_url}/v1/ingest (JSON) or {ingest_url}/api/v2/write "
+        f"?bucket={settings.telemetry_bucket} (line protocol)",
+        f"  current state:        GET  {ingest_url}/v1/ingest/devices",
+        f"  API description:      GET  {ingest_url}/openapi.json   metrics: {ingest_url}/metrics",
+    ]
+    if settings.auth.enabled:
+        lines.append("  tokens: `chargewatch tokens` (send 'Authorization: Token <token>')")
+    else:
+        lines.append("  token auth is OFF (CHARGEWATCH_AUTH__ENABLED=false)")
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)
+
+
+# -- tokens, pairings, retention -----------------------------------------------------------------
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from chargewatch.tokens import load_tokens
+
+    settings = _settings()
+    if not settings.auth.enabled:
+        print("token auth is disabled (CHARGEWATCH_AUTH__ENABLED=false)")
+        return 0
+    try:
+        tokens = load_tokens(settings)
+    except ValueError as err:
+        raise SystemExit(f"chargewatch: {err}") from None
+    if args.json:
+        print(json.dumps({"write": list(tokens.write), "read": list(tokens.read)}))
+        return 0
+    for token in tokens.write:
+        print(f"write  {token}")
+    for token in tokens.read:
+        print(f"read   {token}")
+    if tokens.generated_file:
+        print(f"(generated tokens are kept in {tokens.generated_file})", file=sys.stderr)
+    return 0
+
+
+def cmd_pairing(args: argparse.Namespace) -> int:
+    from chargewatch.pairing import PairingConflict, dump_pairing_file, read_pairing_file
+
+    store = _open_store(_settings())
+    try:
+        if args.action == "list":
+            sys.stdout.write(dump_pairing_file(store.load_pairings()))
+        elif args.action == "set":
+            store.save_pairings({args.vehicle_id: args.meter_id})
+            print(f"{args.vehicle_id} -> {args.meter_id}")
+        elif args.action == "delete":
+            if not store.delete_pairing(args.vehicle_id):
+                print(f"{args.vehicle_id} has no registry pairing", file=sys.stderr)
+                return 1
+        elif args.action == "import":
+            pairs = read_pairing_file(Path(args.file))
+            store.save_pairings(pairs, replace=args.replace)
+            print(f"imported {len(pairs)} pairings from {args.file}")
+    except (ValueError, PairingConflict) as err:
+        print(f"chargewatch: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    settings = _settings()
+    store = _open_store(settings)
+    try:
+        dropped = store.drop_expired(datetime.now(timezone.utc), settings.retention_days)
+    finally:
+        store.close()
+    print(f"dropped {len(dropped)} day tables older than {settings.retention_days} days"
+          + (f": {', '.join(dropped)}" if dropped else ""))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings()
+    shown = settings.model_dump(mode="json")
+    shown["auth"]["write_tokens"] = ["***"] * len(settings.auth.write_tokens)
+    shown["auth"]["read_tokens"] = ["***"] * len(settings.auth.read_tokens)
+    shown["sqlite"]["path"] = str(settings.sqlite_path)
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chargewatch",
+        description="Watch EV fleet charging efficiency. Configuration comes from CHARGEWATCH_* "
+        "environment variables (see `chargewatch config`).",
+    )
+    parser.add_argument("--version", action="version", version=f"chargewatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run every service on the embedded store (the main job)")
+    run.set_defaults(func=cmd_run)
+
+    serve = commands.add_parser("serve", help="run one service under gunicorn")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("--host", help="bind address (default CHARGEWATCH_INGEST__HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default CHARGEWATCH_INGEST__PORT, 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default CHARGEWATCH_INGEST__WORKERS)")
+    serve.add_argument("--threads", type=int, help="threads per worker (default CHARGEWATCH_INGEST__THREADS)")
+    serve.set_defaults(func=cmd_serve)
+
+    tokens = commands.add_parser("tokens", help="show the API tokens (generated on first use)")
+    tokens.add_argument("--json", action="store_true", help="print {'write': [...], 'read': [...]}")
+    tokens.set_defaults(func=cmd_tokens)
+
+    pairing = commands.add_parser("pairing", help="list and edit the vehicle<->meter registry")
+    actions = pairing.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="print explicit pairings as JSON {vehicleId: meterId}")
+    set_ = actions.add_parser("set", help="pair a vehicle with a meter")
+    set_.add_argument("vehicle_id")
+    set_.add_argument("meter_id")
+    delete = actions.add_parser("delete", help="remove a vehicle's registry pairing")
+    delete.add_argument("vehicle_id")
+    load = actions.add_parser("import", help="load pairings from a JSON file {vehicleId: meterId}")
+    load.add_argument("file")
+    load.add_argument("--replace", action="store_true", help="remove pairings that are not in the file")
+    pairing.set_defaults(func=cmd_pairing)
+
+    retention = commands.add_parser("retention", help="drop stored days older than CHARGEWATCH_RETENTION_DAYS now")
+    retention.set_defaults(func=cmd_retention)
+
+    config = commands.add_parser("config", help="print the effective configuration (tokens masked)")
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("CHARGEWATCH_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

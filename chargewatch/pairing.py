@@ -1,0 +1,155 @@
+"""Pairing: which meter measures the charger a vehicle is on.
+
+Explicit pairings from the registry win; otherwise a default rule pairs ids that share a numeric
+suffix under configured prefixes (``VEHICLE_001`` <-> ``METER_001``, ``EV-101`` <-> ``MTR-101``).
+A meter or vehicle that is explicitly paired elsewhere is never also paired by the rule, so the
+mapping stays one-to-one in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from chargewatch.readings import DeviceId
+
+
+@dataclass(frozen=True)
+class PairingRule:
+    """Default rule: ``vehicle_prefix + digits`` <-> ``meter_prefix + the same digits``."""
+
+    prefixes: tuple[tuple[str, str], ...] = (("VEHICLE_", "METER_"), ("EV-", "MTR-"))
+
+    @classmethod
+    def from_strings(cls, pairs: Iterable[str]) -> "PairingRule":
+        """Build from ``"VEHICLE_:METER_"`` strings (as in ``CHARGEWATCH_PAIRING__PREFIXES``)."""
+        return cls(tuple(tuple(item.split(":", 1)) for item in pairs))  # type: ignore[misc]
+
+    def meter_for(self, vehicle_id: str) -> str | None:
+        return _swap_prefix(vehicle_id, ((v, m) for v, m in self.prefixes))
+
+    def vehicle_for(self, meter_id: str) -> str | None:
+        return _swap_prefix(meter_id, ((m, v) for v, m in self.prefixes))
+
+
+def _swap_prefix(device_id: str, prefix_pairs: Iterable[tuple[str, str]]) -> str | None:
+    for source, target in prefix_pairs:
+        if device_id.startswith(source):
+            suffix = device_id[len(source):]
+            if suffix.isdigit() and suffix.isascii():
+                return target + suffix
+    return None
+
+
+@dataclass(frozen=True)
+class Pairings:
+    """An immutable view of explicit pairings plus the default rule."""
+
+    explicit: Mapping[str, str] = field(default_factory=dict)  # vehicle_id -> meter_id
+    rule: PairingRule = field(default_factory=PairingRule)
+    _by_meter: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_meter", {m: v for v, m in self.explicit.items()})
+
+    def meter_for(self, vehicle_id: str) -> str | None:
+        meter = self.explicit.get(vehicle_id)
+        if meter is not None:
+            return meter
+        meter = self.rule.meter_for(vehicle_id)
+        if meter is None or meter in self._by_meter:
+            return None
+        return meter
+
+    def vehicle_for(self, meter_id: str) -> str | None:
+        vehicle = self._by_meter.get(meter_id)
+        if vehicle is not None:
+            return vehicle
+        vehicle = self.rule.vehicle_for(meter_id)
+        if vehicle is None or vehicle in self.explicit:
+            return None
+        return vehicle
+
+    def source_of(self, vehicle_id: str) -> str | None:
+        """``"registry"``, ``"rule"`` or None (unpaired)."""
+        if vehicle_id in self.explicit:
+            return "registry"
+        return "rule" if self.meter_for(vehicle_id) else None
+
+
+class PairingConflict(ValueError):
+    """A meter is already paired with another vehicle."""
+
+
+class PairingStore(Protocol):
+    """Durable storage for explicit pairings, shared by every process."""
+
+    def pairings_version(self) -> int:
+        """A number that changes whenever the pairings change."""
+
+    def load_pairings(self) -> dict[str, str]:
+        """All explicit pairings, vehicle id -> meter id."""
+
+    def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
+        """Set pairings atomically; ``replace`` removes every pairing not in ``pairs``.
+
+        Raises PairingConflict when a meter would end up paired with two vehicles.
+        """
+
+    def delete_pairing(self, vehicle_id: str) -> bool:
+        """Remove one pairing; False when there was none."""
+
+
+class PairingRegistry:
+    """Cached, always-current pairings: reloads only when the store's version moves."""
+
+    def __init__(self, store: PairingStore, rule: PairingRule) -> None:
+        self._store = store
+        self._rule = rule
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._pairings = Pairings(rule=rule)
+
+    def current(self) -> Pairings:
+        version = self._store.pairings_version()
+        if version != self._version:
+            with self._lock:
+                if version != self._version:
+                    self._pairings = Pairings(self._store.load_pairings(), self._rule)
+                    self._version = version
+        return self._pairings
+
+
+_PAIRING_FILE = TypeAdapter(dict[DeviceId, DeviceId])
+
+
+def read_pairing_file(path: Path) -> dict[str, str]:
+    """Load ``{"VEHICLE_001": "METER_017", ...}``; raises ValueError naming the problem."""
+    try:
+        pairs = _PAIRING_FILE.validate_json(path.read_bytes())
+    except OSError as err:
+        raise ValueError(f"cannot read pairing file {path}: {err.strerror}") from err
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"pairing file {path}: {where or 'document'}: {first['msg']}") from err
+    check_one_to_one(pairs)
+    return pairs
+
+
+def check_one_to_one(pairs: Mapping[str, str]) -> None:
+    """Raise PairingConflict when two vehicles name the same meter."""
+    seen: dict[str, str] = {}
+    for vehicle, meter in pairs.items():
+        if meter in seen:
+            raise PairingConflict(f"meter {meter} is paired with both {seen[meter]} and {vehicle}")
+        seen[meter] = vehicle
+
+
+def dump_pairing_file(pairs: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(pairs.items())), indent=2) + "\n"

@@ -1,0 +1,304 @@
+"""Reading models: the wire contract devices post, and every rule a reading must satisfy.
+
+Field names on the wire are camelCase (as the existing fleet sends them); Python attributes are
+snake_case. Rules that depend on the moment of arrival (future skew, retention, the energy ceiling)
+read a :class:`ReadingRules` from the validation context, so the same model validates API input,
+line protocol and simulator output::
+
+    rules = ReadingRules(now=received_at)
+    reading = READING.validate_python(payload, context=rules.context())
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic_core import from_json
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class ReadingRules:
+    """Arrival-dependent bounds; ``now`` is the receive time (aware UTC)."""
+
+    now: datetime
+    max_energy_kwh: float = 10.0
+    max_future_skew: timedelta = timedelta(minutes=5)
+    retention: timedelta = timedelta(days=30)
+    _context: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("ReadingRules.now must be timezone-aware")
+        object.__setattr__(self, "_context", {"rules": self})
+
+    def context(self) -> dict[str, Any]:
+        return self._context
+
+
+def _rules(info: ValidationInfo) -> ReadingRules:
+    context = info.context
+    if context and "rules" in context:
+        return context["rules"]
+    return ReadingRules(now=datetime.now(timezone.utc))
+
+
+def _reject_non_numbers(value: Any) -> Any:
+    # Lax float parsing would take true/false as 1.0/0.0; a boolean is never a measurement.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    if isinstance(value, str) and not math.isfinite(_float_or_nan(value)):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0  # not a number at all: let the float validator word the error
+
+
+def _within_energy_ceiling(value: float, info: ValidationInfo) -> float:
+    ceiling = _rules(info).max_energy_kwh
+    if value > ceiling:
+        raise ValueError(f"{value} kWh in one reading exceeds the plausible ceiling of {ceiling} kWh")
+    return value
+
+
+def _require_rfc3339_text(value: Any) -> Any:
+    # Python callers (simulator, tests) may pass datetimes; on the wire only text is a timestamp,
+    # since a bare number could be seconds or milliseconds.
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-23T06:00:00Z")
+    return value
+
+
+def _within_time_bounds(value: datetime, info: ValidationInfo) -> datetime:
+    rules = _rules(info)
+    value = value.astimezone(timezone.utc)
+    if value - rules.now > rules.max_future_skew:
+        raise ValueError(
+            f"is {int((value - rules.now).total_seconds())} s in the future; "
+            f"at most {int(rules.max_future_skew.total_seconds())} s of clock skew is accepted"
+        )
+    if rules.now - value > rules.retention:
+        raise ValueError(f"is older than the retention period of {rules.retention.days} days")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_reject_non_numbers), Field(allow_inf_nan=False)]
+Energy = Annotated[Number, Field(ge=0), AfterValidator(_within_energy_ceiling)]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="1-64 chars of [A-Za-z0-9._:-]")]
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_require_rfc3339_text),
+    AfterValidator(_within_time_bounds),
+    Field(description="RFC 3339 with offset; omitted means the time the reading was received."),
+]
+
+
+class _Reading(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    kind: ClassVar[str]
+    timestamp: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _default_timestamp_to_receive_time(self, info: ValidationInfo) -> "_Reading":
+        if self.timestamp is None:
+            object.__setattr__(self, "timestamp", _rules(info).now.astimezone(timezone.utc))
+        return self
+
+    @property
+    def device_id(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def time_ms(self) -> int:
+        """Device timestamp as integer milliseconds since the Unix epoch (the storage precision)."""
+        delta = self.timestamp - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+class MeterReading(_Reading):
+    """Grid-side energy a charger drew since the meter's previous reading."""
+
+    kind: ClassVar[Literal["meter"]] = "meter"
+    meter_id: DeviceId = Field(alias="meterId")
+    kwh_consumed_ac: Energy = Field(alias="kwhConsumedAc", description="kWh since the previous reading")
+    voltage: Annotated[Number, Field(ge=0, le=1000, description="V")]
+
+    @property
+    def device_id(self) -> str:
+        return self.meter_id
+
+
+class VehicleReading(_Reading):
+    """Energy that reached a vehicle's battery since its previous reading, plus battery state."""
+
+    kind: ClassVar[Literal["vehicle"]] = "vehicle"
+    vehicle_id: DeviceId = Field(alias="vehicleId")
+    soc: Annotated[Number, Field(ge=0, le=100, description="state of charge, %")]
+    kwh_delivered_dc: Energy = Field(alias="kwhDeliveredDc", description="kWh since the previous reading")
+    battery_temp: Annotated[Number, Field(ge=-40, le=120, description="deg C")] = Field(alias="batteryTemp")
+
+    @property
+    def device_id(self) -> str:
+        return self.vehicle_id
+
+
+AnyReading = Union[MeterReading, VehicleReading]
+READING_KINDS: dict[str, type[_Reading]] = {"meter": MeterReading, "vehicle": VehicleReading}
+
+
+def _reading_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return getattr(value, "kind", None)
+    if not isinstance(value, dict):
+        return None
+    has_meter, has_vehicle = "meterId" in value or "meter_id" in value, "vehicleId" in value or "vehicle_id" in value
+    if has_meter == has_vehicle:
+        return None
+    return "meter" if has_meter else "vehicle"
+
+
+Reading = Annotated[
+    Union[Annotated[MeterReading, Tag("meter")], Annotated[VehicleReading, Tag("vehicle")]],
+    Discriminator(
+        _reading_kind,
+        custom_error_type="reading_kind",
+        custom_error_message="a reading is an object with exactly one of meterId or vehicleId",
+    ),
+]
+
+READING: TypeAdapter[AnyReading] = TypeAdapter(Reading)
+READING_LIST: TypeAdapter[list[AnyReading]] = TypeAdapter(list[Reading])
+METER_LIST: TypeAdapter[list[MeterReading]] = TypeAdapter(list[MeterReading])
+VEHICLE_LIST: TypeAdapter[list[VehicleReading]] = TypeAdapter(list[VehicleReading])
+
+
+def to_wire(reading: AnyReading) -> dict[str, Any]:
+    """The reading as devices send it (camelCase JSON-ready dict, timestamp in UTC)."""
+    return reading.model_dump(mode="json", by_alias=True)
+
+
+class InvalidBody(ValueError):
+    """The request body is not a JSON reading or list of readings at all."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str  # wire name, e.g. "kwhConsumedAc"; "" for the reading as a whole
+    message: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why the reading at ``index`` (0-based position in the request) was not accepted."""
+
+    index: int
+    errors: tuple[FieldError, ...]
+
+
+@dataclass(frozen=True)
+class ValidatedBatch:
+    readings: list[AnyReading]
+    rejections: list[Rejection]
+    is_list: bool
+
+
+def validate_batch(body: bytes, rules: ReadingRules, kind: str | None = None, max_items: int = 10_000) -> ValidatedBatch:
+    """Validate a JSON body holding one reading or a list of them.
+
+    ``kind`` ("meter"/"vehicle") restricts the body to that kind (the typed routes). Good items of a
+    list are returned even when others fail; each failure is reported with its index. Raises
+    InvalidBody when the body is not JSON, not an object or array, empty, or longer than max_items.
+    """
+    single, many = _ADAPTERS[kind]
+    context = rules.context()
+    start = body.lstrip()[:1]
+    if start == b"{":
+        try:
+            return ValidatedBatch([single.validate_json(body, context=context)], [], False)
+        except ValidationError as err:
+            if _is_json_error(err):
+                raise InvalidBody(_json_error_message(err)) from None
+            return ValidatedBatch([], [Rejection(0, describe_errors(err))], False)
+    if start != b"[":
+        raise InvalidBody("the body must be a JSON object (one reading) or array (a list of readings)")
+    try:
+        readings = many.validate_json(body, context=context)
+    except ValidationError as err:
+        if _is_json_error(err):
+            raise InvalidBody(_json_error_message(err)) from None
+        # Slow path, only for lists with bad items: validate item by item to keep the good ones.
+        items = from_json(body)  # the parser validate_json used, so both read the body alike
+        _check_size(items, max_items)
+        readings, rejections = [], []
+        for index, item in enumerate(items):
+            try:
+                readings.append(single.validate_python(item, context=context))
+            except ValidationError as item_err:
+                rejections.append(Rejection(index, describe_errors(item_err)))
+        return ValidatedBatch(readings, rejections, True)
+    _check_size(readings, max_items)
+    return ValidatedBatch(readings, [], True)
+
+
+def _check_size(items: list, max_items: int) -> None:
+    if not items:
+        raise InvalidBody("the list holds no readings")
+    if len(items) > max_items:
+        raise InvalidBody(f"the list holds {len(items)} readings; at most {max_items} are accepted per request")
+
+
+def _is_json_error(err: ValidationError) -> bool:
+    return any(item["type"] == "json_invalid" for item in err.errors(include_url=False))
+
+
+def _json_error_message(err: ValidationError) -> str:
+    item = err.errors(include_url=False, include_context=True)[0]
+    return f"the body is not valid JSON: {item.get('ctx', {}).get('error', item['msg'])}"
+
+
+def describe_errors(err: ValidationError) -> tuple[FieldError, ...]:
+    """Flatten pydantic errors into wire field names and messages, without the union tag."""
+    errors = []
+    for item in err.errors(include_url=False, include_context=False, include_input=False):
+        loc = item["loc"]
+        # A tagged-union member's location starts with its tag ("meter"/"vehicle"), no field name.
+        path = loc[1:] if loc and loc[0] in READING_KINDS else loc
+        errors.append(
+            FieldError(".".join(str(p) for p in path), item["msg"].removeprefix("Value error, "), item["type"])
+        )
+    return tuple(errors)
+
+
+_ADAPTERS: dict[str | None, tuple[TypeAdapter, TypeAdapter]] = {
+    None: (READING, READING_LIST),
+    "meter": (TypeAdapter(MeterReading), METER_LIST),
+    "vehicle": (TypeAdapter(VehicleReading), VEHICLE_LIST),
+}

@@ -1,0 +1,97 @@
+"""The storage port every service talks to, and ``open_store`` which picks the adapter.
+
+Adapters translate their own failures into :class:`StorageUnavailable`; nothing above this package
+sees a third-party exception type.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Sequence
+
+from chargewatch.pairing import PairingStore
+from chargewatch.readings import AnyReading
+
+if TYPE_CHECKING:
+    from chargewatch.settings import Settings
+
+Kind = Literal["meter", "vehicle"]
+
+
+class StorageUnavailable(RuntimeError):
+    """The store cannot take or serve data right now (disk full, locked too long, I/O error)."""
+
+
+class PairedReading(NamedTuple):
+    """A validated reading with the pairing that held when it arrived."""
+
+    reading: AnyReading
+    vehicle_id: str | None
+    meter_id: str | None
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    stored: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """A reading as stored, with the pairing written alongside it (also a last-value cache entry)."""
+
+    kind: Kind
+    device_id: str
+    time_ms: int
+    received_ms: int
+    vehicle_id: str | None
+    meter_id: str | None
+    values: dict[str, float]  # wire names: kwhConsumedAc/voltage or soc/kwhDeliveredDc/batteryTemp
+
+
+class ReadingStore(PairingStore, Protocol):
+    """Append-only reading history plus the last-value cache.
+
+    Contract:
+    - ``write`` returns only once every reading is durable; a reading whose (device, timestamp) is
+      already stored is a duplicate: it is not stored again and the first copy is kept.
+    - The cache keeps, per device, the reading with the newest device timestamp; an older reading
+      arriving later never replaces it.
+    - Ranges are half-open ``[start_ms, end_ms)`` in epoch milliseconds, results ordered by time.
+    - Failures raise StorageUnavailable.
+    """
+
+    def write(self, readings: Sequence[PairedReading]) -> WriteResult: ...
+
+    def current(self, kind: Kind, device_id: str) -> StoredReading | None: ...
+
+    def list_current(
+        self, kind: Kind | None = None, after: tuple[str, str] | None = None, limit: int = 100,
+        unpaired_only: bool = False,
+    ) -> list[StoredReading]:
+        """Devices ordered by (kind, device_id), strictly after the ``after`` key."""
+
+    def history(self, kind: Kind, device_id: str, start_ms: int, end_ms: int) -> list[StoredReading]: ...
+
+    def drop_expired(self, now: datetime, retention_days: int) -> list[str]:
+        """Drop whole days older than retention; returns what was dropped (e.g. ``2026-10-01``)."""
+
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the store can serve requests."""
+
+    def close(self) -> None: ...
+
+
+_ADAPTERS = {
+    "sqlite": ("chargewatch.stores.sqlite", "SqliteReadingStore"),
+}
+
+
+def open_store(settings: "Settings") -> ReadingStore:
+    """Build the adapter that ``CHARGEWATCH_STORE`` names."""
+    module_name, class_name = _ADAPTERS[settings.store]
+    adapter = getattr(importlib.import_module(module_name), class_name)
+    return adapter.from_settings(settings)

@@ -1,0 +1,44 @@
+"""The ingest service: devices post readings, operators read current state and pairings.
+
+Production: ``gunicorn 'ingest:create_app()'`` (``chargewatch serve ingest`` does this).
+"""
+
+from __future__ import annotations
+
+import logging
+from flask import Flask
+
+from chargewatch.pairing import PairingRegistry, PairingRule
+from chargewatch.settings import Settings
+from chargewatch.stores import ReadingStore, open_store
+from chargewatch.tokens import load_tokens
+from ingest.openapi import openapi_document
+from ingest.routes import bp
+from webapi.auth import TOKENS_EXTENSION
+from webapi.errors import register_error_handlers
+from webapi.metrics import instrument
+from webapi.ops import ops_blueprint
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, store: ReadingStore | None = None) -> Flask:
+    """Build the ingest app; arguments left out are built from the environment."""
+    settings = settings or Settings()
+    store = store or open_store(settings)
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["chargewatch_settings"] = settings
+    app.extensions["reading_store"] = store
+    app.extensions["pairing_registry"] = PairingRegistry(store, PairingRule.from_strings(settings.pairing.prefixes))
+    if settings.auth.enabled:
+        app.extensions[TOKENS_EXTENSION] = load_tokens(settings)
+    else:
+        logger.warning("token auth is disabled (CHARGEWATCH_AUTH__ENABLED=false): anyone can write and read")
+        app.extensions[TOKENS_EXTENSION] = None
+
+    register_error_handlers(app)
+    instrument(app, "ingest")
+    app.register_blueprint(bp)
+    app.register_blueprint(ops_blueprint("ingest", openapi_document, {"store": store.ping}))
+    return app

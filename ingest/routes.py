@@ -1,0 +1,256 @@
+"""Ingest HTTP routes: translate requests into service calls and results into responses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime, timedelta, timezone
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from chargewatch.pairing import PairingConflict, PairingRegistry
+from chargewatch.readings import DEVICE_ID_PATTERN, InvalidBody, ReadingRules, validate_batch
+from chargewatch.settings import Settings
+from chargewatch.stores import ReadingStore
+from ingest import service
+from ingest.schemas import (
+    DevicePage,
+    DeviceStateBody,
+    IngestResponse,
+    PairingBody,
+    PairingList,
+    PairingRequest,
+    RejectionBody,
+)
+from webapi.auth import require
+from webapi.body import read_body, require_content_type
+from webapi.errors import ApiError
+from webapi.metrics import READINGS_ACCEPTED, READINGS_DUPLICATE, READINGS_REJECTED, READINGS_UNPAIRED
+
+bp = Blueprint("ingest", __name__)
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_LINE_PROTOCOL_TYPES = ("text/plain", "application/octet-stream")
+
+
+def _store() -> ReadingStore:
+    return current_app.extensions["reading_store"]
+
+
+def _settings() -> Settings:
+    return current_app.extensions["chargewatch_settings"]
+
+
+def _pairings() -> PairingRegistry:
+    return current_app.extensions["pairing_registry"]
+
+
+def _arrival() -> tuple[ReadingRules, int]:
+    settings = _settings()
+    now = datetime.now(timezone.utc)
+    rules = ReadingRules(
+        now=now,
+        max_energy_kwh=settings.limits.max_energy_kwh_per_reading,
+        max_future_skew=timedelta(seconds=settings.limits.max_future_skew_seconds),
+        retention=timedelta(days=settings.retention_days),
+    )
+    return rules, int(now.timestamp() * 1000)
+
+
+def _body() -> bytes:
+    limits = _settings().ingest
+    return read_body(limits.max_body_bytes, limits.max_decompressed_bytes)
+
+
+def _count_rejections(first_error_types: list[str]) -> None:
+    for reason in first_error_types:
+        READINGS_REJECTED.labels(reason).inc()
+
+
+def _json_readings(kind: str | None) -> tuple[Response, int]:
+    require_content_type("application/json")
+    rules, received_ms = _arrival()
+    try:
+        batch = validate_batch(_body(), rules, kind=kind, max_items=_settings().limits.max_batch_items)
+    except InvalidBody as err:
+        READINGS_REJECTED.labels("invalid_body").inc()
+        raise ApiError(400, "invalid_body", str(err)) from None
+    _count_rejections([r.errors[0].type for r in batch.rejections])
+    rejected = [RejectionBody.of(r) for r in batch.rejections]
+    if not batch.readings:
+        noun = "readings were" if batch.is_list else "reading was"
+        raise ApiError(422, "invalid_readings", f"no {noun} accepted",
+                       [r.model_dump(mode="json") for r in rejected])
+    result = service.ingest_readings(batch.readings, _store(), _pairings().current(), received_ms)
+    _count_accepted(result)
+    body = IngestResponse(accepted=result.accepted, stored=result.stored, duplicates=result.duplicates,
+                          unpaired=result.unpaired, rejected=rejected)
+    return jsonify(body.model_dump(mode="json")), 207 if rejected else 200
+
+
+def _count_accepted(result: service.IngestResult) -> None:
+    for kind, count in result.accepted_by_kind.items():
+        READINGS_ACCEPTED.labels(kind).inc(count)
+    for kind, count in result.unpaired_by_kind.items():
+        READINGS_UNPAIRED.labels(kind).inc(count)
+    if result.duplicates:
+        READINGS_DUPLICATE.inc(result.duplicates)
+
+
+@bp.post("/v1/ingest")
+@require("write")
+def ingest_any() -> tuple[Response, int]:
+    return _json_readings(None)
+
+
+@bp.post("/v1/ingest/meter")
+@require("write")
+def ingest_meter() -> tuple[Response, int]:
+    return _json_readings("meter")
+
+
+@bp.post("/v1/ingest/vehicle")
+@require("write")
+def ingest_vehicle() -> tuple[Response, int]:
+    return _json_readings("vehicle")
+
+
+@bp.post("/api/v2/write")
+@require("write")
+def write_line_protocol() -> Response | tuple[Response, int]:
+    """InfluxDB 2.x write API: 204 when all lines are stored, 422 for a partial write (the good
+    lines are stored), 400 when no line could be stored; error bodies carry InfluxDB's ``code``
+    beside chargewatch's error shape, so InfluxDB clients report them as they would InfluxDB's."""
+    require_content_type(*_LINE_PROTOCOL_TYPES, missing_ok=True)
+    bucket = request.args.get("bucket", "")
+    if bucket != _settings().telemetry_bucket:
+        raise ApiError(404, "not_found", f'bucket "{bucket}" not found; chargewatch takes writes to '
+                       f'bucket "{_settings().telemetry_bucket}"', headers={"X-Platform-Error-Code": "not found"})
+    precision = request.args.get("precision", "ns")
+    rules, received_ms = _arrival()
+    try:
+        text = _body().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ApiError(400, "invalid_body", f"line protocol must be UTF-8: {err}") from None
+    try:
+        readings, rejections = service.readings_from_line_protocol(text, precision, rules)
+    except ValueError as err:  # unknown precision
+        raise ApiError(400, "invalid_precision", str(err)) from None
+    _count_rejections([r.errors[0].type for r in rejections])
+    if readings:
+        _count_accepted(service.ingest_readings(readings, _store(), _pairings().current(), received_ms))
+    if not rejections:
+        if not readings:
+            raise ApiError(400, "invalid_body", "the body holds no lines")
+        return Response(status=204)
+    details = [{"line": r.line, "text": r.text, "errors": [vars(e) for e in r.errors]} for r in rejections]
+    first = rejections[0]
+    summary = f"line {first.line}: {first.errors[0].field + ': ' if first.errors[0].field else ''}{first.errors[0].message}"
+    if readings:
+        status, code, influx_code = 422, "partial_write", "unprocessable entity"
+        message = f"partial write: {summary} dropped={len(rejections)}"
+    else:
+        status, code, influx_code = 400, "invalid_line_protocol", "invalid"
+        message = f"no line was stored; {summary}"
+    response = jsonify({"error": code, "code": influx_code, "message": message, "details": details})
+    response.status_code = status
+    response.headers["X-Platform-Error-Code"] = influx_code
+    return response
+
+
+# -- current state -------------------------------------------------------------------------------
+
+def _device_id(value: str) -> str:
+    if not _DEVICE_ID.match(value):
+        raise ApiError(400, "invalid_device_id", "a device id is 1-64 characters of [A-Za-z0-9._:-]")
+    return value
+
+
+@bp.get("/v1/ingest/<any(meter, vehicle):kind>/<device_id>/current")
+@require("read")
+def current_state(kind: str, device_id: str) -> Response:
+    state = _store().current(kind, _device_id(device_id))  # type: ignore[arg-type]
+    if state is None:
+        raise ApiError(404, "not_found", f"no reading from {kind} {device_id} yet")
+    return jsonify(DeviceStateBody.of(state).model_dump(mode="json"))
+
+
+@bp.get("/v1/ingest/devices")
+@require("read")
+def list_devices() -> Response:
+    kind = request.args.get("kind") or None
+    if kind not in (None, "meter", "vehicle"):
+        raise ApiError(400, "invalid_parameter", "kind is meter or vehicle")
+    try:
+        limit = int(request.args.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", "limit is a whole number from 1 to 1000") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "invalid_parameter", "limit is a whole number from 1 to 1000")
+    unpaired = request.args.get("unpaired", "false").lower() in ("1", "true", "yes")
+    after = _decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
+    states = _store().list_current(kind, after, limit, unpaired_only=unpaired)  # type: ignore[arg-type]
+    next_cursor = _encode_cursor(states[-1].kind, states[-1].device_id) if len(states) == limit else None
+    page = DevicePage(devices=[DeviceStateBody.of(s) for s in states], next_cursor=next_cursor)
+    return jsonify(page.model_dump(mode="json"))
+
+
+def _encode_cursor(kind: str, device_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{device_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        kind, _, device_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        kind, device_id = "", ""
+    if kind not in ("meter", "vehicle") or not _DEVICE_ID.match(device_id):
+        raise ApiError(400, "invalid_parameter", "cursor is not one this service returned")
+    return kind, device_id
+
+
+# -- pairings ------------------------------------------------------------------------------------
+
+@bp.get("/v1/pairings")
+@require("read")
+def list_pairings() -> Response:
+    pairings = _pairings().current()
+    body = PairingList(
+        pairings=[PairingBody(vehicle_id=v, meter_id=m, source="registry") for v, m in sorted(pairings.explicit.items())],
+        rule_prefixes=[f"{v}:{m}" for v, m in pairings.rule.prefixes],
+    )
+    return jsonify(body.model_dump(mode="json"))
+
+
+@bp.get("/v1/pairings/<vehicle_id>")
+@require("read")
+def get_pairing(vehicle_id: str) -> Response:
+    pairings = _pairings().current()
+    meter = pairings.meter_for(_device_id(vehicle_id))
+    if meter is None:
+        raise ApiError(404, "not_found", f"vehicle {vehicle_id} is not paired (no registry entry, and the "
+                       "default rule gives no free meter)")
+    body = PairingBody(vehicle_id=vehicle_id, meter_id=meter, source=pairings.source_of(vehicle_id))  # type: ignore[arg-type]
+    return jsonify(body.model_dump(mode="json"))
+
+
+@bp.put("/v1/pairings/<vehicle_id>")
+@require("write")
+def put_pairing(vehicle_id: str) -> Response:
+    require_content_type("application/json")
+    request_body = PairingRequest.model_validate_json(_body())
+    try:
+        _store().save_pairings({_device_id(vehicle_id): request_body.meter_id})
+    except PairingConflict as err:
+        raise ApiError(409, "pairing_conflict", str(err)) from None
+    body = PairingBody(vehicle_id=vehicle_id, meter_id=request_body.meter_id, source="registry")
+    return jsonify(body.model_dump(mode="json"))
+
+
+@bp.delete("/v1/pairings/<vehicle_id>")
+@require("write")
+def delete_pairing(vehicle_id: str) -> Response:
+    if not _store().delete_pairing(_device_id(vehicle_id)):
+        raise ApiError(404, "not_found", f"vehicle {vehicle_id} has no registry pairing")
+    return Response(status=204)

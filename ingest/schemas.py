@@ -1,0 +1,84 @@
+"""Response bodies of the ingest service (the request bodies are chargewatch.readings)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from chargewatch.readings import DEVICE_ID_PATTERN, Rejection
+from chargewatch.stores import StoredReading
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class FieldErrorBody(_Body):
+    field: str = Field(description="wire name of the field ('' for the reading as a whole)")
+    message: str
+    type: str = Field(description="stable error type, e.g. finite_number, string_pattern_mismatch")
+
+
+class RejectionBody(_Body):
+    index: int = Field(description="0-based position of the reading in the request (0 for a single reading)")
+    errors: list[FieldErrorBody]
+
+    @classmethod
+    def of(cls, rejection: Rejection) -> "RejectionBody":
+        return cls(index=rejection.index, errors=[FieldErrorBody(**vars(e)) for e in rejection.errors])
+
+
+class IngestResponse(_Body):
+    """200 when every reading was accepted, 207 when some were rejected (listed in ``rejected``)."""
+
+    accepted: int = Field(description="valid readings taken in: stored + duplicates")
+    stored: int = Field(description="readings stored now")
+    duplicates: int = Field(description="readings already stored earlier (same device and timestamp)")
+    unpaired: int = Field(description="accepted readings with no paired device (kept, reported here)")
+    rejected: list[RejectionBody] = Field(default_factory=list)
+
+
+class DeviceStateBody(_Body):
+    """A device's newest reading by device timestamp."""
+
+    kind: Literal["meter", "vehicle"]
+    device_id: str
+    vehicle_id: str | None = Field(description="the vehicle (for a meter: the one paired at the time)")
+    meter_id: str | None = Field(description="the meter (for a vehicle: the one paired at the time)")
+    timestamp: datetime = Field(description="device timestamp of the reading, UTC")
+    received_at: datetime = Field(description="when chargewatch received it, UTC")
+    values: dict[str, float] = Field(description="kwhConsumedAc and voltage, or soc, kwhDeliveredDc, batteryTemp")
+
+    @classmethod
+    def of(cls, state: StoredReading) -> "DeviceStateBody":
+        return cls(
+            kind=state.kind, device_id=state.device_id, vehicle_id=state.vehicle_id, meter_id=state.meter_id,
+            timestamp=_from_ms(state.time_ms), received_at=_from_ms(state.received_ms), values=state.values,
+        )
+
+
+class DevicePage(_Body):
+    devices: list[DeviceStateBody]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class PairingBody(_Body):
+    vehicle_id: str
+    meter_id: str
+    source: Literal["registry", "rule"] = Field(description="registry: set explicitly; rule: the default rule")
+
+
+class PairingRequest(_Body):
+    meter_id: str = Field(pattern=DEVICE_ID_PATTERN)
+
+
+class PairingList(_Body):
+    pairings: list[PairingBody] = Field(description="explicit pairings (the default rule applies beside them)")
+    rule_prefixes: list[str] = Field(description="default rule, vehiclePrefix:meterPrefix")
+
+
+def _from_ms(value_ms: int) -> datetime:
+    return datetime.fromtimestamp(value_ms / 1000, tz=timezone.utc)

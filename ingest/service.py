@@ -1,0 +1,122 @@
+"""Ingest use cases: pair validated readings and store them. No HTTP here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+from pydantic import TypeAdapter, ValidationError
+
+from chargewatch import lineprotocol
+from chargewatch.pairing import Pairings
+from chargewatch.readings import (
+    AnyReading,
+    FieldError,
+    MeterReading,
+    ReadingRules,
+    VehicleReading,
+    describe_errors,
+)
+from chargewatch.stores import PairedReading, ReadingStore
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    stored: int
+    duplicates: int
+    unpaired: int
+    accepted_by_kind: dict[str, int]
+    unpaired_by_kind: dict[str, int]
+
+
+def pair_readings(readings: Sequence[AnyReading], pairings: Pairings, received_ms: int) -> list[PairedReading]:
+    """Attach the vehicle and meter ids that are paired now (None where unpaired)."""
+    paired = []
+    for reading in readings:
+        if isinstance(reading, MeterReading):
+            paired.append(PairedReading(reading, pairings.vehicle_for(reading.meter_id), reading.meter_id, received_ms))
+        else:
+            paired.append(PairedReading(reading, reading.vehicle_id, pairings.meter_for(reading.vehicle_id), received_ms))
+    return paired
+
+
+def ingest_readings(
+    readings: Sequence[AnyReading], store: ReadingStore, pairings: Pairings, received_ms: int
+) -> IngestResult:
+    """Pair and durably store readings; returns once they are durable."""
+    paired = pair_readings(readings, pairings, received_ms)
+    written = store.write(paired)
+    accepted_by_kind: dict[str, int] = {}
+    unpaired_by_kind: dict[str, int] = {}
+    for item in paired:
+        kind = item.reading.kind
+        accepted_by_kind[kind] = accepted_by_kind.get(kind, 0) + 1
+        if item.vehicle_id is None or item.meter_id is None:
+            unpaired_by_kind[kind] = unpaired_by_kind.get(kind, 0) + 1
+    return IngestResult(
+        accepted=len(paired), stored=written.stored, duplicates=written.duplicates,
+        unpaired=sum(unpaired_by_kind.values()), accepted_by_kind=accepted_by_kind,
+        unpaired_by_kind=unpaired_by_kind,
+    )
+
+
+# -- line protocol -----------------------------------------------------------------------------
+
+# measurement -> (id tag, {line protocol field: wire field}); the schema of DESIGN "Storage schema".
+_LINE_SCHEMA: dict[str, tuple[str, str, dict[str, str]]] = {
+    "meter": ("meter_id", "meterId", {"kwh_consumed_ac": "kwhConsumedAc", "voltage": "voltage"}),
+    "vehicle": ("vehicle_id", "vehicleId",
+                {"soc": "soc", "kwh_delivered_dc": "kwhDeliveredDc", "battery_temp": "batteryTemp"}),
+}
+_LINE_ADAPTERS = {"meter": TypeAdapter(MeterReading), "vehicle": TypeAdapter(VehicleReading)}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class LineRejection:
+    line: int  # 1-based line number in the body
+    text: str
+    errors: tuple[FieldError, ...]
+
+
+def readings_from_line_protocol(
+    body: str, precision: str, rules: ReadingRules
+) -> tuple[list[AnyReading], list[LineRejection]]:
+    """Parse ``meter``/``vehicle`` lines into validated readings; every bad line is reported.
+
+    Tags besides the id tag (a gateway's ``host``, say) and unknown fields are ignored; pairing
+    tags are ignored too, since chargewatch resolves pairing itself.
+    """
+    lines, syntax_errors = lineprotocol.parse_lines(body, precision)
+    rejections = [
+        LineRejection(e.line_number, e.text, (FieldError("", e.reason, "line_protocol_syntax"),))
+        for e in syntax_errors
+    ]
+    readings: list[AnyReading] = []
+    context = rules.context()
+    for line in lines:
+        schema = _LINE_SCHEMA.get(line.measurement)
+        if schema is None:
+            rejections.append(LineRejection(line.line_number, line.text, (FieldError(
+                "measurement", f"unknown measurement {line.measurement!r}; expected meter or vehicle",
+                "unknown_measurement"),)))
+            continue
+        id_tag, id_field, field_names = schema
+        item: dict[str, object] = {id_field: line.tags.get(id_tag)}
+        for lp_name, wire_name in field_names.items():
+            if lp_name in line.fields:
+                item[wire_name] = line.fields[lp_name]
+        if line.timestamp_ns is not None:
+            item["timestamp"] = (_EPOCH + timedelta(microseconds=line.timestamp_ns // 1000)).isoformat()
+        try:
+            readings.append(_LINE_ADAPTERS[line.measurement].validate_python(item, context=context))
+        except ValidationError as err:
+            wire_to_lp = {wire: lp for lp, wire in field_names.items()} | {id_field: id_tag}
+            errors = tuple(
+                FieldError(wire_to_lp.get(e.field, e.field), e.message, e.type) for e in describe_errors(err)
+            )
+            rejections.append(LineRejection(line.line_number, line.text, errors))
+    rejections.sort(key=lambda r: r.line)
+    return readings, rejections

@@ -1,0 +1,53 @@
+"""Token auth: ``Authorization: Token <t>`` (InfluxDB style) or ``Bearer <t>``, per scope."""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Callable, TypeVar
+
+from flask import current_app, request
+
+from chargewatch.tokens import Scope, Tokens
+from webapi.errors import ApiError
+
+F = TypeVar("F", bound=Callable)
+
+TOKENS_EXTENSION = "chargewatch_tokens"  # app.extensions key; None when auth is disabled
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() in ("token", "bearer") and value.strip():
+        return value.strip()
+    return None
+
+
+def require(scope: Scope) -> Callable[[F], F]:
+    """Route decorator: 401 without a valid token, 403 when the token lacks ``scope``."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def guarded(*args, **kwargs):
+            tokens: Tokens | None = current_app.extensions[TOKENS_EXTENSION]
+            if tokens is not None:
+                check(tokens, scope)
+            return view(*args, **kwargs)
+
+        guarded.required_scope = scope  # read by the OpenAPI builder
+        return guarded  # type: ignore[return-value]
+
+    return decorate
+
+
+def check(tokens: Tokens, scope: Scope) -> None:
+    token = _presented_token()
+    challenge = {"WWW-Authenticate": 'Token realm="chargewatch"'}
+    if token is None:
+        raise ApiError(401, "unauthorized", "send 'Authorization: Token <token>'", headers=challenge)
+    if tokens.grants(token, scope):
+        return
+    other: Scope = "read" if scope == "write" else "write"
+    if tokens.grants(token, other):
+        raise ApiError(403, "forbidden", f"this token has the {other} scope; this endpoint needs {scope}")
+    raise ApiError(401, "unauthorized", "the token is not valid", headers=challenge)

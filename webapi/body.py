@@ -1,0 +1,57 @@
+"""Reading request bodies with limits on wire size and on gzip-decoded size."""
+
+from __future__ import annotations
+
+import zlib
+
+from flask import request
+
+from webapi.errors import ApiError
+
+_GZIP = ("gzip", "x-gzip")
+
+
+def read_body(max_wire_bytes: int, max_decoded_bytes: int) -> bytes:
+    """The request body, gunzipped when ``Content-Encoding: gzip``.
+
+    413 when the body on the wire or its decompressed form is over its limit: a gzip bomb is cut
+    off after ``max_decoded_bytes`` of output, never inflated in full. 400 for corrupt gzip,
+    415 for other encodings.
+    """
+    length = request.content_length
+    if length is not None and length > max_wire_bytes:
+        raise _too_large(f"the body is {length} bytes; the limit is {max_wire_bytes}")
+    data = request.stream.read(max_wire_bytes + 1)
+    if len(data) > max_wire_bytes:
+        raise _too_large(f"the body exceeds the limit of {max_wire_bytes} bytes")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in _GZIP:
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        decoded = inflater.decompress(data, max_decoded_bytes + 1)
+    except zlib.error as err:
+        raise ApiError(400, "invalid_gzip", f"the gzip body is corrupt: {err}") from None
+    if len(decoded) > max_decoded_bytes or inflater.unconsumed_tail:
+        raise _too_large(f"the body decompresses to more than {max_decoded_bytes} bytes")
+    if not inflater.eof:
+        raise ApiError(400, "invalid_gzip", "the gzip body is truncated")
+    return decoded
+
+
+def require_content_type(*allowed: str, missing_ok: bool = False) -> None:
+    """415 unless the media type (parameters ignored) is one of ``allowed``."""
+    media_type = request.mimetype
+    if not media_type and missing_ok:
+        return
+    if media_type not in allowed:
+        raise ApiError(
+            415, "unsupported_media_type",
+            f"Content-Type {media_type or '(none)'!s} is not accepted here; send {' or '.join(allowed)}",
+        )
+
+
+def _too_large(message: str) -> ApiError:
+    return ApiError(413, "payload_too_large", message)

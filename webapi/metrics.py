@@ -1,0 +1,61 @@
+"""Prometheus metrics shared by the services.
+
+Under gunicorn every worker is a process, so the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before any
+worker starts and ``/metrics`` aggregates all workers' files (prometheus_client's multiprocess
+mode). Without it (tests, a single process) the default registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+READINGS_ACCEPTED = Counter(
+    "chargewatch_readings_accepted_total", "Valid readings taken in (stored or duplicate).", ["kind"]
+)
+READINGS_DUPLICATE = Counter(
+    "chargewatch_readings_duplicate_total", "Valid readings already stored (device retries)."
+)
+READINGS_UNPAIRED = Counter(
+    "chargewatch_readings_unpaired_total", "Readings stored without a paired device.", ["kind"]
+)
+READINGS_REJECTED = Counter(
+    "chargewatch_readings_rejected_total", "Readings refused, by reason (the first error's type).", ["reason"]
+)
+REQUEST_SECONDS = Histogram(
+    "chargewatch_http_request_duration_seconds",
+    "Time from request start to response, by route.",
+    ["service", "route", "method", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+
+
+def instrument(app: Flask, service: str) -> None:
+    """Record every request's latency under its route template (bounded label values)."""
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.get("request_started")
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            REQUEST_SECONDS.labels(service, route, request.method, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+
+def render_metrics() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
