@@ -1,0 +1,81 @@
+"""Pairing: the default rule, explicit pairings beside it, the registry cache, the pairing file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chargewatch.pairing import PairingConflict, PairingRegistry, PairingRule, Pairings, read_pairing_file
+from chargewatch.stores.memory import InMemoryReadingStore
+
+
+@pytest.mark.parametrize("vehicle,meter", [
+    ("VEHICLE_001", "METER_001"), ("VEHICLE_12345", "METER_12345"), ("EV-101", "MTR-101"),
+])
+def test_the_default_rule_pairs_ids_that_share_a_number(vehicle, meter) -> None:
+    rule = PairingRule()
+    assert rule.meter_for(vehicle) == meter
+    assert rule.vehicle_for(meter) == vehicle
+
+
+@pytest.mark.parametrize("device_id", ["VEHICLE_", "VEHICLE_01a", "CAR_001", "EV-1.5", "VEHICLE_\u0661"])
+def test_the_default_rule_leaves_other_ids_unpaired(device_id) -> None:
+    assert PairingRule().meter_for(device_id) is None
+
+
+def test_prefixes_are_configurable() -> None:
+    rule = PairingRule.from_strings(["BUS/:CHG/"])
+    assert rule.meter_for("BUS/7") == "CHG/7"
+    assert rule.meter_for("VEHICLE_001") is None
+
+
+def test_an_explicit_pairing_wins_over_the_rule_in_both_directions() -> None:
+    pairings = Pairings({"VEHICLE_001": "METER_009"})
+    assert pairings.meter_for("VEHICLE_001") == "METER_009"
+    assert pairings.vehicle_for("METER_009") == "VEHICLE_001"
+    # The rule must not pair the explicitly taken devices with anyone else.
+    assert pairings.vehicle_for("METER_001") is None
+    assert pairings.meter_for("VEHICLE_009") is None
+    assert pairings.source_of("VEHICLE_001") == "registry"
+    assert pairings.source_of("VEHICLE_002") == "rule"
+    assert pairings.source_of("CAR") is None
+
+
+def test_the_registry_reloads_only_when_the_store_version_moves() -> None:
+    store = InMemoryReadingStore()
+    registry = PairingRegistry(store, PairingRule())
+    first = registry.current()
+    assert registry.current() is first
+    store.save_pairings({"VEHICLE_001": "GRID-1"})
+    assert registry.current().meter_for("VEHICLE_001") == "GRID-1"
+
+
+def test_a_pairing_file_is_read_and_checked(tmp_path) -> None:
+    path = tmp_path / "pairings.json"
+    path.write_text(json.dumps({"VEHICLE_001": "GRID-1", "VEHICLE_002": "GRID-2"}))
+    assert read_pairing_file(path) == {"VEHICLE_001": "GRID-1", "VEHICLE_002": "GRID-2"}
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"VEHICLE_001": "GRID 1"}', "VEHICLE_001"),
+    ('["VEHICLE_001"]', "document"),
+    ("{", "document"),
+])
+def test_a_bad_pairing_file_names_the_problem(tmp_path, content, message) -> None:
+    path = tmp_path / "pairings.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_pairing_file(path)
+
+
+def test_a_pairing_file_naming_one_meter_twice_is_a_conflict(tmp_path) -> None:
+    path = tmp_path / "pairings.json"
+    path.write_text(json.dumps({"VEHICLE_001": "GRID-1", "VEHICLE_002": "GRID-1"}))
+    with pytest.raises(PairingConflict, match="GRID-1"):
+        read_pairing_file(path)
+
+
+def test_a_missing_pairing_file_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="cannot read pairing file"):
+        read_pairing_file(tmp_path / "absent.json")
