@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +26,7 @@ from chargewatch.settings import Settings
 
 logger = logging.getLogger("chargewatch")
 
-SERVICES = {"ingest": "ingest:create_app()"}
+SERVICES = {"ingest": "ingest:create_app()", "analytics": "analytics:create_app()"}
 RETENTION_SWEEP_SECONDS = 3600
 
 
@@ -54,7 +53,7 @@ def _open_store(settings: Settings):
 
 def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict:
     """gunicorn settings; the defaults were chosen by benchmarks/ (see README, Performance)."""
-    svc = settings.ingest
+    svc = settings.ingest if service == "ingest" else settings.analytics
     return {
         "bind": f"{host or svc.host}:{port if port is not None else svc.port}",
         "workers": svc.workers,
@@ -137,7 +136,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Every service on the embedded store, in the foreground, until Ctrl-C."""
     settings = _settings()
     _prepare_store(settings)
-    children: list[subprocess.Popen] = []
     stopping = threading.Event()
 
     def stop(signum=None, frame=None) -> None:
@@ -145,28 +143,66 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    ingest_url = f"http://{settings.ingest.host}:{settings.ingest.port}"
-    children.append(subprocess.Popen([sys.executable, "-m", "chargewatch", "serve", "ingest"]))
-    print(_banner(settings, ingest_url), flush=True)
-    sweeper = threading.Thread(target=_sweep_retention, args=(settings, stopping), daemon=True)
-    sweeper.start()
+    command = [sys.executable, "-m", "chargewatch"]
+    children = [
+        subprocess.Popen([*command, "serve", "ingest"]),
+        subprocess.Popen([*command, "serve", "analytics"]),
+        subprocess.Popen([*command, "tasks"]),
+    ]
+    print(_banner(settings), flush=True)
     try:
         while not stopping.wait(0.5):
             for child in children:
                 if child.poll() is not None:
-                    print(f"chargewatch: a service exited with status {child.returncode}; stopping",
-                          file=sys.stderr)
+                    print(f"chargewatch: {' '.join(child.args[3:])} exited with status {child.returncode}; "
+                          "stopping", file=sys.stderr)
                     stopping.set()
     finally:
         for child in children:
             if child.poll() is None:
-                child.terminate()
+                child.send_signal(signal.SIGTERM)
         for child in children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
-    return max((c.returncode or 0 for c in children if c.returncode and c.returncode > 0), default=0)
+                child.wait()
+    failed = [c.returncode for c in children if c.returncode and c.returncode > 0]
+    return failed[0] if failed else 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """The task runner (efficiency windows, alerts, webhooks, hourly retention) in the foreground."""
+    from analytics.notify import deliver_forever
+    from analytics.runner import RunnerBusy, TaskRunner, hold_runner_lock, run_forever
+    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+
+    settings = _settings()
+    try:
+        lock = hold_runner_lock(settings.data_dir)
+    except RunnerBusy as err:
+        raise SystemExit(f"chargewatch: {err}") from None
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    store = _open_store(settings)
+    efficiency = SqliteEfficiencyStore(store)
+    analytics_url = f"http://{settings.analytics.host}:{settings.analytics.port}"
+    runner = TaskRunner(efficiency, settings, external_url=analytics_url)
+    notifier = threading.Thread(target=deliver_forever, args=(efficiency, settings.alerts, stopping.wait),
+                                name="webhooks", daemon=True)
+    notifier.start()
+    sweeper = threading.Thread(target=_sweep_retention, args=(settings, stopping), name="retention", daemon=True)
+    sweeper.start()
+    logger.info("task runner: %d s windows, run %d s after each closes", settings.efficiency.window_seconds,
+                settings.efficiency.offset_seconds)
+    try:
+        run_forever(runner, stopping.wait)
+    finally:
+        notifier.join(timeout=10)
+        store.close()
+        os.close(lock)
+    return 0
 
 
 def _sweep_retention(settings: Settings, stopping: threading.Event) -> None:
@@ -183,13 +219,19 @@ def _sweep_retention(settings: Settings, stopping: threading.Event) -> None:
         stopping.wait(RETENTION_SWEEP_SECONDS)
 
 
-def _banner(settings: Settings, ingest_url: str) -> str:
+def _banner(settings: Settings) -> str:
+    ingest = f"http://{settings.ingest.host}:{settings.ingest.port}"
+    analytics = f"http://{settings.analytics.host}:{settings.analytics.port}"
     lines = [
         f"chargewatch {__version__} on the embedded store {settings.sqlite_path}",
-        f"  devices and gateways: POST {ingest_url}/v1/ingest (JSON) or {ingest_url}/api/v2/write "
+        f"  devices and gateways: POST {ingest}/v1/ingest (JSON) or {ingest}/api/v2/write"
         f"?bucket={settings.telemetry_bucket} (line protocol)",
-        f"  current state:        GET  {ingest_url}/v1/ingest/devices",
-        f"  API description:      GET  {ingest_url}/openapi.json   metrics: {ingest_url}/metrics",
+        f"  current state:        GET  {ingest}/v1/ingest/devices",
+        f"  analytics (browser):  GET  {analytics}/v1/analytics/fleet/summary",
+        f"  API descriptions:     {ingest}/openapi.json  {analytics}/openapi.json   (metrics at /metrics)",
+        f"  task runner: {settings.efficiency.window_seconds} s efficiency windows, alerts below "
+        f"{settings.alerts.threshold:.0%}" + (f", webhooks to {len(settings.alerts.webhook_urls)} receiver(s)"
+                                           if settings.alerts.webhook_urls else ""),
     ]
     if settings.auth.enabled:
         lines.append("  tokens: `chargewatch tokens` (send 'Authorization: Token <token>')")
@@ -281,15 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chargewatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run every service on the embedded store (the main job)")
+    run = commands.add_parser("run", help="run ingest, analytics and the task runner (the main job)")
     run.set_defaults(func=cmd_run)
+
+    tasks = commands.add_parser("tasks", help="run the task runner (efficiency windows, alerts, webhooks)")
+    tasks.set_defaults(func=cmd_tasks)
 
     serve = commands.add_parser("serve", help="run one service under gunicorn")
     serve.add_argument("service", choices=sorted(SERVICES))
-    serve.add_argument("--host", help="bind address (default CHARGEWATCH_INGEST__HOST, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default CHARGEWATCH_INGEST__PORT, 8080)")
-    serve.add_argument("--workers", type=int, help="worker processes (default CHARGEWATCH_INGEST__WORKERS)")
-    serve.add_argument("--threads", type=int, help="threads per worker (default CHARGEWATCH_INGEST__THREADS)")
+    serve.add_argument("--host", help="bind address (default CHARGEWATCH_<SERVICE>__HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default CHARGEWATCH_<SERVICE>__PORT: ingest 8080, "
+                       "analytics 8081)")
+    serve.add_argument("--workers", type=int, help="worker processes (default CHARGEWATCH_<SERVICE>__WORKERS)")
+    serve.add_argument("--threads", type=int, help="threads per worker (default CHARGEWATCH_<SERVICE>__THREADS)")
     serve.set_defaults(func=cmd_serve)
 
     tokens = commands.add_parser("tokens", help="show the API tokens (generated on first use)")
@@ -314,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="print the effective configuration (tokens masked)")
     config.set_defaults(func=cmd_config)
+
+    from simulator.cli import add_parser as add_simulate_parser  # the simulator owns its options
+    add_simulate_parser(commands)
     return parser
 
 

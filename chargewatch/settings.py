@@ -76,6 +76,10 @@ class ServiceSettings(BaseModel):
     )
 
 
+class AnalyticsServiceSettings(ServiceSettings):
+    port: int = Field(8081, ge=0, le=65535)
+
+
 class PairingSettings(BaseModel):
     prefixes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["VEHICLE_:METER_", "EV-:MTR-"],
@@ -93,6 +97,44 @@ class PairingSettings(BaseModel):
             if not sep or not vehicle or not meter:
                 raise ValueError(f"{item!r} is not 'vehiclePrefix:meterPrefix'")
         return value
+
+
+class EfficiencySettings(BaseModel):
+    """The window definition and the embedded task runner (DESIGN "Efficiency windows")."""
+
+    window_seconds: int = Field(300, ge=60, le=3600, description="Window length W; windows align to the epoch.")
+    offset_seconds: int = Field(30, ge=0, description="Run this long after each window closes, so stragglers land.")
+    recompute_windows: int = Field(6, ge=1, description="Trailing windows recomputed on every run (late data).")
+    late_after_seconds: int = Field(
+        900, ge=60, description="A reading this much older than its arrival marks its hour for recomputation."
+    )
+    min_energy_kwh: float = Field(0.1, ge=0, description="Below this AC energy a window has no efficiency (idle).")
+
+    @field_validator("window_seconds")
+    @classmethod
+    def _divides_an_hour(cls, value: int) -> int:
+        if 3600 % value:
+            raise ValueError("must divide an hour evenly (60, 120, 300, 600, 900, 1200, 1800 or 3600)")
+        return value
+
+
+class AlertSettings(BaseModel):
+    """Low-efficiency and data-quality alerts (DESIGN "Alerts")."""
+
+    threshold: float = Field(0.85, gt=0, lt=1, description="Low-efficiency threshold (DC/AC).")
+    above_one_threshold: float = Field(1.0, ge=1, description="Efficiency above this is a data-quality alert.")
+    span_minutes: int = Field(30, ge=5, description="Trailing span whose sums are compared.")
+    pending_minutes: int = Field(5, ge=0, description="How long the condition must hold before firing.")
+    hysteresis: float = Field(0.02, ge=0, lt=0.5, description="Resolve only this far back on the good side.")
+    min_span_energy_kwh: float = Field(1.0, ge=0, description="Least AC energy in the span for a verdict.")
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated URLs that get Alertmanager-style webhook POSTs."
+    )
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1, description="Deliveries are retried with exponential backoff.")
+    webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles up to 5 minutes.")
+
+    _split = field_validator("webhook_urls", mode="before")(_split_csv)
 
 
 class Settings(BaseSettings):
@@ -113,6 +155,9 @@ class Settings(BaseSettings):
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ingest: ServiceSettings = Field(default_factory=ServiceSettings)
+    analytics: AnalyticsServiceSettings = Field(default_factory=AnalyticsServiceSettings)
+    efficiency: EfficiencySettings = Field(default_factory=EfficiencySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     pairing: PairingSettings = Field(default_factory=PairingSettings)
 
     @property

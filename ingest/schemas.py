@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from chargewatch.readings import DEVICE_ID_PATTERN, Rejection
 from chargewatch.stores import StoredReading
+from webapi.schemas import ApiModel
+from webapi.schemas import from_ms
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
-
-
-class FieldErrorBody(_Body):
+class FieldErrorBody(ApiModel):
     field: str = Field(description="wire name of the field ('' for the reading as a whole)")
     message: str
     type: str = Field(description="stable error type, e.g. finite_number, string_pattern_mismatch")
 
 
-class RejectionBody(_Body):
+class RejectionBody(ApiModel):
     index: int = Field(description="0-based position of the reading in the request (0 for a single reading)")
     errors: list[FieldErrorBody]
 
@@ -31,7 +28,7 @@ class RejectionBody(_Body):
         return cls(index=rejection.index, errors=[FieldErrorBody(**vars(e)) for e in rejection.errors])
 
 
-class IngestResponse(_Body):
+class IngestResponse(ApiModel):
     """200 when every reading was accepted, 207 when some were rejected (listed in ``rejected``)."""
 
     accepted: int = Field(description="valid readings taken in: stored + duplicates")
@@ -41,7 +38,7 @@ class IngestResponse(_Body):
     rejected: list[RejectionBody] = Field(default_factory=list)
 
 
-class DeviceStateBody(_Body):
+class DeviceStateBody(ApiModel):
     """A device's newest reading by device timestamp."""
 
     kind: Literal["meter", "vehicle"]
@@ -56,29 +53,25 @@ class DeviceStateBody(_Body):
     def of(cls, state: StoredReading) -> "DeviceStateBody":
         return cls(
             kind=state.kind, device_id=state.device_id, vehicle_id=state.vehicle_id, meter_id=state.meter_id,
-            timestamp=_from_ms(state.time_ms), received_at=_from_ms(state.received_ms), values=state.values,
+            timestamp=from_ms(state.time_ms), received_at=from_ms(state.received_ms), values=state.values,
         )
 
 
-class DevicePage(_Body):
+class DevicePage(ApiModel):
     devices: list[DeviceStateBody]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
 
 
-class PairingBody(_Body):
+class PairingBody(ApiModel):
     vehicle_id: str
     meter_id: str
     source: Literal["registry", "rule"] = Field(description="registry: set explicitly; rule: the default rule")
 
 
-class PairingRequest(_Body):
+class PairingRequest(ApiModel):
     meter_id: str = Field(pattern=DEVICE_ID_PATTERN)
 
 
-class PairingList(_Body):
+class PairingList(ApiModel):
     pairings: list[PairingBody] = Field(description="explicit pairings (the default rule applies beside them)")
     rule_prefixes: list[str] = Field(description="default rule, vehiclePrefix:meterPrefix")
-
-
-def _from_ms(value_ms: int) -> datetime:
-    return datetime.fromtimestamp(value_ms / 1000, tz=timezone.utc)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Iterable, Sequence
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 READINGS_ACCEPTED = Counter(
     "chargewatch_readings_accepted_total", "Valid readings taken in (stored or duplicate).", ["kind"]
@@ -52,10 +55,20 @@ def instrument(app: Flask, service: str) -> None:
         return response
 
 
-def render_metrics() -> Response:
+def render_metrics(collectors: Sequence[Collector] = ()) -> Response:
+    """The exposition of every worker's metrics plus ``collectors`` (values computed at scrape time)."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
-        registry = REGISTRY
+        registry.register(_DefaultMetrics())
+    for collector in collectors:
+        registry.register(collector)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _DefaultMetrics(Collector):
+    """The process-global registry's metrics, served through a per-request registry."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from flask import Blueprint, Response, jsonify
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from webapi.metrics import render_metrics
@@ -15,17 +16,22 @@ class HealthBody(BaseModel):
     status: str = Field(description="ok, or unavailable (with 503) when a check fails")
     service: str
     checks: dict[str, str] = Field(default_factory=dict, description="check name -> ok or why it failed")
+    details: dict[str, Any] = Field(default_factory=dict, description="service-specific status, e.g. taskRunner")
 
 
 def ops_blueprint(service: str, openapi: Callable[[], dict[str, Any]],
-                  readiness_checks: dict[str, Callable[[], None]]) -> Blueprint:
-    """``readiness_checks`` raise an exception when the service cannot take traffic."""
+                  readiness_checks: dict[str, Callable[[], None]],
+                  health_details: Callable[[], dict[str, Any]] | None = None,
+                  collectors: Sequence[Collector] = ()) -> Blueprint:
+    """``readiness_checks`` raise an exception when the service cannot take traffic;
+    ``health_details`` adds to /health; ``collectors`` add to /metrics."""
     blueprint = Blueprint(f"{service}_ops", __name__)
     document: dict[str, Any] = {}
 
     @blueprint.get("/health")
     def health() -> Response:
-        return jsonify(HealthBody(status="ok", service=service).model_dump())
+        details = health_details() if health_details else {}
+        return jsonify(HealthBody(status="ok", service=service, details=details).model_dump())
 
     @blueprint.get("/ready")
     def ready() -> Response | tuple[Response, int]:
@@ -42,7 +48,7 @@ def ops_blueprint(service: str, openapi: Callable[[], dict[str, Any]],
 
     @blueprint.get("/metrics")
     def metrics() -> Response:
-        return render_metrics()
+        return render_metrics(collectors)
 
     @blueprint.get("/openapi.json")
     def openapi_json() -> Response:

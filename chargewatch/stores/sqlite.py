@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MS_PER_DAY = 86_400_000
+MS_PER_HOUR = 3_600_000
 _EPOCH_DAY = date(1970, 1, 1)
 _KINDS: tuple[Kind, ...] = ("meter", "vehicle")
 
@@ -45,6 +46,10 @@ CREATE TABLE IF NOT EXISTS pairings (
     meter_id TEXT NOT NULL UNIQUE,
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stale_hours (
+    hour_ms INTEGER PRIMARY KEY,
+    marked_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS current_state (
     kind TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -110,6 +115,11 @@ ON CONFLICT (kind, device_id) DO UPDATE SET
     voltage = excluded.voltage, soc = excluded.soc, battery_temp = excluded.battery_temp
 WHERE excluded.time_ms > current_state.time_ms
 """
+
+_MARK_STALE = (
+    "INSERT INTO stale_hours (hour_ms, marked_ms) VALUES (?, ?) "
+    "ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = max(marked_ms, excluded.marked_ms)"
+)
 
 _CURRENT_COLUMNS = "kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp"
 
@@ -180,8 +190,10 @@ class SqliteReadingStore:
         synchronous: str = "full",
         busy_timeout_ms: int = 10_000,
         cache_size_mib: int = 64,
+        late_after_ms: int = 15 * 60 * 1000,
     ) -> None:
         self.path = Path(path)
+        self._late_after_ms = late_after_ms
         self._pragmas = (
             f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}",
             f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
@@ -200,7 +212,7 @@ class SqliteReadingStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
             conn.execute("PRAGMA journal_mode = WAL")
-            with self._transaction(conn):
+            with self.write_transaction(conn):
                 _execute_script(conn, _SCHEMA)
             conn.close()
         except (OSError, sqlite3.Error) as err:
@@ -213,6 +225,7 @@ class SqliteReadingStore:
             synchronous=settings.sqlite.synchronous,
             busy_timeout_ms=settings.sqlite.busy_timeout_ms,
             cache_size_mib=settings.sqlite.cache_size_mib,
+            late_after_ms=settings.efficiency.late_after_seconds * 1000,
         )
 
     # -- connections -------------------------------------------------------------------------
@@ -232,7 +245,7 @@ class SqliteReadingStore:
             self._lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             self._tables = set()
 
-    def _reader(self) -> sqlite3.Connection:
+    def reader(self) -> sqlite3.Connection:
         self._reset_after_fork()
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -240,7 +253,7 @@ class SqliteReadingStore:
         return conn
 
     @contextmanager
-    def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    def write_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction under the cross-process write lock."""
         self._reset_after_fork()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -256,9 +269,9 @@ class SqliteReadingStore:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
-            return self._reader().execute(sql, params).fetchall()
+            return self.reader().execute(sql, params).fetchall()
         except sqlite3.Error as err:
             raise StorageUnavailable(f"reading from {self.path.name} failed: {err}") from err
 
@@ -317,7 +330,8 @@ class SqliteReadingStore:
             self._writer = self._connect()
         conn = self._writer
         newest: dict[tuple[str, str], PairedReading] = {}
-        with self._transaction(conn):
+        late_hours: set[int] = set()
+        with self.write_transaction(conn):
             for ticket in tickets:
                 stored = 0
                 groups: dict[str, list[tuple]] = {}
@@ -329,6 +343,8 @@ class SqliteReadingStore:
                     seen = newest.get(key)
                     if seen is None or r.time_ms > seen.reading.time_ms:
                         newest[key] = paired
+                    if r.time_ms < paired.received_ms - self._late_after_ms:
+                        late_hours.add(r.time_ms - r.time_ms % MS_PER_HOUR)
                 for table, rows in groups.items():
                     kind = table.split("_", 1)[0]
                     if table not in self._tables:
@@ -337,11 +353,15 @@ class SqliteReadingStore:
                     stored += conn.executemany(_INSERT[kind].format(table=table), rows).rowcount
                 ticket.result = WriteResult(stored=stored, duplicates=len(ticket.readings) - stored)
             conn.executemany(_UPSERT_CURRENT, [_current_row(p) for p in newest.values()])
+            if late_hours:
+                # Late readings: the task runner recomputes these hours beyond its trailing windows.
+                marked_ms = max(p.received_ms for t in tickets for p in t.readings)
+                conn.executemany(_MARK_STALE, [(hour, marked_ms) for hour in late_hours])
 
     # -- the last-value cache ----------------------------------------------------------------
 
     def current(self, kind: Kind, device_id: str) -> StoredReading | None:
-        rows = self._read(
+        rows = self.read(
             f"SELECT {_CURRENT_COLUMNS} FROM current_state WHERE kind = ? AND device_id = ?", (kind, device_id)
         )
         return _stored(rows[0]) if rows else None
@@ -363,7 +383,7 @@ class SqliteReadingStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY kind, device_id LIMIT ?"
-        return [_stored(row) for row in self._read(sql, (*params, int(limit)))]
+        return [_stored(row) for row in self.read(sql, (*params, int(limit)))]
 
     # -- history -----------------------------------------------------------------------------
 
@@ -373,12 +393,12 @@ class SqliteReadingStore:
         for day, table in sorted(self._day_tables(kind).items()):
             if first_day <= day <= last_day:
                 sql = _SELECT_HISTORY[kind].format(table=table)
-                result.extend(_stored((kind, *row)) for row in self._read(sql, (device_id, start_ms, end_ms)))
+                result.extend(_stored((kind, *row)) for row in self.read(sql, (device_id, start_ms, end_ms)))
         return result
 
     def _day_tables(self, kind: Kind) -> dict[int, str]:
         """Existing history tables of one kind by day number."""
-        rows = self._read(
+        rows = self.read(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?", (f"{kind}_[0-9]*",)
         )
         return {_day_number(name): name for (name,) in rows}
@@ -389,9 +409,9 @@ class SqliteReadingStore:
         for kind in _KINDS:
             for day, table in sorted(self._day_tables(kind).items()):
                 if day < cutoff_day:
-                    conn = self._reader()
+                    conn = self.reader()
                     try:
-                        with self._transaction(conn):
+                        with self.write_transaction(conn):
                             conn.execute(f"DROP TABLE IF EXISTS {table}")
                     except sqlite3.Error as err:
                         raise StorageUnavailable(f"dropping {table} failed: {err}") from err
@@ -403,17 +423,17 @@ class SqliteReadingStore:
     # -- pairings ----------------------------------------------------------------------------
 
     def pairings_version(self) -> int:
-        return self._read("SELECT value FROM meta WHERE key = 'pairings_version'")[0][0]
+        return self.read("SELECT value FROM meta WHERE key = 'pairings_version'")[0][0]
 
     def load_pairings(self) -> dict[str, str]:
-        return dict(self._read("SELECT vehicle_id, meter_id FROM pairings"))
+        return dict(self.read("SELECT vehicle_id, meter_id FROM pairings"))
 
     def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
         check_one_to_one(pairs)
         now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
-        conn = self._reader()
+        conn = self.reader()
         try:
-            with self._transaction(conn):
+            with self.write_transaction(conn):
                 if replace:
                     conn.execute("DELETE FROM pairings")
                 for vehicle, meter in pairs.items():
@@ -428,9 +448,9 @@ class SqliteReadingStore:
             raise StorageUnavailable(f"saving pairings failed: {err}") from err
 
     def delete_pairing(self, vehicle_id: str) -> bool:
-        conn = self._reader()
+        conn = self.reader()
         try:
-            with self._transaction(conn):
+            with self.write_transaction(conn):
                 deleted = conn.execute("DELETE FROM pairings WHERE vehicle_id = ?", (vehicle_id,)).rowcount
                 if deleted:
                     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
@@ -441,7 +461,7 @@ class SqliteReadingStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def ping(self) -> None:
-        self._read("SELECT 1")
+        self.read("SELECT 1")
 
     def close(self) -> None:
         if self._owner_pid != os.getpid():

@@ -1,0 +1,135 @@
+"""Analytics use cases: reports over efficiency windows and current state. No HTTP here, and never
+a scan of raw reading history."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from analytics.alerts import AlertPolicy
+from chargewatch.efficiency import EfficiencyWindow, span_totals
+from chargewatch.stores.sqlite_efficiency import AlertRecord, SqliteEfficiencyStore
+
+# Efficiency distribution buckets (upper bounds, exclusive); the last bucket is "above 1.0".
+DISTRIBUTION_EDGES = (0.75, 0.80, 0.85, 0.90, 0.95, 1.0)
+
+
+@dataclass(frozen=True)
+class Period:
+    """Whole windows: readings timed in [start_ms, end_ms), i.e. windows with stop in (start, end]."""
+
+    start_ms: int
+    end_ms: int
+
+    @classmethod
+    def aligned(cls, start_ms: int, end_ms: int, window_ms: int) -> "Period":
+        """Widen ``start`` down and narrow ``end`` down to window bounds (only closed windows count)."""
+        return cls(start_ms // window_ms * window_ms, end_ms // window_ms * window_ms)
+
+
+@dataclass(frozen=True)
+class PerformanceReport:
+    vehicle_id: str
+    period: Period
+    ac_kwh: float
+    dc_kwh: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+    matched_ac_kwh: float
+    matched_dc_kwh: float
+    unmatched_ac_kwh: float
+    unmatched_dc_kwh: float
+    windows: int
+    ac_readings: int
+    dc_readings: int
+    meters: list[str]
+    status: str
+
+
+def classify(efficiency: float | None, ac_kwh: float, policy: AlertPolicy) -> str:
+    """ok | low | above_one | no_data (too little AC energy for a verdict)."""
+    if efficiency is None or ac_kwh < policy.min_span_energy_kwh:
+        return "no_data"
+    if efficiency < policy.threshold:
+        return "low"
+    if efficiency > policy.above_one_threshold:
+        return "above_one"
+    return "ok"
+
+
+def performance_report(store: SqliteEfficiencyStore, vehicle_id: str, period: Period, window_ms: int,
+                       policy: AlertPolicy) -> PerformanceReport:
+    """AC and DC totals of one vehicle over the period (exact sums of its windows)."""
+    windows = store.windows(window_ms, period.start_ms, period.end_ms, vehicle_id)
+    totals = span_totals(windows)
+    matched = [w for w in windows if w.ac_readings and w.dc_readings]
+    matched_totals = span_totals(matched)
+    return PerformanceReport(
+        vehicle_id=vehicle_id, period=period, ac_kwh=totals.ac_kwh, dc_kwh=totals.dc_kwh,
+        efficiency=totals.efficiency, avg_battery_temp=totals.avg_battery_temp,
+        matched_ac_kwh=matched_totals.ac_kwh, matched_dc_kwh=matched_totals.dc_kwh,
+        unmatched_ac_kwh=totals.ac_kwh - matched_totals.ac_kwh, unmatched_dc_kwh=totals.dc_kwh - matched_totals.dc_kwh,
+        windows=len({w.stop_ms for w in windows}), ac_readings=totals.ac_readings, dc_readings=totals.dc_readings,
+        meters=sorted({w.meter_id for w in windows if w.meter_id}),
+        status=classify(totals.efficiency, totals.ac_kwh, policy),
+    )
+
+
+@dataclass(frozen=True)
+class VehicleEfficiency:
+    vehicle_id: str
+    efficiency: float
+    ac_kwh: float
+    dc_kwh: float
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    period: Period
+    vehicles: int
+    vehicles_charging: int
+    ac_kwh: float
+    dc_kwh: float
+    efficiency: float | None
+    distribution: list[tuple[str, int]]
+    below_threshold: list[str]
+    above_one: list[str]
+    worst: list[VehicleEfficiency]
+
+
+def fleet_summary(store: SqliteEfficiencyStore, period: Period, window_ms: int, policy: AlertPolicy,
+                  worst_n: int = 10) -> FleetSummary:
+    """Fleet totals and the per-vehicle efficiency distribution; vehicles with less than the alert
+    span's minimum AC energy in the period count as not charging and are left out of the ranking."""
+    totals = store.vehicle_totals(window_ms, period.start_ms, period.end_ms)
+    rated = sorted(
+        (VehicleEfficiency(v, t.dc_kwh / t.ac_kwh, t.ac_kwh, t.dc_kwh)
+         for v, t in totals.items() if t.ac_kwh >= policy.min_span_energy_kwh),
+        key=lambda e: (e.efficiency, e.vehicle_id),
+    )
+    counts = [0] * (len(DISTRIBUTION_EDGES) + 1)
+    for item in rated:
+        counts[bisect.bisect_right(DISTRIBUTION_EDGES, item.efficiency)] += 1
+    labels = [f"<{DISTRIBUTION_EDGES[0]:.2f}"] + [
+        f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:])] + [
+        f">={DISTRIBUTION_EDGES[-1]:.2f}"]
+    ac = sum(t.ac_kwh for t in totals.values())
+    dc = sum(t.dc_kwh for t in totals.values())
+    return FleetSummary(
+        period=period, vehicles=len(totals), vehicles_charging=len(rated), ac_kwh=ac, dc_kwh=dc,
+        efficiency=dc / ac if ac > 0 else None, distribution=list(zip(labels, counts)),
+        below_threshold=[e.vehicle_id for e in rated if e.efficiency < policy.threshold],
+        above_one=[e.vehicle_id for e in rated if e.efficiency > policy.above_one_threshold],
+        worst=rated[:worst_n],
+    )
+
+
+def efficiency_series(store: SqliteEfficiencyStore, vehicle_id: str, period: Period, window_ms: int
+                      ) -> list[EfficiencyWindow]:
+    return store.windows(window_ms, period.start_ms, period.end_ms, vehicle_id)
+
+
+def list_alerts(store: SqliteEfficiencyStore, since_ms: int, active_only: bool) -> list[AlertRecord]:
+    if active_only:
+        return [a for a in store.open_alerts() if a.state == "firing"]
+    return store.recent_alerts(since_ms)

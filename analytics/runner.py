@@ -1,0 +1,172 @@
+"""The embedded task runner: computes efficiency windows and evaluates alerts, once per window.
+
+Exactly one runs per data directory: it holds an exclusive ``flock`` on ``<data_dir>/task-runner.lock``
+for its lifetime (``chargewatch tasks`` refuses to start a second one), and gunicorn workers never run
+tasks. Each run, ``offset`` after a window closes:
+
+1. recomputes the trailing ``recompute_windows`` windows (late data lands), everything since the
+   last run after downtime (catch-up, in hour chunks), and every hour marked by a late reading;
+2. writes them idempotently (a window is replaced whole);
+3. evaluates the alert rules at every window stop since the last run, and queues notifications,
+   which a separate thread delivers so a failing receiver never stalls the runner.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from analytics import alerts
+from chargewatch.efficiency import combine
+from chargewatch.settings import Settings
+from chargewatch.stores.sqlite import MS_PER_HOUR
+from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+
+logger = logging.getLogger(__name__)
+
+ALERT_CATCHUP_WINDOWS = 288  # after downtime, replay alert evaluation over at most a day of windows
+
+
+class RunnerBusy(RuntimeError):
+    """Another task runner holds the lock for this data directory."""
+
+
+def policy_from(settings: Settings) -> alerts.AlertPolicy:
+    a = settings.alerts
+    return alerts.AlertPolicy(
+        threshold=a.threshold, above_one_threshold=a.above_one_threshold, span_ms=a.span_minutes * 60_000,
+        pending_ms=a.pending_minutes * 60_000, hysteresis=a.hysteresis, min_span_energy_kwh=a.min_span_energy_kwh,
+    )
+
+
+@dataclass(frozen=True)
+class RunReport:
+    latest_stop_ms: int
+    windows_written: int
+    ranges_computed: int
+    alerts_changed: int
+    notifications: int
+    duration_s: float
+
+
+class TaskRunner:
+    """Computes windows and alerts; ``run_once(now_ms)`` is deterministic given the store and ``now``."""
+
+    def __init__(self, store: SqliteEfficiencyStore, settings: Settings, external_url: str = "") -> None:
+        self.store = store
+        self.settings = settings
+        self.window_ms = settings.efficiency.window_seconds * 1000
+        self.offset_ms = settings.efficiency.offset_seconds * 1000
+        self.policy = policy_from(settings)
+        self.external_url = external_url
+
+    def latest_stop(self, now_ms: int) -> int:
+        """The newest window stop that closed at least ``offset`` ago."""
+        return (now_ms - self.offset_ms) // self.window_ms * self.window_ms
+
+    def next_run_ms(self, now_ms: int) -> int:
+        return self.latest_stop(now_ms) + self.window_ms + self.offset_ms
+
+    def run_once(self, now_ms: int) -> RunReport:
+        started = time.perf_counter()
+        latest = self.latest_stop(now_ms)
+        state = self.store.runner_state()
+        previous = int(state["last_stop_ms"]) if "last_stop_ms" in state else None
+        retention_start = latest - self.settings.retention_days * 86_400_000
+        trailing_start = latest - self.settings.efficiency.recompute_windows * self.window_ms
+        start = retention_start if previous is None else max(retention_start, min(previous, latest) - (
+            self.settings.efficiency.recompute_windows * self.window_ms))
+        start = min(start, trailing_start)
+        ranges = _hour_chunks(start, latest)
+        stale = self.store.stale_hours()
+        ranges += [(hour, min(hour + MS_PER_HOUR, latest)) for hour, _ in stale if hour < start and hour < latest]
+        written = 0
+        for range_start, range_end in ranges:
+            written += self.compute(range_start, range_end, now_ms)
+        if stale:
+            self.store.clear_stale_hours(stale)
+
+        first_eval = latest if previous is None else max(previous + self.window_ms,
+                                                         latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
+        changed = queued = 0
+        for stop in range(first_eval, latest + 1, self.window_ms):
+            records, notified = self.evaluate_alerts(stop, now_ms)
+            changed += records
+            queued += notified
+        duration = time.perf_counter() - started
+        self.store.set_runner_state({
+            "last_stop_ms": latest, "last_run_ms": now_ms, "last_duration_s": duration,
+            "last_windows_written": written, "runs_total": state.get("runs_total", 0) + 1,
+        })
+        return RunReport(latest, written, len(ranges), changed, queued, duration)
+
+    def compute(self, start_ms: int, end_ms: int, now_ms: int) -> int:
+        """Recompute every window with stop in (start_ms, end_ms] from the readings."""
+        if end_ms <= start_ms:
+            return 0
+        ac, dc = self.store.side_totals(self.window_ms, start_ms, end_ms)
+        windows = combine(ac, dc, self.settings.efficiency.min_energy_kwh)
+        self.store.replace_windows(self.window_ms, start_ms, end_ms, windows, now_ms)
+        return len(windows)
+
+    def evaluate_alerts(self, stop_ms: int, now_ms: int) -> tuple[int, int]:
+        span_windows = self.store.windows(self.window_ms, stop_ms - self.policy.span_ms, stop_ms)
+        by_vehicle: dict[str, list] = {}
+        for window in span_windows:
+            by_vehicle.setdefault(window.vehicle_id, []).append(window)
+        verdicts = {v: alerts.span_verdict(v, ws, self.policy) for v, ws in by_vehicle.items()}
+        records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
+        notifications = [
+            (url, alerts.webhook_payload(record, status, self.policy, self.external_url))
+            for record, status in events for url in self.settings.alerts.webhook_urls
+        ]
+        for record, status in events:
+            logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)
+        self.store.save_alerts(records, notifications, now_ms)
+        return len(records), len(notifications)
+
+
+def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """[start, end) cut at whole hours, so one transaction never holds the lock for long."""
+    chunks = []
+    cursor = start_ms
+    while cursor < end_ms:
+        boundary = min((cursor // MS_PER_HOUR + 1) * MS_PER_HOUR, end_ms)
+        chunks.append((cursor, boundary))
+        cursor = boundary
+    return chunks
+
+
+def hold_runner_lock(data_dir: Path) -> int:
+    """Take the one-runner-per-data-directory lock; returns the descriptor to keep open."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "task-runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunnerBusy(f"another task runner is running on {data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def run_forever(runner: TaskRunner, stopping: Callable[[float], bool], clock: Callable[[], float] = time.time) -> None:
+    """Run at every window stop + offset until ``stopping(timeout)`` returns True."""
+    while True:
+        now_ms = int(clock() * 1000)
+        try:
+            report = runner.run_once(now_ms)
+            logger.info("windows up to %s: %d written in %.2f s, %d alert changes",
+                        time.strftime("%H:%M", time.gmtime(report.latest_stop_ms / 1000)), report.windows_written,
+                        report.duration_s, report.alerts_changed)
+        except Exception:  # the runner must outlive a bad run; the next run recomputes everything
+            logger.exception("task run failed; retrying at the next window")
+        wait_s = max(1.0, (runner.next_run_ms(int(clock() * 1000)) - clock() * 1000) / 1000)
+        if stopping(wait_s):
+            return

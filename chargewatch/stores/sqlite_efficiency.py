@@ -1,0 +1,313 @@
+"""Efficiency windows, hourly rollups, task-runner state and alerts in the embedded SQLite file.
+
+Sits beside :class:`SqliteReadingStore` on the same file and its write lock. Tables:
+
+- ``efficiency``: one row per (window length, vehicle, window stop, meter); ``meter_id`` is ``''``
+  for an unpaired vehicle (SQLite primary keys cannot hold NULL the way we need).
+- ``efficiency_hourly``: per-vehicle sums of the windows of each hour, so a fleet summary over a
+  day reads 24 rows per vehicle instead of 288.
+- ``runner_state``, ``alerts``, ``notifications`` (the webhook outbox).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey
+from chargewatch.stores import StorageUnavailable
+from chargewatch.stores.sqlite import MS_PER_DAY, MS_PER_HOUR, SqliteReadingStore, day_table
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS efficiency (
+        window_ms INTEGER NOT NULL, vehicle_id TEXT NOT NULL, stop_ms INTEGER NOT NULL, meter_id TEXT NOT NULL,
+        ac_kwh REAL NOT NULL, dc_kwh REAL NOT NULL, ac_readings INTEGER NOT NULL, dc_readings INTEGER NOT NULL,
+        avg_battery_temp REAL, efficiency REAL, computed_ms INTEGER NOT NULL,
+        PRIMARY KEY (window_ms, vehicle_id, stop_ms, meter_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS efficiency_stop ON efficiency (window_ms, stop_ms)",
+    """CREATE TABLE IF NOT EXISTS efficiency_hourly (
+        window_ms INTEGER NOT NULL, hour_stop_ms INTEGER NOT NULL, vehicle_id TEXT NOT NULL,
+        ac_kwh REAL NOT NULL, dc_kwh REAL NOT NULL, ac_readings INTEGER NOT NULL, dc_readings INTEGER NOT NULL,
+        windows INTEGER NOT NULL, battery_temp_sum REAL NOT NULL, battery_temp_readings INTEGER NOT NULL,
+        PRIMARY KEY (window_ms, hour_stop_ms, vehicle_id)
+    ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS runner_state (key TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS alerts (
+        vehicle_id TEXT NOT NULL, rule TEXT NOT NULL, started_ms INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'firing', 'resolved', 'cancelled')),
+        meter_id TEXT, value REAL, fired_ms INTEGER, resolved_ms INTEGER, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (vehicle_id, rule, started_ms)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state)",
+    """CREATE TABLE IF NOT EXISTS notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL, payload TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL,
+        delivered_ms INTEGER, failed_ms INTEGER, last_error TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS notifications_due ON notifications (delivered_ms, failed_ms, next_attempt_ms)",
+]
+
+_WINDOW_COLUMNS = ("vehicle_id, meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp, "
+                   "efficiency")
+
+
+class _FSum:
+    """SQLite aggregate: correctly rounded float sum (SQLite < 3.43 sums naively)."""
+
+    def __init__(self) -> None:
+        self.parts: list[float] = []
+
+    def step(self, value: float | None) -> None:
+        if value is not None:
+            self.parts.append(value)
+
+    def finalize(self) -> float:
+        return math.fsum(self.parts)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    vehicle_id: str
+    rule: str
+    started_ms: int
+    state: str
+    meter_id: str | None
+    value: float | None
+    fired_ms: int | None
+    resolved_ms: int | None
+    updated_ms: int
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    url: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _window(row: Sequence) -> EfficiencyWindow:
+    vehicle_id, meter_id, *rest = row
+    return EfficiencyWindow(vehicle_id, meter_id or None, *rest)
+
+
+class SqliteEfficiencyStore:
+    """The efficiency side of the embedded store (window rows, rollups, runner state, alerts)."""
+
+    def __init__(self, readings: SqliteReadingStore) -> None:
+        self.readings = readings
+        conn = readings.reader()
+        try:
+            with readings.write_transaction(conn):
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+        except sqlite3.Error as err:
+            raise StorageUnavailable(f"cannot create the efficiency tables: {err}") from err
+
+    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self.readings.read(sql, params)
+
+    def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
+        conn = self.readings.reader()
+        try:
+            with self.readings.write_transaction(conn):
+                for sql, params in statements:
+                    conn.execute(sql, params)
+        except sqlite3.Error as err:
+            raise StorageUnavailable(f"writing to {self.readings.path.name} failed: {err}") from err
+
+    # -- computing windows ---------------------------------------------------------------------
+
+    def side_totals(
+        self, window_ms: int, start_ms: int, end_ms: int
+    ) -> tuple[dict[WindowKey, SideTotals], dict[WindowKey, SideTotals]]:
+        """Per (vehicle, meter, window stop) sums and counts of readings timed in [start_ms, end_ms)."""
+        conn = self.readings.reader()
+        conn.create_aggregate("fsum", 1, _FSum)
+        existing = {
+            name for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND (name GLOB 'meter_[0-9]*' "
+                "OR name GLOB 'vehicle_[0-9]*')")
+        }
+        ac: dict[WindowKey, SideTotals] = {}
+        dc: dict[WindowKey, SideTotals] = {}
+        bucket = "(time_ms / :w) * :w + :w"
+        params = {"w": window_ms, "start": start_ms, "end": end_ms}
+        try:
+            for day in range(start_ms // MS_PER_DAY, (end_ms - 1) // MS_PER_DAY + 1):
+                meters, vehicles = day_table("meter", day), day_table("vehicle", day)
+                if meters in existing:
+                    for vehicle_id, meter_id, stop, kwh, count in conn.execute(
+                        f"SELECT vehicle_id, meter_id, {bucket} AS stop, fsum(kwh_consumed_ac), count(*) "
+                        f"FROM {meters} WHERE time_ms >= :start AND time_ms < :end AND vehicle_id IS NOT NULL "
+                        "GROUP BY vehicle_id, meter_id, stop", params,
+                    ):
+                        ac[(vehicle_id, meter_id, stop)] = SideTotals(kwh, count)
+                if vehicles in existing:
+                    for vehicle_id, meter_id, stop, kwh, count, temps in conn.execute(
+                        f"SELECT vehicle_id, meter_id, {bucket} AS stop, fsum(kwh_delivered_dc), count(*), "
+                        f"fsum(battery_temp) FROM {vehicles} WHERE time_ms >= :start AND time_ms < :end "
+                        "GROUP BY vehicle_id, meter_id, stop", params,
+                    ):
+                        dc[(vehicle_id, meter_id, stop)] = SideTotals(kwh, count, temps)
+        except sqlite3.Error as err:
+            raise StorageUnavailable(f"reading {self.readings.path.name} failed: {err}") from err
+        return ac, dc
+
+    def replace_windows(
+        self, window_ms: int, start_ms: int, end_ms: int, windows: Sequence[EfficiencyWindow], computed_ms: int
+    ) -> None:
+        """Make the stored windows with stop in (start_ms, end_ms] exactly ``windows``, and refresh the
+        hourly rollups of the hours they fall in. Idempotent: the same input gives the same rows."""
+        first_hour = (start_ms // MS_PER_HOUR) * MS_PER_HOUR
+        last_hour_stop = -(-end_ms // MS_PER_HOUR) * MS_PER_HOUR
+        rows = [(window_ms, w.vehicle_id, w.stop_ms, w.meter_id or "", w.ac_kwh, w.dc_kwh, w.ac_readings,
+                 w.dc_readings, w.avg_battery_temp, w.efficiency, computed_ms) for w in windows]
+        conn = self.readings.reader()
+        conn.create_aggregate("fsum", 1, _FSum)
+        if not rows and not self._read(
+            "SELECT 1 FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ? LIMIT 1",
+            (window_ms, start_ms, end_ms),
+        ):
+            return  # nothing there, nothing to write: spares a commit per empty hour on catch-up
+        try:
+            with self.readings.write_transaction(conn):
+                conn.execute("DELETE FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ?",
+                             (window_ms, start_ms, end_ms))
+                conn.executemany("INSERT INTO efficiency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.execute("DELETE FROM efficiency_hourly WHERE window_ms = ? AND hour_stop_ms > ? "
+                             "AND hour_stop_ms <= ?", (window_ms, first_hour, last_hour_stop))
+                conn.execute(
+                    f"""INSERT INTO efficiency_hourly
+                    SELECT window_ms, ((stop_ms - 1) / {MS_PER_HOUR} + 1) * {MS_PER_HOUR} AS hour_stop, vehicle_id,
+                        fsum(ac_kwh), fsum(dc_kwh), sum(ac_readings), sum(dc_readings), count(*),
+                        fsum(avg_battery_temp * dc_readings), sum(CASE WHEN avg_battery_temp IS NULL THEN 0
+                                                                  ELSE dc_readings END)
+                    FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ?
+                    GROUP BY hour_stop, vehicle_id""",
+                    (window_ms, first_hour, last_hour_stop),
+                )
+        except sqlite3.Error as err:
+            raise StorageUnavailable(f"writing windows failed: {err}") from err
+
+    def stale_hours(self) -> list[tuple[int, int]]:
+        """Hours marked by late readings, as (hour start ms, marked at ms)."""
+        return self._read("SELECT hour_ms, marked_ms FROM stale_hours ORDER BY hour_ms")
+
+    def clear_stale_hours(self, hours: Sequence[tuple[int, int]]) -> None:
+        """Forget marks that were handled; a mark renewed since (a later late reading) stays."""
+        self._write(("DELETE FROM stale_hours WHERE hour_ms = ? AND marked_ms <= ?", hour) for hour in hours)
+
+    # -- reading windows -----------------------------------------------------------------------
+
+    def windows(self, window_ms: int, start_ms: int, end_ms: int, vehicle_id: str | None = None
+                ) -> list[EfficiencyWindow]:
+        """Windows with stop in (start_ms, end_ms], ordered by stop (then vehicle, meter)."""
+        if vehicle_id is None:
+            rows = self._read(
+                f"SELECT {_WINDOW_COLUMNS} FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ? "
+                "ORDER BY stop_ms, vehicle_id, meter_id", (window_ms, start_ms, end_ms))
+        else:
+            rows = self._read(
+                f"SELECT {_WINDOW_COLUMNS} FROM efficiency WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? "
+                "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
+        return [_window(row) for row in rows]
+
+    def vehicle_totals(self, window_ms: int, start_ms: int, end_ms: int) -> dict[str, SpanTotals]:
+        """Per-vehicle sums over windows with stop in (start_ms, end_ms]: whole hours from the rollup,
+        the partial hours at either end from the windows themselves."""
+        hour_lo = -(-start_ms // MS_PER_HOUR) * MS_PER_HOUR  # first whole hour starts here
+        hour_hi = (end_ms // MS_PER_HOUR) * MS_PER_HOUR  # last whole hour stops here
+        window_cols = ("vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, 1, "
+                       "coalesce(avg_battery_temp * dc_readings, 0), "
+                       "CASE WHEN avg_battery_temp IS NULL THEN 0 ELSE dc_readings END")
+        if hour_lo >= hour_hi:  # no whole hour inside: every window comes from the first part
+            hour_lo = hour_hi = end_ms
+        sql = f"""SELECT vehicle_id, total(ac_kwh), total(dc_kwh), total(ac_readings), total(dc_readings),
+                    total(windows), total(battery_temp_sum), total(battery_temp_readings) FROM (
+                SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum,
+                       battery_temp_readings
+                FROM efficiency_hourly WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
+                UNION ALL SELECT {window_cols} FROM efficiency
+                WHERE window_ms = :w AND stop_ms > :lo AND stop_ms <= :hlo
+                UNION ALL SELECT {window_cols} FROM efficiency
+                WHERE window_ms = :w AND stop_ms > :hhi AND stop_ms <= :hi
+            ) GROUP BY vehicle_id"""
+        params = {"w": window_ms, "lo": start_ms, "hi": end_ms, "hlo": hour_lo, "hhi": hour_hi}
+        return {
+            vehicle_id: SpanTotals(ac, dc, int(nac), int(ndc), int(nw), temps, int(ntemps))
+            for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in self._read(sql, params)
+        }
+
+    # -- runner state --------------------------------------------------------------------------
+
+    def runner_state(self) -> dict[str, float]:
+        return dict(self._read("SELECT key, value FROM runner_state"))
+
+    def set_runner_state(self, values: dict[str, float]) -> None:
+        self._write(("INSERT INTO runner_state VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                     (key, float(value))) for key, value in values.items())
+
+    # -- alerts and notifications --------------------------------------------------------------
+
+    def open_alerts(self) -> list[AlertRecord]:
+        """Alerts in state pending or firing."""
+        return [AlertRecord(*row) for row in self._read(
+            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
+            "FROM alerts WHERE state IN ('pending', 'firing') ORDER BY vehicle_id, rule")]
+
+    def recent_alerts(self, since_ms: int, limit: int = 500) -> list[AlertRecord]:
+        """Firing, and fired-then-resolved since ``since_ms``; newest first."""
+        return [AlertRecord(*row) for row in self._read(
+            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
+            "FROM alerts WHERE state = 'firing' OR (state = 'resolved' AND resolved_ms >= ?) "
+            "ORDER BY coalesce(fired_ms, started_ms) DESC LIMIT ?", (since_ms, limit))]
+
+    def save_alerts(self, records: Sequence[AlertRecord], notifications: Sequence[tuple[str, dict[str, Any]]],
+                    now_ms: int) -> None:
+        """Upsert alert records and enqueue their notifications in one transaction."""
+        statements: list[tuple[str, Sequence]] = [
+            ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
+             "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
+             "fired_ms = excluded.fired_ms, resolved_ms = excluded.resolved_ms, updated_ms = excluded.updated_ms",
+             (r.vehicle_id, r.rule, r.started_ms, r.state, r.meter_id, r.value, r.fired_ms, r.resolved_ms,
+              r.updated_ms))
+            for r in records
+        ]
+        statements += [
+            ("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
+             (url, json.dumps(payload), now_ms, now_ms))
+            for url, payload in notifications
+        ]
+        if statements:
+            self._write(statements)
+
+    def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
+        return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in self._read(
+            "SELECT id, url, payload, attempts FROM notifications WHERE delivered_ms IS NULL AND failed_ms IS NULL "
+            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))]
+
+    def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
+                        retry_at_ms: int | None = None) -> None:
+        """Delivered (no error), to retry at ``retry_at_ms``, or given up (error and no retry)."""
+        if error is None:
+            sql, params = ("UPDATE notifications SET delivered_ms = ?, attempts = attempts + 1, last_error = NULL "
+                           "WHERE id = ?", (now_ms, notification_id))
+        elif retry_at_ms is not None:
+            sql, params = ("UPDATE notifications SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? "
+                           "WHERE id = ?", (retry_at_ms, error, notification_id))
+        else:
+            sql, params = ("UPDATE notifications SET attempts = attempts + 1, failed_ms = ?, last_error = ? "
+                           "WHERE id = ?", (now_ms, error, notification_id))
+        self._write([(sql, params)])
+
+    def notification_counts(self) -> dict[str, int]:
+        """pending / delivered / failed counts, for metrics."""
+        (pending, delivered, failed), = self._read(
+            "SELECT total(delivered_ms IS NULL AND failed_ms IS NULL), total(delivered_ms IS NOT NULL), "
+            "total(failed_ms IS NOT NULL) FROM notifications")
+        return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
