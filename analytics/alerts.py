@@ -1,18 +1,31 @@
 """Alert rules as a pure state machine over efficiency windows, and the webhook payload.
 
-Rules (DESIGN "Alerts"), evaluated per vehicle at each window stop T over the trailing span
-(T - span, T]:
+Rules (DESIGN "Alerts"), evaluated per vehicle at each window stop T:
 
-- ``low_efficiency``: the span's efficiency is below ``threshold`` while at least
-  ``min_span_energy_kwh`` of AC flowed; fires after holding for ``pending``; resolves once the
-  efficiency is back at ``threshold + hysteresis`` or more.
+- ``low_efficiency``: the efficiency of the trailing span, or of the shorter fast span while a
+  session goes on (so a fault that starts mid-session is not diluted by the good half hour before
+  it), is below ``threshold`` while at least ``min_span_energy_kwh`` of AC flowed; fires after
+  holding for ``pending``; resolves once the span is back at ``threshold + hysteresis`` or more
+  and the fast span at ``threshold`` or more.
 - ``efficiency_above_one``: above ``above_one_threshold`` (DC cannot exceed AC: the meter or the
   pairing is wrong); resolves at ``above_one_threshold - hysteresis`` or less.
 
-The span's efficiency compares the mean energy per reading on each side,
-``(sum dc / dc readings) / (sum ac / ac readings)``: still a ratio of sums, never a mean of
-ratios, but a reading lost in transit (its energy gone with it) no longer looks like lost energy.
-Both sides report on the same cadence (every 60 s), so the counts cover the same time.
+How the span is measured, and why. A meter and its vehicle stamp readings with clocks up to 30 s
+apart, so at any window edge one side's reading can land a window later than its partner's. Inside
+a span these shifts cancel (what leaves one window enters the next); only the span's two outer
+edges count, and they cancel too when both edges are in the same state (both charging at about the
+same power, or both idle). They do not cancel at a session's start or end: one reading's worth of
+energy then sits on one side only, 4 % of a 25-minute session, enough to push an 0.88 vehicle under
+0.85. So the span's edges are placed where they cancel:
+
+- while a session goes on, the span is the trailing ``span``, minus the session's first window if
+  the session began inside it (that window is partly idle);
+- once the session has ended (the newest window idle, or its energy per reading under half the
+  window before), the span is the whole session, idle edge to idle edge (at most ``max_session``).
+
+A reading lost in transit takes its energy with it; within a window whose sides hold different
+counts of readings, the side with fewer is scaled up to the other's count, so a lost reading does
+not look like lost energy. Efficiency is still a ratio of sums, never a mean of ratios.
 A span with too little energy gives no verdict: a firing alert stays firing (the charger has not
 shown it is healthy again), a pending one is cancelled.
 """
@@ -24,7 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from chargewatch.efficiency import EfficiencyWindow, span_totals
+from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.stores.sqlite_efficiency import AlertRecord
 
 LOW = "low_efficiency"
@@ -40,56 +53,144 @@ class AlertPolicy:
     span_ms: int = 30 * 60_000
     pending_ms: int = 5 * 60_000
     hysteresis: float = 0.02
-    min_span_energy_kwh: float = 1.0
+    min_span_energy_kwh: float = 0.5
+    active_kwh: float = 0.1  # a window with this much energy on either side is charging
+    max_session_ms: int = 4 * 3_600_000
+    fast_span_ms: int = 10 * 60_000
 
 
 @dataclass(frozen=True)
 class SpanVerdict:
     vehicle_id: str
     meter_id: str | None
-    efficiency: float | None  # None: not enough energy for a verdict
+    efficiency: float | None  # over the span; None: not enough energy for a verdict
     ac_kwh: float
     dc_kwh: float
+    fast_efficiency: float | None = None  # over the fast span (a fault that starts mid-session)
+    early_efficiency: float | None = None  # the span with a new session's partly idle first window
 
 
-def span_verdict(vehicle_id: str, windows: list[EfficiencyWindow], policy: AlertPolicy) -> SpanVerdict:
-    totals = span_totals(windows)
+def lookback_ms(policy: AlertPolicy) -> int:
+    """How far back the runner must read windows for ``span_verdict``."""
+    return max(policy.span_ms, policy.max_session_ms)
+
+
+def _is_active(window: EfficiencyWindow | None, policy: AlertPolicy) -> bool:
+    return window is not None and (window.ac_kwh >= policy.active_kwh or window.dc_kwh >= policy.active_kwh)
+
+
+def _merged(windows: Iterable[EfficiencyWindow]) -> dict[int, EfficiencyWindow]:
+    """One window per stop (a vehicle re-paired inside a window has one row per meter)."""
+    by_stop: dict[int, EfficiencyWindow] = {}
+    for w in windows:
+        seen = by_stop.get(w.stop_ms)
+        by_stop[w.stop_ms] = w if seen is None else replace(
+            seen, ac_kwh=seen.ac_kwh + w.ac_kwh, dc_kwh=seen.dc_kwh + w.dc_kwh,
+            ac_readings=seen.ac_readings + w.ac_readings, dc_readings=seen.dc_readings + w.dc_readings,
+            meter_id=w.meter_id or seen.meter_id)
+    return by_stop
+
+
+def _per_reading_kwh(window: EfficiencyWindow) -> float:
+    return window.ac_kwh / window.ac_readings if window.ac_readings else 0.0
+
+
+def measured_span(windows: Iterable[EfficiencyWindow], stop_ms: int, window_ms: int, policy: AlertPolicy,
+                  trim_session_start: bool = True) -> list[EfficiencyWindow]:
+    """The windows whose sums make the verdict at ``stop_ms`` (see the module docstring)."""
+    by_stop = _merged(windows)
+    span_start = stop_ms - policy.span_ms
+    if not any(_is_active(by_stop.get(s), policy) for s in range(span_start + window_ms, stop_ms + 1, window_ms)):
+        return []
+    newest, before = by_stop.get(stop_ms), by_stop.get(stop_ms - window_ms)
+    ended = not _is_active(newest, policy) or (
+        _is_active(before, policy) and _per_reading_kwh(newest) < 0.5 * _per_reading_kwh(before))  # type: ignore[arg-type]
+    earliest = stop_ms - policy.max_session_ms
+    if ended:
+        last = stop_ms if _is_active(newest, policy) else stop_ms - window_ms
+        while last > span_start and not _is_active(by_stop.get(last), policy):
+            last -= window_ms
+        first = last
+        while first - window_ms > earliest and _is_active(by_stop.get(first - window_ms), policy):
+            first -= window_ms
+        return [by_stop[s] for s in range(first, last + 1, window_ms) if s in by_stop]
+    first = span_start + window_ms
+    session_start = stop_ms
+    while session_start - window_ms > earliest and _is_active(by_stop.get(session_start - window_ms), policy):
+        session_start -= window_ms
+    if trim_session_start and session_start >= first:  # began inside the span: its first window is partly idle
+        first = session_start + window_ms
+    return [by_stop[s] for s in range(first, stop_ms + 1, window_ms) if s in by_stop]
+
+
+def _ratio(span: list[EfficiencyWindow], policy: AlertPolicy) -> tuple[float | None, float, float]:
+    ac = dc = 0.0
+    for w in span:
+        scale_ac = w.dc_readings / w.ac_readings if w.ac_readings and w.dc_readings > w.ac_readings else 1.0
+        scale_dc = w.ac_readings / w.dc_readings if w.dc_readings and w.ac_readings > w.dc_readings else 1.0
+        ac += w.ac_kwh * scale_ac
+        dc += w.dc_kwh * scale_dc
+    return (dc / ac if span and ac >= policy.min_span_energy_kwh else None), ac, dc
+
+
+def span_verdict(vehicle_id: str, windows: list[EfficiencyWindow], stop_ms: int, window_ms: int,
+                 policy: AlertPolicy) -> SpanVerdict:
+    """The efficiency at ``stop_ms`` over the span, and over the fast span while a session goes on."""
+    span = measured_span(windows, stop_ms, window_ms, policy)
     meter_id = next((w.meter_id for w in reversed(windows) if w.meter_id), None)
-    efficiency = None
-    if totals.ac_kwh >= policy.min_span_energy_kwh and totals.ac_readings and totals.dc_readings:
-        efficiency = (totals.dc_kwh / totals.dc_readings) / (totals.ac_kwh / totals.ac_readings)
-    return SpanVerdict(vehicle_id, meter_id, efficiency, totals.ac_kwh, totals.dc_kwh)
+    efficiency, ac, dc = _ratio(span, policy)
+    fast = [w for w in span if w.stop_ms > stop_ms - policy.fast_span_ms]
+    fast_efficiency = _ratio(fast, policy)[0] if span and span[-1].stop_ms == stop_ms else None
+    early = measured_span(windows, stop_ms, window_ms, policy, trim_session_start=False)
+    early_efficiency = _ratio(early, replace(policy, min_span_energy_kwh=policy.active_kwh))[0]
+    return SpanVerdict(vehicle_id, meter_id, efficiency, ac, dc, fast_efficiency, early_efficiency)
 
 
-def _breached(rule: str, value: float, policy: AlertPolicy) -> bool:
-    return value < policy.threshold if rule == LOW else value > policy.above_one_threshold
-
-
-def _recovered(rule: str, value: float, policy: AlertPolicy) -> bool:
+def _breached(rule: str, verdict: SpanVerdict, policy: AlertPolicy, early: bool = False) -> bool:
+    """Whether the verdict breaches the rule; ``early`` also counts the untrimmed session start,
+    which may start the pending period but never fire."""
+    values = [verdict.efficiency, verdict.fast_efficiency] if rule == LOW else [verdict.efficiency]
+    if early:
+        values.append(verdict.early_efficiency)
     if rule == LOW:
-        return value >= policy.threshold + policy.hysteresis
+        return any(v is not None and v < policy.threshold for v in values)
+    return any(v is not None and v > policy.above_one_threshold for v in values)
+
+
+def _recovered(rule: str, verdict: SpanVerdict, policy: AlertPolicy) -> bool:
+    value, fast = verdict.efficiency, verdict.fast_efficiency
+    if value is None:
+        return False
+    if rule == LOW:
+        return value >= policy.threshold + policy.hysteresis and (fast is None or fast >= policy.threshold)
     return value <= policy.above_one_threshold - policy.hysteresis
 
 
 def step(rule: str, record: AlertRecord | None, verdict: SpanVerdict, now_ms: int, policy: AlertPolicy
          ) -> tuple[AlertRecord | None, str | None]:
-    """Advance one (vehicle, rule) alert; returns the record to save (None: nothing changed) and the
-    notification to send: ``"firing"``, ``"resolved"`` or None."""
-    value = verdict.efficiency
+    """Advance one (vehicle, rule) alert at window stop ``now_ms``; returns the record to save (None:
+    nothing changed) and the notification to send: ``"firing"``, ``"resolved"`` or None.
+
+    Firing takes two breaching evaluations at least ``pending`` apart, so the newest window, which
+    may still miss late readings or end a session part-way, always gets a second look. The first
+    may come from the session's partly idle first window (``early``): that saves a window of
+    waiting at the start of a session without ever firing on that window alone."""
+    value = next((v for v in (verdict.efficiency, verdict.fast_efficiency, verdict.early_efficiency)
+                  if v is not None), None)
     if record is None:
-        if value is None or not _breached(rule, value, policy):
+        if not _breached(rule, verdict, policy, early=True):
             return None, None
         record = AlertRecord(verdict.vehicle_id, rule, now_ms, "pending", verdict.meter_id, value, None, None, now_ms)
-        if policy.pending_ms > 0:
+        if policy.pending_ms > 0 or not _breached(rule, verdict, policy):
             return record, None
     if record.state == "pending":
-        if value is None or not _breached(rule, value, policy):
-            return replace(record, state="cancelled", value=value, updated_ms=now_ms), None
-        if now_ms - record.started_ms >= policy.pending_ms:
+        if _breached(rule, verdict, policy) and now_ms - record.started_ms >= policy.pending_ms:
             return replace(record, state="firing", value=value, fired_ms=now_ms, updated_ms=now_ms), "firing"
-        return replace(record, value=value, updated_ms=now_ms), None
+        if _breached(rule, verdict, policy, early=True):
+            return replace(record, value=value, updated_ms=now_ms), None
+        return replace(record, state="cancelled", value=value, updated_ms=now_ms), None
     # firing
-    if value is not None and _recovered(rule, value, policy):
+    if _recovered(rule, verdict, policy):
         return replace(record, state="resolved", value=value, resolved_ms=now_ms, updated_ms=now_ms), "resolved"
     if value is None:
         return None, None

@@ -41,6 +41,7 @@ def policy_from(settings: Settings) -> alerts.AlertPolicy:
     return alerts.AlertPolicy(
         threshold=a.threshold, above_one_threshold=a.above_one_threshold, span_ms=a.span_minutes * 60_000,
         pending_ms=a.pending_minutes * 60_000, hysteresis=a.hysteresis, min_span_energy_kwh=a.min_span_energy_kwh,
+        max_session_ms=int(a.max_session_hours * 3_600_000), fast_span_ms=a.fast_span_minutes * 60_000,
     )
 
 
@@ -91,8 +92,9 @@ class TaskRunner:
         if stale:
             self.store.clear_stale_hours(stale)
 
-        first_eval = latest if previous is None else max(previous + self.window_ms,
-                                                         latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
+        # A new runner establishes alert state from the last span; after downtime it replays (capped).
+        first_eval = latest - self.policy.span_ms + self.window_ms if previous is None else max(
+            previous + self.window_ms, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
         changed = queued = 0
         for stop in range(first_eval, latest + 1, self.window_ms):
             records, notified = self.evaluate_alerts(stop, now_ms)
@@ -119,7 +121,14 @@ class TaskRunner:
         by_vehicle: dict[str, list] = {}
         for window in span_windows:
             by_vehicle.setdefault(window.vehicle_id, []).append(window)
-        verdicts = {v: alerts.span_verdict(v, ws, self.policy) for v, ws in by_vehicle.items()}
+        verdicts = {}
+        for vehicle_id, windows in by_vehicle.items():
+            if windows[0].stop_ms <= stop_ms - self.policy.span_ms + self.window_ms and any(
+                    w.ac_kwh >= self.policy.active_kwh or w.dc_kwh >= self.policy.active_kwh for w in windows[:1]):
+                # The span starts inside a session: read back to where the session began.
+                windows = self.store.windows(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
+                                             vehicle_id)
+            verdicts[vehicle_id] = alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
         records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
         notifications = [
             (url, alerts.webhook_payload(record, status, self.policy, self.external_url))

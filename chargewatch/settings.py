@@ -124,9 +124,13 @@ class AlertSettings(BaseModel):
     threshold: float = Field(0.85, gt=0, lt=1, description="Low-efficiency threshold (DC/AC).")
     above_one_threshold: float = Field(1.0, ge=1, description="Efficiency above this is a data-quality alert.")
     span_minutes: int = Field(30, ge=5, description="Trailing span whose sums are compared.")
+    fast_span_minutes: int = Field(
+        10, ge=5, description="Shorter span that also counts while a session goes on (faults that start mid-session)."
+    )
     pending_minutes: int = Field(5, ge=0, description="How long the condition must hold before firing.")
     hysteresis: float = Field(0.02, ge=0, lt=0.5, description="Resolve only this far back on the good side.")
-    min_span_energy_kwh: float = Field(1.0, ge=0, description="Least AC energy in the span for a verdict.")
+    min_span_energy_kwh: float = Field(0.5, ge=0, description="Least AC energy in the span for a verdict.")
+    max_session_hours: float = Field(4.0, gt=0, description="Longest session measured whole once it has ended.")
     webhook_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated URLs that get Alertmanager-style webhook POSTs."
     )

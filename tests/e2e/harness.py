@@ -27,12 +27,14 @@ def free_port() -> int:
 
 @dataclass
 class IngestServer:
-    """A gunicorn ingest service started by the test, in its own process group."""
+    """A chargewatch service started by the test, in its own process group: ``serve ingest`` by
+    default, ``serve analytics``, or the task runner (``tasks``, no port)."""
 
     data_dir: Path
     port: int
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    service: str = "ingest"
 
     @property
     def url(self) -> str:
@@ -46,8 +48,8 @@ class IngestServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")}
         env.update({
             "CHARGEWATCH_DATA_DIR": str(self.data_dir),
-            "CHARGEWATCH_INGEST__PORT": str(self.port),
-            "CHARGEWATCH_INGEST__WORKERS": "2",
+            f"CHARGEWATCH_{self.service.upper()}__PORT": str(self.port),
+            f"CHARGEWATCH_{self.service.upper()}__WORKERS": "2",
             "CHARGEWATCH_AUTH__WRITE_TOKENS": WRITE_TOKEN,
             "CHARGEWATCH_AUTH__READ_TOKENS": READ_TOKEN,
             "CHARGEWATCH_LOG_LEVEL": "WARNING",
@@ -56,25 +58,28 @@ class IngestServer:
         return env
 
     def start(self) -> "IngestServer":
-        with (self.data_dir / "server.log").open("ab") as log:
+        command = ["tasks"] if self.service == "tasks" else ["serve", self.service]
+        with (self.data_dir / f"{self.service}.log").open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "chargewatch", "serve", "ingest"],
+                [sys.executable, "-m", "chargewatch", *command],
                 env=self.env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=log,
             )
+        if self.service == "tasks":
+            return self
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ingest exited with {self.process.returncode}: {self.log()}")
+                raise RuntimeError(f"{self.service} exited with {self.process.returncode}: {self.log()}")
             try:
                 if requests.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self
             except requests.ConnectionError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"ingest did not become ready: {self.log()}")
+        raise RuntimeError(f"{self.service} did not become ready: {self.log()}")
 
     def log(self) -> str:
-        path = self.data_dir / "server.log"
+        path = self.data_dir / f"{self.service}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def stop(self) -> None:

@@ -1,0 +1,118 @@
+"""Alert rules: measured spans, the state machine and the webhook payload, on hand-made windows."""
+
+from __future__ import annotations
+
+from analytics.alerts import (
+    ABOVE_ONE,
+    LOW,
+    AlertPolicy,
+    SpanVerdict,
+    evaluate,
+    measured_span,
+    span_verdict,
+    step,
+    webhook_payload,
+)
+from chargewatch.efficiency import EfficiencyWindow
+
+W = 300_000
+POLICY = AlertPolicy()
+T0 = 1_795_392_000_000  # a window stop (2026-11-23T00:00Z)
+
+
+def window(k: int, ac: float, dc: float, ac_n: int = 5, dc_n: int = 5, vehicle: str = "V1") -> EfficiencyWindow:
+    return EfficiencyWindow(vehicle, "M1", T0 + k * W, ac, dc, ac_n, dc_n, 20.0 if dc_n else None,
+                            dc / ac if ac >= 0.1 else None)
+
+
+def verdict(value: float | None, fast: float | None = None, early: float | None = None) -> SpanVerdict:
+    return SpanVerdict("V1", "M1", value, 10.0, 9.0, fast, early)
+
+
+def test_a_steady_session_is_measured_over_the_trailing_span() -> None:
+    windows = [window(k, 1.0, 0.9) for k in range(-20, 1)]
+    span = measured_span(windows, T0, W, POLICY)
+    assert [w.stop_ms for w in span] == [T0 + k * W for k in range(-5, 1)]
+    assert span_verdict("V1", windows, T0, W, POLICY).efficiency == 0.9 * 6 / 6
+
+
+def test_a_new_sessions_partly_idle_first_window_is_left_out() -> None:
+    windows = [window(-3, 0, 0), window(-2, 0.3, 0.2), window(-1, 1.0, 0.9), window(0, 1.0, 0.9)]
+    assert [w.stop_ms for w in measured_span(windows, T0, W, POLICY)] == [T0 - W, T0]
+    result = span_verdict("V1", windows, T0, W, POLICY)
+    assert result.efficiency == 0.9
+    assert result.early_efficiency == (0.2 + 1.8) / 2.3
+
+
+def test_an_ended_session_is_measured_whole_from_idle_edge_to_idle_edge() -> None:
+    windows = [window(k, 1.0, 0.9) for k in range(-12, -1)] + [window(-1, 0.4, 0.3), window(0, 0, 0)]
+    span = measured_span(windows, T0, W, POLICY)
+    assert span[0].stop_ms == T0 - 12 * W and span[-1].stop_ms == T0 - W
+    assert abs(span_verdict("V1", windows, T0, W, POLICY).efficiency - (9.9 + 0.3) / 11.4) < 1e-12
+
+
+def test_a_lost_reading_does_not_look_like_lost_energy() -> None:
+    windows = [window(k, 1.0, 0.9) for k in range(-5, 0)] + [window(0, 1.0, 0.72, dc_n=4)]
+    assert abs(span_verdict("V1", windows, T0, W, POLICY).efficiency - 0.9) < 1e-12
+
+
+def test_too_little_energy_gives_no_verdict() -> None:
+    windows = [window(k, 0.05, 0.01) for k in range(-5, 1)]
+    assert span_verdict("V1", windows, T0, W, POLICY).efficiency is None
+
+
+def test_a_breach_must_hold_at_two_evaluations_a_pending_period_apart() -> None:
+    record, event = step(LOW, None, verdict(0.80), T0, POLICY)
+    assert (record.state, event) == ("pending", None)
+    record, event = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    assert (record.state, event, record.fired_ms) == ("firing", "firing", T0 + W)
+
+
+def test_a_pending_alert_is_cancelled_when_the_breach_does_not_hold() -> None:
+    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
+    record, event = step(LOW, record, verdict(0.90), T0 + W, POLICY)
+    assert (record.state, event) == ("cancelled", None)
+
+
+def test_the_session_start_alone_may_start_pending_but_never_fires() -> None:
+    record, _ = step(LOW, None, verdict(None, early=0.6), T0, POLICY)
+    assert record.state == "pending"
+    record, event = step(LOW, record, verdict(None, early=0.6), T0 + W, POLICY)
+    assert (record.state, event) == ("pending", None)
+    record, event = step(LOW, record, verdict(0.8), T0 + 2 * W, POLICY)
+    assert event == "firing"
+
+
+def test_a_firing_alert_resolves_only_past_the_hysteresis() -> None:
+    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
+    record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    unchanged, event = step(LOW, record, verdict(0.86), T0 + 2 * W, POLICY)
+    assert event is None and unchanged.state == "firing"
+    resolved, event = step(LOW, record, verdict(0.875), T0 + 3 * W, POLICY)
+    assert (resolved.state, event, resolved.resolved_ms) == ("resolved", "resolved", T0 + 3 * W)
+
+
+def test_a_firing_alert_stays_firing_while_the_vehicle_is_idle() -> None:
+    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
+    record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    assert step(LOW, record, verdict(None), T0 + 2 * W, POLICY) == (None, None)
+
+
+def test_efficiency_above_one_is_a_data_quality_alert() -> None:
+    changed, events = evaluate([], {"V1": verdict(1.2)}, T0, POLICY)
+    assert [(r.rule, r.state) for r in changed] == [(ABOVE_ONE, "pending")]
+    changed, events = evaluate(changed, {"V1": verdict(1.2)}, T0 + W, POLICY)
+    assert [(r.rule, e) for r, e in events] == [(ABOVE_ONE, "firing")]
+
+
+def test_the_webhook_payload_is_alertmanager_shaped() -> None:
+    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
+    record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    payload = webhook_payload(record, "firing", POLICY, "http://127.0.0.1:8081")
+    assert payload["version"] == "4" and payload["status"] == "firing"
+    (alert,) = payload["alerts"]
+    assert alert["labels"] == {"alertname": "ChargingEfficiencyLow", "rule": LOW, "vehicle_id": "V1",
+                               "severity": "warning", "service": "chargewatch", "meter_id": "M1"}
+    assert alert["startsAt"] == "2026-11-23T00:05:00Z" and alert["endsAt"] == "0001-01-01T00:00:00Z"
+    assert alert["generatorURL"] == "http://127.0.0.1:8081/v1/analytics/performance/V1"
+    assert "0.800" in alert["annotations"]["summary"]
