@@ -7,7 +7,7 @@ import bisect
 from dataclasses import dataclass
 
 from analytics.alerts import AlertPolicy
-from chargewatch.efficiency import EfficiencyWindow, span_totals
+from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.stores.sqlite_efficiency import AlertRecord, SqliteEfficiencyStore
 
 # Efficiency distribution buckets (upper bounds, exclusive); the last bucket is "above 1.0".
@@ -60,18 +60,17 @@ def classify(efficiency: float | None, ac_kwh: float, policy: AlertPolicy) -> st
 def performance_report(store: SqliteEfficiencyStore, vehicle_id: str, period: Period, window_ms: int,
                        policy: AlertPolicy) -> PerformanceReport:
     """AC and DC totals of one vehicle over the period (exact sums of its windows)."""
-    windows = store.windows(window_ms, period.start_ms, period.end_ms, vehicle_id)
-    totals = span_totals(windows)
-    matched = [w for w in windows if w.ac_readings and w.dc_readings]
-    matched_totals = span_totals(matched)
+    sums = store.vehicle_window_sums(window_ms, vehicle_id, period.start_ms, period.end_ms)
+    ac, dc = sums["ac_kwh"], sums["dc_kwh"]
+    efficiency = dc / ac if ac > 0 else None
     return PerformanceReport(
-        vehicle_id=vehicle_id, period=period, ac_kwh=totals.ac_kwh, dc_kwh=totals.dc_kwh,
-        efficiency=totals.efficiency, avg_battery_temp=totals.avg_battery_temp,
-        matched_ac_kwh=matched_totals.ac_kwh, matched_dc_kwh=matched_totals.dc_kwh,
-        unmatched_ac_kwh=totals.ac_kwh - matched_totals.ac_kwh, unmatched_dc_kwh=totals.dc_kwh - matched_totals.dc_kwh,
-        windows=len({w.stop_ms for w in windows}), ac_readings=totals.ac_readings, dc_readings=totals.dc_readings,
-        meters=sorted({w.meter_id for w in windows if w.meter_id}),
-        status=classify(totals.efficiency, totals.ac_kwh, policy),
+        vehicle_id=vehicle_id, period=period, ac_kwh=ac, dc_kwh=dc, efficiency=efficiency,
+        avg_battery_temp=sums["battery_temp_sum"] / sums["battery_temp_readings"]
+        if sums["battery_temp_readings"] else None,
+        matched_ac_kwh=sums["matched_ac_kwh"], matched_dc_kwh=sums["matched_dc_kwh"],
+        unmatched_ac_kwh=ac - sums["matched_ac_kwh"], unmatched_dc_kwh=dc - sums["matched_dc_kwh"],
+        windows=sums["windows"], ac_readings=sums["ac_readings"], dc_readings=sums["dc_readings"],
+        meters=sums["meters"], status=classify(efficiency, ac, policy),
     )
 
 

@@ -217,6 +217,24 @@ class SqliteEfficiencyStore:
                 "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
         return [_window(row) for row in rows]
 
+    def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
+        """Exact (fsum) sums over one vehicle's windows with stop in (start_ms, end_ms]: ``ac_kwh``,
+        ``dc_kwh``, the same for windows where both sides reported (``matched_*``), reading counts,
+        ``windows`` (distinct stops), ``battery_temp_sum``/``battery_temp_readings`` and ``meters``."""
+        rows = self._read(
+            "SELECT meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp FROM efficiency "
+            "WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ?",
+            (window_ms, vehicle_id, start_ms, end_ms))
+        matched = [r for r in rows if r[4] and r[5]]
+        temps = [(r[6] * r[5], r[5]) for r in rows if r[6] is not None]
+        return {
+            "ac_kwh": math.fsum(r[2] for r in rows), "dc_kwh": math.fsum(r[3] for r in rows),
+            "matched_ac_kwh": math.fsum(r[2] for r in matched), "matched_dc_kwh": math.fsum(r[3] for r in matched),
+            "ac_readings": sum(r[4] for r in rows), "dc_readings": sum(r[5] for r in rows),
+            "windows": len({r[1] for r in rows}), "meters": sorted({r[0] for r in rows if r[0]}),
+            "battery_temp_sum": math.fsum(t for t, _ in temps), "battery_temp_readings": sum(n for _, n in temps),
+        }
+
     def vehicle_totals(self, window_ms: int, start_ms: int, end_ms: int) -> dict[str, SpanTotals]:
         """Per-vehicle sums over windows with stop in (start_ms, end_ms]: whole hours from the rollup,
         the partial hours at either end from the windows themselves."""
