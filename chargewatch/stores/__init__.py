@@ -77,7 +77,7 @@ class ReadingStore(PairingStore, Protocol):
     def history(self, kind: Kind, device_id: str, start_ms: int, end_ms: int) -> list[StoredReading]: ...
 
     def drop_expired(self, now: datetime, retention_days: int) -> list[str]:
-        """Drop whole days older than retention; returns what was dropped (e.g. ``2026-10-01``)."""
+        """Drop whole UTC days older than retention; returns the day tables dropped (``meter_20261001``)."""
 
     def ping(self) -> None:
         """Raise StorageUnavailable unless the store can serve requests."""
@@ -87,6 +87,7 @@ class ReadingStore(PairingStore, Protocol):
 
 _ADAPTERS = {
     "sqlite": ("chargewatch.stores.sqlite", "SqliteReadingStore"),
+    "influx": ("chargewatch.stores.influx", "InfluxReadingStore"),
 }
 
 

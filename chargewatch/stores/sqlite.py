@@ -238,13 +238,21 @@ class SqliteReadingStore:
         return conn
 
     def _reset_after_fork(self) -> None:
-        # Connections and the lock descriptor must not cross a fork (gunicorn workers).
+        # Connections, the lock descriptor and a group commit in flight belong to the process that
+        # made them; a forked child (a gunicorn worker) starts its own.
         if self._owner_pid != os.getpid():
-            self._owner_pid = os.getpid()
+            try:
+                lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as err:
+                raise StorageUnavailable(f"cannot open the write lock {self.path}.lock: {err}") from err
+            self._lock_fd = lock_fd
             self._local = threading.local()
             self._writer = None
-            self._lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             self._tables = set()
+            self._cond = threading.Condition()
+            self._pending = []
+            self._leading = False
+            self._owner_pid = os.getpid()
 
     def reader(self) -> sqlite3.Connection:
         self._reset_after_fork()
@@ -281,6 +289,7 @@ class SqliteReadingStore:
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
         if not readings:
             return WriteResult(0, 0)
+        self._reset_after_fork()
         ticket = _Ticket(readings)
         with self._cond:
             self._pending.append(ticket)
