@@ -1,0 +1,1 @@
+"""InfluxDB mode: the forwarder that ships the outbox, and the InfluxDB setup."""

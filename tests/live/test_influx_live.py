@@ -1,0 +1,177 @@
+"""The live suite: the Flux side of DESIGN's "one definition, two engines", against a real InfluxDB.
+
+Runs only with ``CHARGEWATCH_INFLUX_URL``, ``CHARGEWATCH_INFLUX_TOKEN`` and
+``CHARGEWATCH_INFLUX_ORG`` set (``pytest -m influx``), for example against
+``docker run -p 8086:8086 -e DOCKER_INFLUXDB_INIT_MODE=setup ... influxdb:2.7``. It works in
+throw-away buckets (``chargewatch_test_<random>_telemetry``/``_efficiency``, deleted afterwards),
+writes the shared fixture's readings (tests/fixtures/efficiency_windows.json) with the project's
+line-protocol encoder, runs the efficiency task's own Flux as a query scheduled at the fixture's
+range stop, and compares its windows with the fixture's expected windows, the same ones
+chargewatch/efficiency.py produces. Flux sums naively (the reference uses fsum), so floats are
+compared with a relative tolerance of 1e-9.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from chargewatch.efficiency import EfficiencyWindow, span_totals
+from chargewatch.influx import flux
+from chargewatch.influx.setup import ensure_buckets, find_org, open_client, setup_influx
+from chargewatch.lineprotocol import encode_point
+from chargewatch.settings import Settings
+from tests.efficiency_fixture import FIXTURE, expected_windows, time_ms
+
+ENV = ("CHARGEWATCH_INFLUX_URL", "CHARGEWATCH_INFLUX_TOKEN", "CHARGEWATCH_INFLUX_ORG")
+MISSING = [name for name in ENV if not os.environ.get(name)]
+
+pytestmark = [
+    pytest.mark.influx,
+    pytest.mark.skipif(bool(MISSING), reason=f"no live InfluxDB: set {', '.join(MISSING)} to run the live suite"),
+]
+
+RANGE_START = datetime.fromisoformat(FIXTURE["range"]["start"].replace("Z", "+00:00"))
+RANGE_STOP = datetime.fromisoformat(FIXTURE["range"]["stop"].replace("Z", "+00:00"))
+REL_TOLERANCE = 1e-9
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    prefix = f"chargewatch_test_{uuid.uuid4().hex[:10]}"
+    window_seconds = FIXTURE["windowSeconds"]
+    return Settings(
+        influx={"url": os.environ["CHARGEWATCH_INFLUX_URL"], "token": os.environ["CHARGEWATCH_INFLUX_TOKEN"],
+                "org": os.environ["CHARGEWATCH_INFLUX_ORG"], "telemetry_bucket": f"{prefix}_telemetry",
+                "efficiency_bucket": f"{prefix}_efficiency", "telemetry_retention_days": 0,
+                "efficiency_retention_days": 0},
+        efficiency={"window_seconds": window_seconds, "min_energy_kwh": FIXTURE["minEnergyKwh"],
+                    "recompute_windows": int((RANGE_STOP - RANGE_START).total_seconds()) // window_seconds},
+    )
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    pytest.importorskip("influxdb_client")
+    client = open_client(settings)
+    org = find_org(settings, client)
+    ensure_buckets(settings, client, org)
+    try:
+        yield client
+    finally:
+        buckets = client.buckets_api()
+        for name in (settings.influx.telemetry_bucket, settings.influx.efficiency_bucket):
+            bucket = buckets.find_bucket_by_name(name)
+            if bucket is not None:
+                buckets.delete_bucket(bucket)
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def written(settings, client):
+    """The fixture's readings, written as stored points (pairing tags included), ms precision."""
+    from influxdb_client import WritePrecision
+    from influxdb_client.client.write_api import SYNCHRONOUS
+
+    body = "\n".join(
+        encode_point(point["measurement"], point["tags"], {k: float(v) for k, v in point["fields"].items()},
+                     time_ms(point["time"]))
+        for point in FIXTURE["readings"])
+    client.write_api(write_options=SYNCHRONOUS).write(
+        bucket=settings.influx.telemetry_bucket, org=settings.influx.org, record=body,
+        write_precision=WritePrecision.MS)
+    return len(FIXTURE["readings"])
+
+
+def windows_from(tables) -> list[EfficiencyWindow]:
+    windows = []
+    for table in tables:
+        for record in table.records:
+            v = record.values
+            windows.append(EfficiencyWindow(
+                vehicle_id=v["vehicle_id"], meter_id=v.get("meter_id") or None,
+                stop_ms=int(record.get_time().timestamp() * 1000),
+                ac_kwh=v["ac_kwh"], dc_kwh=v["dc_kwh"], ac_readings=v["ac_readings"], dc_readings=v["dc_readings"],
+                avg_battery_temp=v.get("avg_battery_temp"), efficiency=v.get("efficiency")))
+    return sorted(windows, key=lambda w: (w.stop_ms, w.vehicle_id, w.meter_id or ""))
+
+
+def assert_same_windows(actual: list[EfficiencyWindow], expected: list[EfficiencyWindow]) -> None:
+    key = lambda w: (w.stop_ms, w.vehicle_id, w.meter_id or "")  # noqa: E731
+    assert [key(w) for w in actual] == [key(w) for w in sorted(expected, key=key)]
+    for got, want in zip(actual, sorted(expected, key=key)):
+        for name, want_value in vars(want).items():
+            got_value = getattr(got, name)
+            if isinstance(want_value, float) and got_value is not None:
+                assert math.isclose(got_value, want_value, rel_tol=REL_TOLERANCE, abs_tol=1e-12), (name, got, want)
+            else:
+                assert got_value == want_value, (name, got, want)
+        assert type(got.ac_readings) is int and type(got.dc_readings) is int
+
+
+def run_task_as_query(settings, client, *, write: bool):
+    source = flux.task_as_query(flux.efficiency_task(settings), RANGE_STOP, write=write)
+    return client.query_api().query(source, org=settings.influx.org)
+
+
+def test_the_task_pipeline_reproduces_the_fixture_windows(settings, client, written):
+    assert_same_windows(windows_from(run_task_as_query(settings, client, write=False)), expected_windows())
+
+
+def test_the_analytics_queries_read_back_what_the_task_writes(settings, client, written):
+    run_task_as_query(settings, client, write=True)
+    run_task_as_query(settings, client, write=True)  # a rerun overwrites: idempotent
+    query_api = client.query_api()
+    span = {"_bucket": settings.influx.efficiency_bucket, "_start": RANGE_START, "_stop": RANGE_STOP}
+
+    fleet = flux.read_query("windows")
+    fleet.check_params(span)
+    assert_same_windows(windows_from(query_api.query(fleet.source, params=span)), expected_windows())
+
+    one = flux.read_query("vehicle_windows")
+    for vehicle_id in sorted({w.vehicle_id for w in expected_windows()}):
+        params = {**span, "_vehicle_id": vehicle_id}
+        one.check_params(params)
+        assert_same_windows(windows_from(query_api.query(one.source, params=params)),
+                            [w for w in expected_windows() if w.vehicle_id == vehicle_id])
+
+    totals_query = flux.read_query("vehicle_totals")
+    totals_query.check_params(span)
+    rows = {r.values["vehicle_id"]: r.values for t in query_api.query(totals_query.source, params=span)
+            for r in t.records}
+    expected_by_vehicle: dict[str, list[EfficiencyWindow]] = {}
+    for window in expected_windows():
+        expected_by_vehicle.setdefault(window.vehicle_id, []).append(window)
+    assert sorted(rows) == sorted(expected_by_vehicle)
+    for vehicle_id, windows in expected_by_vehicle.items():
+        want, got = span_totals(windows), rows[vehicle_id]
+        assert math.isclose(got["ac_kwh"], want.ac_kwh, rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+        assert math.isclose(got["dc_kwh"], want.dc_kwh, rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+        assert (got["ac_readings"], got["dc_readings"], got["windows"]) == (
+            want.ac_readings, want.dc_readings, want.windows)
+        assert math.isclose(got.get("battery_temp_sum") or 0.0, want.battery_temp_sum, rel_tol=REL_TOLERANCE)
+        assert (got.get("battery_temp_readings") or 0) == want.battery_temp_readings
+
+
+def test_setup_installs_the_task_once_and_then_leaves_it_unchanged(settings, client):
+    tasks_api = client.tasks_api()
+    org = find_org(settings, client)
+    if [t for t in tasks_api.find_tasks(name=flux.EFFICIENCY_TASK, org_id=org.id) if t.name == flux.EFFICIENCY_TASK]:
+        pytest.skip(f"organization {settings.influx.org!r} already has an {flux.EFFICIENCY_TASK!r} task; the live "
+                    "suite will not repoint it at test buckets (use a scratch organization)")
+    try:
+        first = setup_influx(settings, client)
+        second = setup_influx(settings, client)
+        assert [s.outcome for s in first] == ["exists", "exists", "created"]
+        assert [s.outcome for s in second] == ["exists", "exists", "unchanged"]
+        [task] = [t for t in tasks_api.find_tasks(name=flux.EFFICIENCY_TASK, org_id=org.id)
+                  if t.name == flux.EFFICIENCY_TASK]
+        assert (task.status, task.every, task.offset) == ("active", "5m", "30s")
+    finally:
+        for task in tasks_api.find_tasks(name=flux.EFFICIENCY_TASK, org_id=org.id):
+            if task.name == flux.EFFICIENCY_TASK and settings.influx.efficiency_bucket in (task.flux or ""):
+                tasks_api.delete_task(task.id)
