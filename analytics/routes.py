@@ -55,8 +55,16 @@ def _time_param(name: str) -> datetime | None:
 
 def _period(default_hours: int = 24) -> queries.Period:
     """?start=&stop= (RFC 3339); stop defaults to now, start to ``default_hours`` before stop."""
-    stop = _time_param("stop") or datetime.now(timezone.utc)
-    start = _time_param("start") or stop - timedelta(hours=default_hours)
+    stop = _time_param("stop")
+    start = _time_param("start")
+    if stop is None:
+        # Up to the newest window the task runner has computed: a window that closed seconds ago
+        # is not counted half-done.
+        state = _store().runner_state()
+        now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+        stop_ms = min(now_ms, int(state["last_stop_ms"])) if "last_stop_ms" in state else now_ms
+        stop = from_ms(stop_ms)
+    start = start or stop - timedelta(hours=default_hours)
     if start >= stop:
         raise ApiError(400, "invalid_parameter", "start must be before stop")
     if stop - start > timedelta(days=_settings().retention_days + 1):

@@ -29,7 +29,8 @@ from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 
 logger = logging.getLogger(__name__)
 
-ALERT_CATCHUP_WINDOWS = 288  # after downtime, replay alert evaluation over at most a day of windows
+ALERT_CATCHUP_WINDOWS = 288
+FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000  # analytics' default period  # after downtime, replay alert evaluation over at most a day of windows
 
 
 class RunnerBusy(RuntimeError):
@@ -91,6 +92,8 @@ class TaskRunner:
             written += self.compute(range_start, range_end, now_ms)
         if stale:
             self.store.clear_stale_hours(stale)
+        # The fleet summary's default span, ready-made for the dashboards that ask for it all day.
+        self.store.refresh_fleet_latest(self.window_ms, latest - FLEET_SUMMARY_SPAN_MS, latest)
 
         # A new runner establishes alert state from the last span; after downtime it replays (capped).
         first_eval = latest - self.policy.span_ms + self.window_ms if previous is None else max(

@@ -2,10 +2,13 @@
 
 Sits beside :class:`SqliteReadingStore` on the same file and its write lock. Tables:
 
-- ``efficiency``: one row per (window length, vehicle, window stop, meter); ``meter_id`` is ``''``
-  for an unpaired vehicle (SQLite primary keys cannot hold NULL the way we need).
+- ``efficiency``: one row per (window length, window stop, vehicle, meter); ``meter_id`` is ``''``
+  for an unpaired vehicle (SQLite primary keys cannot hold NULL the way we need). Keyed time first,
+  like the history: the runner rewrites and rolls up a time range of the whole fleet at once; a
+  vehicle's own report goes through ``efficiency_vehicle``.
 - ``efficiency_hourly``: per-vehicle sums of the windows of each hour, so a fleet summary over a
-  day reads 24 rows per vehicle instead of 288.
+  day reads 24 rows per vehicle instead of 288. Summed by SQLite (plain float addition, a few ulps
+  from exact): the fleet summary reads them; a vehicle's own report sums its windows exactly.
 - ``runner_state``, ``alerts``, ``notifications`` (the webhook outbox).
 """
 
@@ -26,14 +29,22 @@ _SCHEMA = [
         window_ms INTEGER NOT NULL, vehicle_id TEXT NOT NULL, stop_ms INTEGER NOT NULL, meter_id TEXT NOT NULL,
         ac_kwh REAL NOT NULL, dc_kwh REAL NOT NULL, ac_readings INTEGER NOT NULL, dc_readings INTEGER NOT NULL,
         avg_battery_temp REAL, efficiency REAL, computed_ms INTEGER NOT NULL,
-        PRIMARY KEY (window_ms, vehicle_id, stop_ms, meter_id)
+        PRIMARY KEY (window_ms, stop_ms, vehicle_id, meter_id)
     ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS efficiency_stop ON efficiency (window_ms, stop_ms)",
+    # Covering: a vehicle's report reads only this index (288 entries a day), never the table.
+    """CREATE INDEX IF NOT EXISTS efficiency_vehicle ON efficiency (window_ms, vehicle_id, stop_ms, meter_id,
+        ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp, efficiency)""",
     """CREATE TABLE IF NOT EXISTS efficiency_hourly (
         window_ms INTEGER NOT NULL, hour_stop_ms INTEGER NOT NULL, vehicle_id TEXT NOT NULL,
         ac_kwh REAL NOT NULL, dc_kwh REAL NOT NULL, ac_readings INTEGER NOT NULL, dc_readings INTEGER NOT NULL,
         windows INTEGER NOT NULL, battery_temp_sum REAL NOT NULL, battery_temp_readings INTEGER NOT NULL,
         PRIMARY KEY (window_ms, hour_stop_ms, vehicle_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS fleet_latest (
+        window_ms INTEGER NOT NULL, vehicle_id TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
+        ac_kwh REAL NOT NULL, dc_kwh REAL NOT NULL, ac_readings INTEGER NOT NULL, dc_readings INTEGER NOT NULL,
+        windows INTEGER NOT NULL, battery_temp_sum REAL NOT NULL, battery_temp_readings INTEGER NOT NULL,
+        PRIMARY KEY (window_ms, vehicle_id)
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS runner_state (key TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
     """CREATE TABLE IF NOT EXISTS alerts (
@@ -184,9 +195,9 @@ class SqliteEfficiencyStore:
                 conn.execute(
                     f"""INSERT INTO efficiency_hourly
                     SELECT window_ms, ((stop_ms - 1) / {MS_PER_HOUR} + 1) * {MS_PER_HOUR} AS hour_stop, vehicle_id,
-                        fsum(ac_kwh), fsum(dc_kwh), sum(ac_readings), sum(dc_readings), count(*),
-                        fsum(avg_battery_temp * dc_readings), sum(CASE WHEN avg_battery_temp IS NULL THEN 0
-                                                                  ELSE dc_readings END)
+                        total(ac_kwh), total(dc_kwh), sum(ac_readings), sum(dc_readings), count(*),
+                        total(avg_battery_temp * dc_readings), sum(CASE WHEN avg_battery_temp IS NULL THEN 0
+                                                                   ELSE dc_readings END)
                     FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ?
                     GROUP BY hour_stop, vehicle_id""",
                     (window_ms, first_hour, last_hour_stop),
@@ -213,7 +224,7 @@ class SqliteEfficiencyStore:
                 "ORDER BY stop_ms, vehicle_id, meter_id", (window_ms, start_ms, end_ms))
         else:
             rows = self._read(
-                f"SELECT {_WINDOW_COLUMNS} FROM efficiency WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? "
+                f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? "
                 "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
         return [_window(row) for row in rows]
 
@@ -223,7 +234,7 @@ class SqliteEfficiencyStore:
         ``windows`` (distinct stops), ``battery_temp_sum``/``battery_temp_readings`` and ``meters``."""
         rows = self._read(
             "SELECT meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp FROM efficiency "
-            "WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ?",
+            "INDEXED BY efficiency_vehicle WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ?",
             (window_ms, vehicle_id, start_ms, end_ms))
         matched = [r for r in rows if r[4] and r[5]]
         temps = [(r[6] * r[5], r[5]) for r in rows if r[6] is not None]
@@ -237,29 +248,29 @@ class SqliteEfficiencyStore:
 
     def vehicle_totals(self, window_ms: int, start_ms: int, end_ms: int) -> dict[str, SpanTotals]:
         """Per-vehicle sums over windows with stop in (start_ms, end_ms]: whole hours from the rollup,
-        the partial hours at either end from the windows themselves."""
-        hour_lo = -(-start_ms // MS_PER_HOUR) * MS_PER_HOUR  # first whole hour starts here
-        hour_hi = (end_ms // MS_PER_HOUR) * MS_PER_HOUR  # last whole hour stops here
-        window_cols = ("vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, 1, "
-                       "coalesce(avg_battery_temp * dc_readings, 0), "
-                       "CASE WHEN avg_battery_temp IS NULL THEN 0 ELSE dc_readings END")
-        if hour_lo >= hour_hi:  # no whole hour inside: every window comes from the first part
-            hour_lo = hour_hi = end_ms
-        sql = f"""SELECT vehicle_id, total(ac_kwh), total(dc_kwh), total(ac_readings), total(dc_readings),
-                    total(windows), total(battery_temp_sum), total(battery_temp_readings) FROM (
-                SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum,
-                       battery_temp_readings
-                FROM efficiency_hourly WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
-                UNION ALL SELECT {window_cols} FROM efficiency
-                WHERE window_ms = :w AND stop_ms > :lo AND stop_ms <= :hlo
-                UNION ALL SELECT {window_cols} FROM efficiency
-                WHERE window_ms = :w AND stop_ms > :hhi AND stop_ms <= :hi
-            ) GROUP BY vehicle_id"""
-        params = {"w": window_ms, "lo": start_ms, "hi": end_ms, "hlo": hour_lo, "hhi": hour_hi}
+        the partial hours at either end from the windows themselves. The span the task runner last
+        materialised (``refresh_fleet_latest``) is read ready-made."""
+        cached = self._read("SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum, "
+                            "battery_temp_readings FROM fleet_latest WHERE window_ms = ? AND start_ms = ? AND end_ms = ?",
+                            (window_ms, start_ms, end_ms))
+        if cached:
+            rows = cached
+        else:
+            sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
+            rows = self._read(sql, params)
         return {
             vehicle_id: SpanTotals(ac, dc, int(nac), int(ndc), int(nw), temps, int(ntemps))
-            for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in self._read(sql, params)
+            for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in rows
         }
+
+    def refresh_fleet_latest(self, window_ms: int, start_ms: int, end_ms: int) -> None:
+        """Materialise per-vehicle totals of (start_ms, end_ms] (the fleet summary's default span)."""
+        sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
+        self._write([
+            ("DELETE FROM fleet_latest WHERE window_ms = ?", (window_ms,)),
+            (f"INSERT INTO fleet_latest SELECT :w, vehicle_id, :lo, :hi, ac_kwh, dc_kwh, ac_readings, dc_readings, "
+             f"windows, battery_temp_sum, battery_temp_readings FROM ({sql})", params),
+        ])
 
     # -- runner state --------------------------------------------------------------------------
 
@@ -329,3 +340,26 @@ class SqliteEfficiencyStore:
             "SELECT total(delivered_ms IS NULL AND failed_ms IS NULL), total(delivered_ms IS NOT NULL), "
             "total(failed_ms IS NOT NULL) FROM notifications")
         return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
+
+
+def _vehicle_totals_query(window_ms: int, start_ms: int, end_ms: int) -> tuple[str, dict[str, int]]:
+    hour_lo = -(-start_ms // MS_PER_HOUR) * MS_PER_HOUR  # first whole hour starts here
+    hour_hi = (end_ms // MS_PER_HOUR) * MS_PER_HOUR  # last whole hour stops here
+    if hour_lo >= hour_hi:  # no whole hour inside: every window comes from the first part
+        hour_lo = hour_hi = end_ms
+    window_cols = ("vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, 1, "
+                   "coalesce(avg_battery_temp * dc_readings, 0), "
+                   "CASE WHEN avg_battery_temp IS NULL THEN 0 ELSE dc_readings END")
+    sql = f"""SELECT vehicle_id, total(ac_kwh) AS ac_kwh, total(dc_kwh) AS dc_kwh,
+                total(ac_readings) AS ac_readings, total(dc_readings) AS dc_readings, total(windows) AS windows,
+                total(battery_temp_sum) AS battery_temp_sum, total(battery_temp_readings) AS battery_temp_readings
+            FROM (
+            SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum,
+                   battery_temp_readings
+            FROM efficiency_hourly WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
+            UNION ALL SELECT {window_cols} FROM efficiency
+            WHERE window_ms = :w AND stop_ms > :lo AND stop_ms <= :hlo
+            UNION ALL SELECT {window_cols} FROM efficiency
+            WHERE window_ms = :w AND stop_ms > :hhi AND stop_ms <= :hi
+        ) GROUP BY vehicle_id"""
+    return sql, {"w": window_ms, "lo": start_ms, "hi": end_ms, "hlo": hour_lo, "hhi": hour_hi}

@@ -41,7 +41,7 @@ def test_the_fleet_summary_sums_whole_hours_and_partial_edges_alike(efficiency) 
 
 
 def test_the_fleet_summary_ranks_and_buckets_vehicles(efficiency) -> None:
-    store_windows(efficiency, {"V1": (0.92, 1.0), "V2": (0.80, 1.0), "V3": (0.70, 1.0), "V4": (1.05, 1.0),
+    store_windows(efficiency, {"V1": (0.92, 1.0), "V2": (0.82, 1.0), "V3": (0.70, 1.0), "V4": (1.05, 1.0),
                                "IDLE": (0.0, 0.01)}, 12)
     summary = queries.fleet_summary(efficiency, queries.Period(T0, T0 + HOUR), W, AlertPolicy(), worst_n=2)
     assert summary.vehicles == 5 and summary.vehicles_charging == 4

@@ -1,0 +1,195 @@
+"""Analytics over one full day of a 10,000-pair fleet (28.8 million readings).
+
+Measures, in one run against 127.0.0.1:
+- the task runner: computing one 5-minute window for the whole fleet (the work of a normal run), a
+  whole normal run (trailing windows recomputed + alert evaluation), and the day's catch-up;
+- ``GET /v1/analytics/performance/{vehicleId}`` (24 h, random vehicles) p50/p99 with wrk;
+- ``GET /v1/analytics/fleet/summary`` (24 h) latency over repeated requests.
+
+Targets (issue 3): per-vehicle report p99 <= 10 ms, fleet summary <= 250 ms, one window <= 1 s.
+
+The dataset is written straight into the store's day tables (as the issue allows, so it loads in
+minutes): every pair reports every minute, charging two hours in six at a power and efficiency
+drawn from its number, each device's clock offset within +-30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import sqlite3
+import statistics
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import harness
+from analytics.runner import TaskRunner
+from chargewatch.settings import Settings
+from chargewatch.stores.sqlite import _DAY_SCHEMA, SqliteReadingStore, _execute_script, day_table
+from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from simulator.devices import pair_ids
+
+MS_PER_MINUTE = 60_000
+POWERS_KW = (7.4, 11.0, 22.0, 50.0)
+
+
+def load_day(settings: Settings, pairs: int, day_start_ms: int) -> dict[str, Any]:
+    """Write a day of readings for ``pairs`` pairs straight into the day tables."""
+    store = SqliteReadingStore.from_settings(settings)  # creates the schema
+    store.close()
+    day = day_start_ms // 86_400_000
+    meters, vehicles = day_table("meter", day), day_table("vehicle", day)
+    conn = sqlite3.connect(settings.sqlite_path)
+    conn.execute("PRAGMA synchronous = OFF")  # a bulk load; the benchmark measures reads
+    conn.execute("PRAGMA cache_size = -262144")
+    _execute_script(conn, _DAY_SCHEMA["meter"].format(table=meters))
+    _execute_script(conn, _DAY_SCHEMA["vehicle"].format(table=vehicles))
+    traits = []
+    for number in range(1, pairs + 1):
+        rng = random.Random(number)
+        vehicle_id, meter_id = pair_ids(number)
+        traits.append((vehicle_id, meter_id, rng.choice(POWERS_KW) / 60, rng.uniform(0.75, 0.97),
+                       rng.randint(-30_000, 30_000), rng.randint(-30_000, 30_000), rng.randrange(360)))
+    started = time.perf_counter()
+    insert_m = f"INSERT INTO {meters} VALUES (?, ?, ?, ?, ?, ?)"
+    insert_v = f"INSERT INTO {vehicles} VALUES (?, ?, ?, ?, ?, ?, ?)"
+    for minute in range(1440):
+        at = day_start_ms + minute * MS_PER_MINUTE + 30_000
+        meter_rows, vehicle_rows = [], []
+        for vehicle_id, meter_id, kwh_per_minute, efficiency, v_off, m_off, phase in traits:
+            dc = kwh_per_minute if (minute + phase) % 360 < 120 else 0.0
+            vehicle_rows.append((vehicle_id, at + v_off, meter_id, 50.0, dc, 25.0, at))
+            meter_rows.append((meter_id, at + m_off, vehicle_id, dc / efficiency, 230.0, at))
+        conn.executemany(insert_m, meter_rows)
+        conn.executemany(insert_v, vehicle_rows)
+        if minute % 60 == 59:
+            conn.commit()
+            print(f"  loaded {minute + 1:4d}/1440 minutes", file=sys.stderr, flush=True)
+    conn.commit()
+    conn.close()
+    return {"readings": pairs * 1440 * 2, "load_seconds": round(time.perf_counter() - started, 1)}
+
+
+def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
+    store = SqliteReadingStore.from_settings(settings)
+    efficiency = SqliteEfficiencyStore(store)
+    runner = TaskRunner(efficiency, settings)
+    window_ms = runner.window_ms
+    day_end_ms = day_start_ms + 86_400_000
+    started = time.perf_counter()
+    for hour in range(24):
+        runner.compute(day_start_ms + hour * 3_600_000, day_start_ms + (hour + 1) * 3_600_000, day_end_ms)
+    catch_up = time.perf_counter() - started
+    one_window = []
+    stop = day_start_ms + 12 * 3_600_000
+    for _ in range(5):
+        t = time.perf_counter()
+        runner.compute(stop - window_ms, stop, day_end_ms)
+        one_window.append(time.perf_counter() - t)
+    # A normal run at the end of the day: trailing windows + alert evaluation, as the runner does live.
+    efficiency.set_runner_state({"last_stop_ms": day_end_ms - window_ms})
+    runs = []
+    for _ in range(3):
+        efficiency.set_runner_state({"last_stop_ms": day_end_ms - window_ms})
+        report = runner.run_once(day_end_ms + settings.efficiency.offset_seconds * 1000)
+        runs.append(report.duration_s)
+    (windows,), = store.read("SELECT count(*) FROM efficiency")
+    store.close()
+    return {
+        "windows_stored": windows,
+        "day_catch_up_seconds": round(catch_up, 1),
+        "one_window_seconds_median": round(statistics.median(one_window), 3),
+        "one_window_seconds_runs": [round(x, 3) for x in one_window],
+        "normal_run_seconds_median": round(statistics.median(runs), 3),
+        "normal_run_seconds_runs": [round(x, 3) for x in runs],
+        "normal_run_recomputes_windows": settings.efficiency.recompute_windows + 1,
+    }
+
+
+def start_analytics(data_dir: Path, read_token: str) -> harness.Server:
+    port = harness.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")}
+    env.update({"CHARGEWATCH_DATA_DIR": str(data_dir), "CHARGEWATCH_ANALYTICS__HOST": harness.HOST,
+                "CHARGEWATCH_ANALYTICS__PORT": str(port), "CHARGEWATCH_AUTH__READ_TOKENS": read_token,
+                "CHARGEWATCH_AUTH__WRITE_TOKENS": "bench-unused-" + secrets.token_hex(4),
+                "CHARGEWATCH_LOG_LEVEL": "WARNING"})
+    log_path = data_dir / "analytics.log"
+    process = harness.spawn([sys.executable, "-m", "chargewatch", "serve", "analytics"], env=env, log_path=log_path)
+    server = harness.Server("analytics", process, port, log_path, data_dir, "", read_token, {"workers": 2})
+    harness.wait_until_answering(server, "/health")
+    return server
+
+
+def timed_get(url: str, token: str) -> tuple[float, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    return time.perf_counter() - started, body
+
+
+def main() -> int:
+    parser = harness.base_parser(__doc__, default_duration=10.0)
+    parser.add_argument("--pairs", type=int, default=10_000, help="vehicle+meter pairs (default %(default)s)")
+    parser.add_argument("--summary-requests", type=int, default=20, help="fleet summary requests to time")
+    args = parser.parse_args()
+    data_dir = harness.make_data_dir("analytics")
+    day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    day_start_ms = int(day_start.timestamp() * 1000)
+    settings = Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
+    server = None
+    try:
+        print(f"loading {args.pairs} pairs x 1440 minutes x 2 ...", file=sys.stderr)
+        load = load_day(settings, args.pairs, day_start_ms)
+        print("computing windows ...", file=sys.stderr)
+        runner = measure_runner(settings, day_start_ms)
+        read_token = "bench-r-" + secrets.token_hex(8)
+        server = start_analytics(data_dir, read_token)
+        period = f"start={day_start.isoformat().replace('+00:00', 'Z')}&stop=" \
+                 f"{(day_start + timedelta(days=1)).isoformat().replace('+00:00', 'Z')}"
+        _, sample = timed_get(f"{server.url}/v1/analytics/performance/VEHICLE_001?{period}", read_token)
+        assert sample["windows"] == 288, sample
+        script = harness.lua_script("analytics_performance", data_dir)
+        runs = [harness.run_wrk(f"{server.url}/v1/analytics/performance/VEHICLE_001", script,
+                                duration_s=args.duration, connections=4, server=server,
+                                args=[str(args.pairs), read_token, period]) for _ in range(3)]
+        report = harness.median_result(runs)
+        timings = []
+        for _ in range(args.summary_requests):
+            seconds, summary = timed_get(f"{server.url}/v1/analytics/fleet/summary?{period}", read_token)
+            timings.append(seconds)
+        timings.sort()
+        result = {
+            "benchmark": "analytics_day",
+            "machine": harness.machine_info(),
+            "pairs": args.pairs,
+            "dataset": load,
+            "runner": runner,
+            "performance_report": {
+                "requests_per_s": report["requests_per_s"], "latency_ms": report["latency_ms"],
+                "errors": report["error_count"], "connections": 4,
+            },
+            "fleet_summary": {
+                "median_ms": round(1000 * statistics.median(timings), 1),
+                "p99_ms": round(1000 * timings[min(len(timings) - 1, int(0.99 * len(timings)))], 1),
+                "max_ms": round(1000 * timings[-1], 1),
+                "vehicles": summary["vehicles"],
+            },
+            "targets": {"performance_p99_ms": 10, "fleet_summary_ms": 250, "one_window_s": 1.0},
+        }
+        harness.emit(result, args.output)
+    finally:
+        if server is not None:
+            server.stop()
+        harness.remove_data_dir(data_dir, args.keep_data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
