@@ -149,6 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         subprocess.Popen([*command, "serve", "analytics"]),
         subprocess.Popen([*command, "tasks"]),
     ]
+    if settings.store == "influx":  # the outbox only drains while a forwarder runs
+        children.append(subprocess.Popen([*command, "forward"]))
     print(_banner(settings), flush=True)
     try:
         while not stopping.wait(0.5):
@@ -363,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from simulator.cli import add_parser as add_simulate_parser  # the simulator owns its options
     add_simulate_parser(commands)
+    from chargewatch.influx.cli import add_parser as add_influx_parser  # influx setup
+    add_influx_parser(commands)
+    from chargewatch.influx.forwarder_cli import add_parser as add_forwarder_parsers  # forward, outbox
+    add_forwarder_parsers(commands)
     return parser
 
 

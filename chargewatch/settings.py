@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, NoDecode
 from typing_extensions import Annotated
 
@@ -141,6 +141,48 @@ class AlertSettings(BaseModel):
     _split = field_validator("webhook_urls", mode="before")(_split_csv)
 
 
+class InfluxSettings(BaseModel):
+    """InfluxDB 2.x (``CHARGEWATCH_STORE=influx``): where the forwarder ships readings, and how.
+
+    Ingest writes every new reading to a durable outbox in the local SQLite file; one forwarder per
+    data directory (``chargewatch forward``) ships it in batches and deletes only what InfluxDB
+    acknowledged.
+    """
+
+    url: str = Field("http://localhost:8086", description="InfluxDB base URL.")
+    org: str = Field("chargewatch", description="Organization name (or 16-hex ID).")
+    token: SecretStr = Field(SecretStr(""), description="API token with write access to the telemetry bucket.")
+    telemetry_bucket: str = Field("telemetry", description="Bucket the forwarder writes readings to.")
+    efficiency_bucket: str = Field("efficiency", description="Bucket the efficiency task writes windows to.")
+    telemetry_retention_days: int | None = Field(
+        None, ge=0, description="Retention `chargewatch influx setup` gives a new telemetry bucket "
+        "(default: CHARGEWATCH_RETENTION_DAYS; 0 = forever)."
+    )
+    efficiency_retention_days: int = Field(
+        400, ge=0, description="Retention `chargewatch influx setup` gives a new efficiency bucket (0 = forever)."
+    )
+    batch_max_lines: int = Field(5000, ge=1, le=100_000, description="Most lines in one write request.")
+    batch_max_wait_seconds: float = Field(
+        1.0, ge=0, description="A batch that is not full is sent once its oldest line has waited this long."
+    )
+    outbox_max_rows: int = Field(
+        5_000_000, ge=1,
+        description="Outbox bound: beyond it ingest answers 503 with Retry-After. 5,000,000 lines (about "
+        "1 GB of disk) hold 8 h of a 10,000-device fleet reporting every minute.",
+    )
+    gzip: bool = Field(True, description="Send write bodies gzip-compressed.")
+    backoff_base_seconds: float = Field(1.0, gt=0, description="First retry delay after a failed write; doubles.")
+    backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Retry delay ceiling (so a recovered InfluxDB is found within it); a "
+        "Retry-After header is honoured up to this."
+    )
+    config_error_retry_seconds: float = Field(
+        60.0, gt=0, description="Retry delay after 401/403/404 (token, org or bucket wrong): rows are kept."
+    )
+    request_timeout_seconds: float = Field(10.0, gt=0, description="Connect and read timeout of one write.")
+    poll_seconds: float = Field(0.2, gt=0, description="How often an idle forwarder looks for new lines.")
+
+
 class Settings(BaseSettings):
     """Everything chargewatch reads from the environment."""
 
@@ -149,7 +191,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    store: Literal["sqlite"] = Field("sqlite", description="Reading store adapter.")
+    store: Literal["sqlite", "influx"] = Field(
+        "sqlite", description="sqlite: embedded store; influx: history goes to InfluxDB through the outbox."
+    )
     retention_days: int = Field(30, ge=1, description="Readings older than this are refused and dropped.")
     telemetry_bucket: str = Field(
         "telemetry", description="Bucket name line-protocol writers must use (POST /api/v2/write?bucket=...)."
@@ -163,6 +207,7 @@ class Settings(BaseSettings):
     efficiency: EfficiencySettings = Field(default_factory=EfficiencySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     pairing: PairingSettings = Field(default_factory=PairingSettings)
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
 
     @property
     def sqlite_path(self) -> Path:

@@ -14,6 +14,7 @@ from chargewatch.stores import ReadingStore, open_store
 from chargewatch.tokens import load_tokens
 from ingest.openapi import openapi_document
 from ingest.routes import bp
+from ingest.status import OutboxCollector
 from webapi.auth import TOKENS_EXTENSION
 from webapi.errors import register_error_handlers
 from webapi.metrics import instrument
@@ -40,5 +41,7 @@ def create_app(settings: Settings | None = None, store: ReadingStore | None = No
     register_error_handlers(app)
     instrument(app, "ingest")
     app.register_blueprint(bp)
-    app.register_blueprint(ops_blueprint("ingest", openapi_document, {"store": store.ping}))
+    outbox = getattr(store, "outbox", None)  # influx mode: queue depth, lag and dead letters in /metrics
+    collectors = [OutboxCollector(outbox)] if outbox is not None else []
+    app.register_blueprint(ops_blueprint("ingest", openapi_document, {"store": store.ping}, collectors=collectors))
     return app

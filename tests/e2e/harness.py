@@ -66,16 +66,17 @@ class IngestServer:
             )
         if self.service == "tasks":
             return self
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.service} exited with {self.process.returncode}: {self.log()}")
             try:
                 if requests.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker still booting on a busy machine
                 pass
             time.sleep(0.1)
+        self.crash()  # never leave a half-started server behind
         raise RuntimeError(f"{self.service} did not become ready: {self.log()}")
 
     def log(self) -> str:

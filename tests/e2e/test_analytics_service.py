@@ -60,17 +60,18 @@ def deployment(tmp_path_factory) -> Iterator[dict]:
     good, bad = Receiver(200), Receiver(500)
     env = {"CHARGEWATCH_ALERTS__WEBHOOK_URLS": f"{bad.url},{good.url}",
            "CHARGEWATCH_ALERTS__WEBHOOK_BACKOFF_SECONDS": "0.2"}
-    ingest = IngestServer(data_dir, free_port(), env).start()
-    analytics = IngestServer(data_dir, free_port(), env, service="analytics").start()
-    tasks: IngestServer | None = None
+    ingest = IngestServer(data_dir, free_port(), env)
+    analytics = IngestServer(data_dir, free_port(), env, service="analytics")
+    tasks = IngestServer(data_dir, 0, env, service="tasks")
     try:
+        ingest.start()
+        analytics.start()
         sent = post_history(IngestClient(ingest.url))
-        tasks = IngestServer(data_dir, 0, env, service="tasks").start()
+        tasks.start()
         yield {"ingest": ingest, "analytics": analytics, "tasks": tasks, "good": good, "bad": bad, "sent": sent}
     finally:
         for process in (tasks, analytics, ingest):
-            if process is not None:
-                process.stop()
+            process.stop()
         good.close()
         bad.close()
 

@@ -10,6 +10,7 @@ import pytest
 
 from chargewatch.pairing import PairingConflict, PairingRegistry, PairingRule
 from chargewatch.stores import WriteResult
+from chargewatch.stores.influx import InfluxReadingStore
 from chargewatch.stores.memory import InMemoryReadingStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 
@@ -25,10 +26,12 @@ def minutes(n: float) -> timedelta:
     return timedelta(minutes=n)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "influx", "memory"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         store = SqliteReadingStore(tmp_path / "chargewatch.db")
+    elif request.param == "influx":
+        store = InfluxReadingStore(tmp_path / "chargewatch.db")
     else:
         store = InMemoryReadingStore()
     yield store

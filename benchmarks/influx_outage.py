@@ -1,0 +1,233 @@
+"""InfluxDB outage under steady ingest (influx mode): readings lost, drain rate, ingest latency.
+
+Starts a stand-in InfluxDB 2.7 (tests/influx_standin.py, in its own process, answering with
+InfluxDB's status codes and keeping one point per series + time), ``chargewatch serve ingest`` with
+``CHARGEWATCH_STORE=influx`` and ``chargewatch forward`` with default forwarder settings, then a
+steady load of devices (default 400 readings/s: 4 gateways posting 5 meter + 5 vehicle readings
+ten times a second). Phases: warm-up; the outage (InfluxDB refuses connections, then for the last
+``--hang`` seconds accepts requests without answering them, so the forwarder times out); recovery
+under the same load until the outbox has drained. Then every acknowledged reading is looked up in
+what the stand-in stored.
+
+Figures:
+- readings_lost: acknowledged (HTTP 200) readings missing in InfluxDB. Target: 0.
+- drain: lines queued when InfluxDB came back, seconds until the backlog was gone (the outbox back
+  at its steady level), lines/s shipped meanwhile (the load keeps adding), and the delay to the
+  first acknowledged write (the forwarder's backoff, at most CHARGEWATCH_INFLUX__BACKOFF_MAX_SECONDS).
+- ingest latency p50/p99/max before, during and after the outage, as the devices saw it.
+- CPU seconds of ingest, forwarder and stand-in (the stand-in parses in Python: a real InfluxDB
+  takes writes much faster, so the drain rate is a lower bound).
+
+    /work/venv/bin/python benchmarks/influx_outage.py --outage 180 --output benchmarks/results/influx_outage.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+
+REPO = harness.BENCH_DIR.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.influx_mode import SteadyLoad  # noqa: E402  (the e2e suite's load, so both measure the same)
+
+STANDIN_TOKEN = "bench-standin-token"
+
+
+class Standin:
+    """The stand-in InfluxDB process, driven through its stdin commands."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.influx_standin", "--token", STANDIN_TOKEN], cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(log_dir / "standin.log").open("ab"),
+            text=True, start_new_session=True,
+        )
+        harness._started.append(self.process)  # stopped by harness.cleanup() whatever happens
+        self.url = json.loads(self.process.stdout.readline())["url"]
+
+    def command(self, text: str) -> dict[str, Any]:
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        try:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        harness.stop(self.process)
+
+
+def outbox_state(db_path: Path) -> tuple[int, int]:
+    """(rows waiting, lines shipped so far), read-only beside the writers (WAL)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        depth = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        shipped = conn.execute("SELECT value FROM forwarder_state WHERE key = 'shipped_total'").fetchone()
+        return depth, int(shipped[0]) if shipped else 0
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    parser = harness.base_parser(__doc__)
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the outage")
+    parser.add_argument("--outage", type=float, default=180.0, help="seconds InfluxDB is unavailable")
+    parser.add_argument("--hang", type=float, default=20.0,
+                        help="of those, the last seconds InfluxDB accepts but does not answer")
+    parser.add_argument("--max-drain", type=float, default=600.0, help="give up draining after this long")
+    parser.add_argument("--gateways", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=5, help="meter + vehicle pairs per request")
+    parser.add_argument("--rate", type=float, default=10.0, help="requests per second per gateway")
+    args = parser.parse_args()
+
+    load_rate = args.gateways * args.pairs * 2 * args.rate
+    result: dict[str, Any] = {
+        "benchmark": "influx_outage",
+        "measures": "readings lost, drain rate and ingest latency across an InfluxDB outage (influx mode)",
+        "target": {"readings_lost": 0},
+        "config": {"warmup_s": args.warmup, "outage_s": args.outage, "hang_s": args.hang,
+                   "load_readings_per_s": load_rate, "forwarder": "defaults (CHARGEWATCH_INFLUX__*)"},
+        "machine": harness.machine_info(),
+    }
+    data_dir = harness.make_data_dir("influx-outage")
+    db_path = data_dir / "chargewatch.db"
+    standin = server = forwarder = load = None
+    try:
+        standin = Standin(data_dir)
+        influx_env = {"CHARGEWATCH_STORE": "influx", "CHARGEWATCH_INFLUX__URL": standin.url,
+                      "CHARGEWATCH_INFLUX__TOKEN": STANDIN_TOKEN}
+        server = harness.start_chargewatch(data_dir, extra_env=influx_env)
+        forwarder_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")},
+                         "CHARGEWATCH_DATA_DIR": str(data_dir), "CHARGEWATCH_LOG_LEVEL": "INFO", **influx_env}
+        forwarder = harness.spawn([sys.executable, "-m", "chargewatch", "forward"], env=forwarder_env,
+                                  log_path=data_dir / "forwarder.log")
+        result["gunicorn_options"] = server.gunicorn_options
+
+        load = SteadyLoad(server.url, threads=args.gateways, pairs=args.pairs, rate_per_thread=args.rate,
+                          token=server.write_token).start()
+        series: list[dict[str, float]] = []
+        begin = time.monotonic()
+
+        def sample(phase: str) -> tuple[int, int]:
+            depth, shipped = outbox_state(db_path)
+            series.append({"t": round(time.monotonic() - begin, 1), "phase": phase, "depth": depth,
+                           "shipped": shipped})
+            return depth, shipped
+
+        def run_for(seconds: float, phase: str) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sample(phase)
+                time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+
+        print(f"warm-up {args.warmup:.0f} s at {load_rate:.0f} readings/s", file=sys.stderr)
+        run_for(args.warmup, "warmup")
+        steady_depth = max(s["depth"] for s in series[len(series) // 2:])
+        outage_start = time.monotonic()
+        print(f"outage: refusing connections for {args.outage - args.hang:.0f} s", file=sys.stderr)
+        standin.command("outage refuse")
+        run_for(args.outage - args.hang, "outage_refuse")
+        print(f"outage: hanging for {args.hang:.0f} s", file=sys.stderr)
+        standin.command("outage hang")
+        run_for(args.hang, "outage_hang")
+        queued, shipped_at_recovery = sample("recovery")
+        standin.command("recover")
+        outage_end = time.monotonic()
+        print(f"recovered with {queued} lines queued; draining", file=sys.stderr)
+
+        first_ack_s = drained_s = None
+        before_first_ack = (0.0, shipped_at_recovery)  # (seconds since recovery, shipped) of the last sample without
+        threshold = max(steady_depth, load_rate * 2)  # the outbox's usual level under this load
+        while time.monotonic() - outage_end < args.max_drain:
+            depth, shipped = sample("drain")
+            elapsed = time.monotonic() - outage_end
+            if first_ack_s is None:
+                if shipped > shipped_at_recovery:
+                    first_ack_s = elapsed
+                else:
+                    before_first_ack = (elapsed, shipped)
+            if depth <= threshold:
+                drained_s, drained_shipped = elapsed, shipped
+                break
+            time.sleep(0.05)
+        run_for(10.0, "after")
+        load.stop()
+        after_stop = time.monotonic()
+        while outbox_state(db_path)[0] and time.monotonic() - after_stop < 60:
+            time.sleep(0.2)
+
+        standin_stats = standin.command("stats")
+        dump_path = data_dir / "standin-points.json"
+        standin.command(f"dump {dump_path}")
+        stored = {(m, tags[f"{m}_id"], t // 1_000_000) for m, tags, t in json.loads(dump_path.read_text())}
+        acked = set(load.acked)
+        lost = acked - stored
+        result["readings"] = {
+            "acknowledged": len(acked), "acknowledged_requests_duplicated": len(load.acked) - len(acked),
+            "lost": len(lost), "lost_examples": sorted(lost)[:5], "rejected_requests": len(load.errors),
+            "rejected_examples": load.errors[:3],
+            "unanswered_requests": sum(1 for p in load.posts if p.status is None),
+            "influx_distinct_points": standin_stats["distinct_points"],
+            "influx_points_received": standin_stats["points_received"],
+            "influx_identical_rewrites": standin_stats["identical_rewrites"],
+            "influx_changed_rewrites": standin_stats["changed_rewrites"],
+            "influx_write_requests": standin_stats["write_requests"],
+        }
+        drain: dict[str, Any] = {"queued_at_recovery": queued, "steady_outbox_level": steady_depth,
+                                 "first_ack_after_recovery_s": _round(first_ack_s)}
+        if drained_s is not None:
+            shipped_lines = drained_shipped - shipped_at_recovery
+            shipping_s = drained_s - before_first_ack[0]  # from the last sample before the first ack
+            drain.update({"drained_after_s": round(drained_s, 2), "lines_shipped_while_draining": shipped_lines,
+                          "drain_lines_per_s_since_recovery": round(shipped_lines / drained_s),
+                          "drain_lines_per_s_while_shipping": round(shipped_lines / max(0.05, shipping_s))})
+        result["drain"] = drain
+        result["ingest_latency_s"] = {
+            "before_outage": _rounded(load.latency(begin, outage_start)),
+            "during_outage": _rounded(load.latency(outage_start, outage_end)),
+            "after_recovery": _rounded(load.latency(outage_end, after_stop)),
+        }
+        result["cpu_seconds"] = {
+            "ingest": round(harness.cpu_seconds(server.pids), 1),
+            "forwarder": round(harness.cpu_seconds([forwarder.pid]), 1),
+            "standin": round(harness.cpu_seconds([standin.process.pid]), 1),
+        }
+        result["outbox_series"] = [point for i, point in enumerate(series)
+                                   if point["phase"] == "drain" or i % max(1, len(series) // 100) == 0]
+        result["verdict"] = "pass" if not lost and not load.errors else "FAIL"
+        result["notes"] = harness.disturbance_notes(result)
+    finally:
+        if load is not None:
+            load.stop()
+        harness.stop(forwarder)
+        if server is not None:
+            server.stop()
+        if standin is not None:
+            standin.stop()
+        harness.remove_data_dir(data_dir, args.keep_data)
+    harness.emit(result, args.output)
+    return 0 if result.get("verdict") == "pass" else 1
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _rounded(stats: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in stats.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
