@@ -120,18 +120,26 @@ class TaskRunner:
         return len(windows)
 
     def evaluate_alerts(self, stop_ms: int, now_ms: int) -> tuple[int, int]:
-        span_windows = self.store.windows(self.window_ms, stop_ms - self.policy.span_ms, stop_ms)
+        # The span plus the window before it: enough to tell whether a session began inside the span.
+        fetched_from = stop_ms - self.policy.span_ms - self.window_ms
         by_vehicle: dict[str, list] = {}
-        for window in span_windows:
+        for window in self.store.windows(self.window_ms, fetched_from, stop_ms):
             by_vehicle.setdefault(window.vehicle_id, []).append(window)
-        verdicts = {}
-        for vehicle_id, windows in by_vehicle.items():
-            if windows[0].stop_ms <= stop_ms - self.policy.span_ms + self.window_ms and any(
-                    w.ac_kwh >= self.policy.active_kwh or w.dc_kwh >= self.policy.active_kwh for w in windows[:1]):
-                # The span starts inside a session: read back to where the session began.
-                windows = self.store.windows(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
-                                             vehicle_id)
-            verdicts[vehicle_id] = alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
+        earliest_stop = fetched_from + self.window_ms
+        # An ended session measured whole may reach further back: read those vehicles' sessions in one go.
+        reaching_back = [
+            vehicle_id for vehicle_id, windows in by_vehicle.items()
+            if (span := alerts.measured_span(windows, stop_ms, self.window_ms, self.policy))
+            and span[0].stop_ms <= earliest_stop
+        ]
+        if reaching_back:
+            longer: dict[str, list] = {vehicle_id: [] for vehicle_id in reaching_back}
+            for window in self.store.windows_of(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
+                                                reaching_back):
+                longer[window.vehicle_id].append(window)
+            by_vehicle.update(longer)
+        verdicts = {vehicle_id: alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
+                    for vehicle_id, windows in by_vehicle.items()}
         records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
         notifications = [
             (url, alerts.webhook_payload(record, status, self.policy, self.external_url))

@@ -106,6 +106,21 @@ def _window(row: Sequence) -> EfficiencyWindow:
     return EfficiencyWindow(vehicle_id, meter_id or None, *rest)
 
 
+def window_sums(windows: Sequence[EfficiencyWindow]) -> dict[str, Any]:
+    """Exact (fsum) sums over one vehicle's windows: ``ac_kwh``, ``dc_kwh``, the same for windows where
+    both sides reported (``matched_*``), reading counts, ``windows`` (distinct stops),
+    ``battery_temp_sum``/``battery_temp_readings`` and ``meters``. Both stores report with it."""
+    matched = [w for w in windows if w.ac_readings and w.dc_readings]
+    temps = [(w.avg_battery_temp * w.dc_readings, w.dc_readings) for w in windows if w.avg_battery_temp is not None]
+    return {
+        "ac_kwh": math.fsum(w.ac_kwh for w in windows), "dc_kwh": math.fsum(w.dc_kwh for w in windows),
+        "matched_ac_kwh": math.fsum(w.ac_kwh for w in matched), "matched_dc_kwh": math.fsum(w.dc_kwh for w in matched),
+        "ac_readings": sum(w.ac_readings for w in windows), "dc_readings": sum(w.dc_readings for w in windows),
+        "windows": len({w.stop_ms for w in windows}), "meters": sorted({w.meter_id for w in windows if w.meter_id}),
+        "battery_temp_sum": math.fsum(t for t, _ in temps), "battery_temp_readings": sum(n for _, n in temps),
+    }
+
+
 class SqliteEfficiencyStore:
     """The efficiency side of the embedded store (window rows, rollups, runner state, alerts)."""
 
@@ -228,23 +243,21 @@ class SqliteEfficiencyStore:
                 "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
         return [_window(row) for row in rows]
 
+    def windows_of(self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str]
+                   ) -> list[EfficiencyWindow]:
+        """Windows of the given vehicles with stop in (start_ms, end_ms], ordered by vehicle then stop."""
+        result: list[EfficiencyWindow] = []
+        for first in range(0, len(vehicle_ids), 500):  # SQLite caps the number of bound parameters
+            chunk = vehicle_ids[first:first + 500]
+            result.extend(_window(row) for row in self._read(
+                f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? "
+                f"AND vehicle_id IN ({', '.join('?' * len(chunk))}) AND stop_ms > ? AND stop_ms <= ? "
+                "ORDER BY vehicle_id, stop_ms, meter_id", (window_ms, *chunk, start_ms, end_ms)))
+        return result
+
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
-        """Exact (fsum) sums over one vehicle's windows with stop in (start_ms, end_ms]: ``ac_kwh``,
-        ``dc_kwh``, the same for windows where both sides reported (``matched_*``), reading counts,
-        ``windows`` (distinct stops), ``battery_temp_sum``/``battery_temp_readings`` and ``meters``."""
-        rows = self._read(
-            "SELECT meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp FROM efficiency "
-            "INDEXED BY efficiency_vehicle WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ?",
-            (window_ms, vehicle_id, start_ms, end_ms))
-        matched = [r for r in rows if r[4] and r[5]]
-        temps = [(r[6] * r[5], r[5]) for r in rows if r[6] is not None]
-        return {
-            "ac_kwh": math.fsum(r[2] for r in rows), "dc_kwh": math.fsum(r[3] for r in rows),
-            "matched_ac_kwh": math.fsum(r[2] for r in matched), "matched_dc_kwh": math.fsum(r[3] for r in matched),
-            "ac_readings": sum(r[4] for r in rows), "dc_readings": sum(r[5] for r in rows),
-            "windows": len({r[1] for r in rows}), "meters": sorted({r[0] for r in rows if r[0]}),
-            "battery_temp_sum": math.fsum(t for t, _ in temps), "battery_temp_readings": sum(n for _, n in temps),
-        }
+        """:func:`window_sums` of one vehicle's windows with stop in (start_ms, end_ms]."""
+        return window_sums(self.windows(window_ms, start_ms, end_ms, vehicle_id))
 
     def vehicle_totals(self, window_ms: int, start_ms: int, end_ms: int) -> dict[str, SpanTotals]:
         """Per-vehicle sums over windows with stop in (start_ms, end_ms]: whole hours from the rollup,
