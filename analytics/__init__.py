@@ -1,9 +1,8 @@
 """The analytics service: efficiency reports, fleet summary, series and alerts over the windows the
-task runner computes. Production: ``gunicorn 'analytics:create_app()'`` (``chargewatch serve analytics``)."""
+task runner computes (influx mode: the Flux task, read back from InfluxDB).
+Production: ``gunicorn 'analytics:create_app()'`` (``chargewatch serve analytics``)."""
 
 from __future__ import annotations
-
-import logging
 
 from flask import Flask
 
@@ -15,13 +14,10 @@ from chargewatch.pairing import PairingRegistry, PairingRule
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
-from chargewatch.tokens import load_tokens
-from webapi.auth import TOKENS_EXTENSION
+from webapi.auth import install_tokens
 from webapi.errors import register_error_handlers
 from webapi.metrics import instrument
 from webapi.ops import ops_blueprint
-
-logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, store: SqliteReadingStore | None = None) -> Flask:
@@ -29,17 +25,17 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
     settings = settings or Settings()
     store = store or SqliteReadingStore.from_settings(settings)
     efficiency = SqliteEfficiencyStore(store)
+    if settings.store == "influx":  # windows come from the bucket the Flux task fills; alerts stay local
+        from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
+
+        efficiency = InfluxEfficiencyStore.from_settings(settings, efficiency)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chargewatch_settings"] = settings
     app.extensions["efficiency_store"] = efficiency
     app.extensions["alert_policy"] = policy_from(settings)
     app.extensions["pairing_registry"] = PairingRegistry(store, PairingRule.from_strings(settings.pairing.prefixes))
-    if settings.auth.enabled:
-        app.extensions[TOKENS_EXTENSION] = load_tokens(settings)
-    else:
-        logger.warning("token auth is disabled (CHARGEWATCH_AUTH__ENABLED=false): anyone can read")
-        app.extensions[TOKENS_EXTENSION] = None
+    install_tokens(app, settings)
 
     def health_details() -> dict:
         status = runner_status(efficiency, settings.efficiency.window_seconds, settings.efficiency.offset_seconds)

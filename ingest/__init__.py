@@ -5,22 +5,18 @@ Production: ``gunicorn 'ingest:create_app()'`` (``chargewatch serve ingest`` doe
 
 from __future__ import annotations
 
-import logging
 from flask import Flask
 
 from chargewatch.pairing import PairingRegistry, PairingRule
 from chargewatch.settings import Settings
 from chargewatch.stores import ReadingStore, open_store
-from chargewatch.tokens import load_tokens
 from ingest.openapi import openapi_document
 from ingest.routes import bp
 from ingest.status import OutboxCollector
-from webapi.auth import TOKENS_EXTENSION
+from webapi.auth import install_tokens
 from webapi.errors import register_error_handlers
 from webapi.metrics import instrument
 from webapi.ops import ops_blueprint
-
-logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, store: ReadingStore | None = None) -> Flask:
@@ -32,11 +28,7 @@ def create_app(settings: Settings | None = None, store: ReadingStore | None = No
     app.extensions["chargewatch_settings"] = settings
     app.extensions["reading_store"] = store
     app.extensions["pairing_registry"] = PairingRegistry(store, PairingRule.from_strings(settings.pairing.prefixes))
-    if settings.auth.enabled:
-        app.extensions[TOKENS_EXTENSION] = load_tokens(settings)
-    else:
-        logger.warning("token auth is disabled (CHARGEWATCH_AUTH__ENABLED=false): anyone can write and read")
-        app.extensions[TOKENS_EXTENSION] = None
+    install_tokens(app, settings)
 
     register_error_handlers(app)
     instrument(app, "ingest")

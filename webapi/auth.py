@@ -5,14 +5,28 @@ from __future__ import annotations
 from functools import wraps
 from typing import Callable, TypeVar
 
-from flask import current_app, request
+import logging
 
-from chargewatch.tokens import Scope, Tokens
+from flask import Flask, current_app, request
+
+from chargewatch.settings import Settings
+from chargewatch.tokens import Scope, Tokens, load_tokens
 from webapi.errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable)
 
 TOKENS_EXTENSION = "chargewatch_tokens"  # app.extensions key; None when auth is disabled
+
+
+def install_tokens(app: Flask, settings: Settings) -> None:
+    """Load the tokens routes check, or switch auth off (loudly) when the settings say so."""
+    if settings.auth.enabled:
+        app.extensions[TOKENS_EXTENSION] = load_tokens(settings)
+    else:
+        logger.warning("token auth is disabled (CHARGEWATCH_AUTH__ENABLED=false): anyone can read and write")
+        app.extensions[TOKENS_EXTENSION] = None
 
 
 def _presented_token() -> str | None:
