@@ -53,9 +53,23 @@ class Pairings:
     explicit: Mapping[str, str] = field(default_factory=dict)  # vehicle_id -> meter_id
     rule: PairingRule = field(default_factory=PairingRule)
     _by_meter: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    _resolved: dict[tuple[str, str], str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_meter", {m: v for v, m in self.explicit.items()})
+        # Answers memoised per device: a fleet asks about the same few thousand ids all day.
+        object.__setattr__(self, "_resolved", {})
+
+    def partner_of(self, kind: str, device_id: str) -> str | None:
+        """The meter of a vehicle, or the vehicle of a meter (``kind`` is the device's own kind)."""
+        key = (kind, device_id)
+        try:
+            return self._resolved[key]
+        except KeyError:
+            partner = self.meter_for(device_id) if kind == "vehicle" else self.vehicle_for(device_id)
+            if len(self._resolved) < 1_000_000:
+                self._resolved[key] = partner
+            return partner
 
     def meter_for(self, vehicle_id: str) -> str | None:
         meter = self.explicit.get(vehicle_id)

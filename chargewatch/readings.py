@@ -11,15 +11,16 @@ line protocol and simulator output::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic_core import from_json
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -30,6 +31,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    Strict,
     model_validator,
 )
 
@@ -64,22 +66,6 @@ def _rules(info: ValidationInfo) -> ReadingRules:
     return ReadingRules(now=datetime.now(timezone.utc))
 
 
-def _reject_non_numbers(value: Any) -> Any:
-    # Lax float parsing would take true/false as 1.0/0.0; a boolean is never a measurement.
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not a boolean")
-    if isinstance(value, str) and not math.isfinite(_float_or_nan(value)):
-        raise ValueError("must be a finite number")
-    return value
-
-
-def _float_or_nan(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return 0.0  # not a number at all: let the float validator word the error
-
-
 def _within_energy_ceiling(value: float, info: ValidationInfo) -> float:
     ceiling = _rules(info).max_energy_kwh
     if value > ceiling:
@@ -97,7 +83,9 @@ def _require_rfc3339_text(value: Any) -> Any:
 
 def _within_time_bounds(value: datetime, info: ValidationInfo) -> datetime:
     rules = _rules(info)
-    value = value.astimezone(timezone.utc)
+    if value.tzinfo is not timezone.utc:
+        # Same instant as astimezone(utc), at a third of the cost for pydantic's parsed offsets.
+        value = value.replace(tzinfo=timezone.utc) - value.utcoffset()
     if value - rules.now > rules.max_future_skew:
         raise ValueError(
             f"is {int((value - rules.now).total_seconds())} s in the future; "
@@ -108,7 +96,9 @@ def _within_time_bounds(value: datetime, info: ValidationInfo) -> datetime:
     return value
 
 
-Number = Annotated[float, BeforeValidator(_reject_non_numbers), Field(allow_inf_nan=False)]
+# Strict: a JSON number (or a Python int/float), never a string or a boolean; NaN and Infinity
+# are refused in any spelling. All of it runs in pydantic's core, which matters at 100k readings/s.
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 Energy = Annotated[Number, Field(ge=0), AfterValidator(_within_energy_ceiling)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="1-64 chars of [A-Za-z0-9._:-]")]
 Timestamp = Annotated[
@@ -135,7 +125,7 @@ class _Reading(BaseModel):
     def device_id(self) -> str:
         raise NotImplementedError
 
-    @property
+    @cached_property
     def time_ms(self) -> int:
         """Device timestamp as integer milliseconds since the Unix epoch (the storage precision)."""
         delta = self.timestamp - _EPOCH

@@ -36,9 +36,11 @@ def pair_readings(readings: Sequence[AnyReading], pairings: Pairings, received_m
     paired = []
     for reading in readings:
         if isinstance(reading, MeterReading):
-            paired.append(PairedReading(reading, pairings.vehicle_for(reading.meter_id), reading.meter_id, received_ms))
+            partner = pairings.partner_of("meter", reading.meter_id)
+            paired.append(PairedReading(reading, partner, reading.meter_id, received_ms))
         else:
-            paired.append(PairedReading(reading, reading.vehicle_id, pairings.meter_for(reading.vehicle_id), received_ms))
+            partner = pairings.partner_of("vehicle", reading.vehicle_id)
+            paired.append(PairedReading(reading, reading.vehicle_id, partner, received_ms))
     return paired
 
 

@@ -24,6 +24,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
@@ -125,6 +126,7 @@ _MARK_STALE = (
 _CURRENT_COLUMNS = "kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp"
 
 
+@lru_cache(maxsize=256)
 def day_table(kind: Kind, day_number: int) -> str:
     """Table name for one kind and UTC day (days since the epoch); never built from input text."""
     return f"{kind}_{(_EPOCH_DAY + timedelta(days=day_number)).strftime('%Y%m%d')}"
