@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -120,16 +121,29 @@ class PairingStore(Protocol):
 
 
 class PairingRegistry:
-    """Cached, always-current pairings: reloads only when the store's version moves."""
+    """Cached pairings: reloads when the store's version moves, which it checks at most every
+    ``recheck_seconds`` (a change made in another process applies within that long)."""
 
-    def __init__(self, store: PairingStore, rule: PairingRule) -> None:
+    def __init__(self, store: PairingStore, rule: PairingRule, recheck_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._rule = rule
         self._lock = threading.Lock()
         self._version: int | None = None
         self._pairings = Pairings(rule=rule)
+        self._recheck_seconds = recheck_seconds
+        self._clock = clock
+        self._checked_at = float("-inf")
+
+    def invalidate(self) -> None:
+        """Reload on the next ``current()`` (after this process changed the pairings)."""
+        self._checked_at = float("-inf")
 
     def current(self) -> Pairings:
+        now = self._clock()
+        if now - self._checked_at < self._recheck_seconds:
+            return self._pairings
+        self._checked_at = now
         version = self._store.pairings_version()
         if version != self._version:
             with self._lock:

@@ -242,6 +242,7 @@ def put_pairing(vehicle_id: str) -> Response:
     request_body = PairingRequest.model_validate_json(_body())
     try:
         _store().save_pairings({_device_id(vehicle_id): request_body.meter_id})
+        _pairings().invalidate()
     except PairingConflict as err:
         raise ApiError(409, "pairing_conflict", str(err)) from None
     body = PairingBody(vehicle_id=vehicle_id, meter_id=request_body.meter_id, source="registry")
@@ -253,4 +254,5 @@ def put_pairing(vehicle_id: str) -> Response:
 def delete_pairing(vehicle_id: str) -> Response:
     if not _store().delete_pairing(_device_id(vehicle_id)):
         raise ApiError(404, "not_found", f"vehicle {vehicle_id} has no registry pairing")
+    _pairings().invalidate()
     return Response(status=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -144,6 +145,7 @@ def test_the_fleet_listing_pages_through_every_device(client: IngestClient) -> N
 def test_a_registry_pairing_overrides_the_default_rule(client: IngestClient, server: IngestServer) -> None:
     response = client.session.put(client.base_url + "/v1/pairings/VEHICLE_55555", json={"meterId": "GRID-55"})
     assert response.status_code == 200, response.text
+    time.sleep(1.1)  # the other worker rechecks the registry within a second
     client.post_readings(vehicle_payload("VEHICLE_55555"))
     assert server.rows("vehicle", "vehicle_id = ?", ("VEHICLE_55555",))[0][2] == "GRID-55"
     assert client.get("/v1/pairings/VEHICLE_55555").json()["source"] == "registry"

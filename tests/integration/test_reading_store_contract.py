@@ -434,7 +434,7 @@ def test_deleting_a_pairing_that_does_not_exist_reports_false_and_keeps_the_vers
 
 
 def test_registry_reflects_a_pairing_saved_through_its_store(store):
-    registry = PairingRegistry(store, PairingRule())
+    registry = PairingRegistry(store, PairingRule(), recheck_seconds=0)
     assert registry.current().meter_for("VEHICLE_001") == "METER_001"  # the default rule
 
     store.save_pairings({"VEHICLE_001": "METER_017"})
@@ -447,7 +447,7 @@ def test_registry_reflects_a_change_made_by_another_store_on_the_same_sqlite_fil
     path = tmp_path / "chargewatch.db"
     reader, writer = SqliteReadingStore(path), SqliteReadingStore(path)
     try:
-        registry = PairingRegistry(reader, PairingRule())
+        registry = PairingRegistry(reader, PairingRule(), recheck_seconds=0)
         assert registry.current().explicit == {}
 
         writer.save_pairings({"VEHICLE_001": "METER_017"})

@@ -44,7 +44,7 @@ def test_an_explicit_pairing_wins_over_the_rule_in_both_directions() -> None:
 
 def test_the_registry_reloads_only_when_the_store_version_moves() -> None:
     store = InMemoryReadingStore()
-    registry = PairingRegistry(store, PairingRule())
+    registry = PairingRegistry(store, PairingRule(), recheck_seconds=0)
     first = registry.current()
     assert registry.current() is first
     store.save_pairings({"VEHICLE_001": "GRID-1"})
@@ -79,3 +79,17 @@ def test_a_pairing_file_naming_one_meter_twice_is_a_conflict(tmp_path) -> None:
 def test_a_missing_pairing_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot read pairing file"):
         read_pairing_file(tmp_path / "absent.json")
+
+
+def test_the_registry_checks_the_store_at_most_once_per_interval() -> None:
+    store = InMemoryReadingStore()
+    now = [100.0]
+    registry = PairingRegistry(store, PairingRule(), recheck_seconds=1.0, clock=lambda: now[0])
+    registry.current()
+    store.save_pairings({"VEHICLE_001": "GRID-1"})
+    assert registry.current().meter_for("VEHICLE_001") == "METER_001"  # not rechecked yet
+    now[0] += 1.0
+    assert registry.current().meter_for("VEHICLE_001") == "GRID-1"
+    store.save_pairings({"VEHICLE_001": "GRID-2"})
+    registry.invalidate()
+    assert registry.current().meter_for("VEHICLE_001") == "GRID-2"
