@@ -63,6 +63,7 @@ def test_every_acknowledged_reading_survives_kill_9(tmp_path) -> None:
         stored = {(kind, row[0], row[1]) for kind in ("meter", "vehicle") for row in server.rows(kind)}
         missing = [reading for reading in acked if reading not in stored]
         assert missing == [], f"{len(missing)} of {len(acked)} acknowledged readings were lost"
+        print(f"\n{len(acked)} readings acknowledged before kill -9, all {len(stored)} rows back after restart")
         assert server.query("PRAGMA integrity_check") == [("ok",)]
         newest_soc = server.query("SELECT count(*) FROM current_state WHERE kind = 'vehicle' AND device_id LIKE 'DUR-V%'")
         assert newest_soc == [(8,)]
