@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 ALERT_CATCHUP_WINDOWS = 288
 FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000  # analytics' default period  # after downtime, replay alert evaluation over at most a day of windows
+# Influx mode: the Flux task runs at the same ``offset`` after a window closes; alerts wait this much
+# longer, so they read the windows the task has just written.
+INFLUX_TASK_GRACE_MS = 60_000
 
 
 class RunnerBusy(RuntimeError):
@@ -57,13 +60,19 @@ class RunReport:
 
 
 class TaskRunner:
-    """Computes windows and alerts; ``run_once(now_ms)`` is deterministic given the store and ``now``."""
+    """Computes windows and alerts; ``run_once(now_ms)`` is deterministic given the store and ``now``.
 
-    def __init__(self, store: SqliteEfficiencyStore, settings: Settings, external_url: str = "") -> None:
+    With ``compute_windows=False`` (influx mode: the Flux task computes the windows inside InfluxDB
+    and ``store`` reads them from there) a run only evaluates alerts, ``INFLUX_TASK_GRACE_MS`` later.
+    """
+
+    def __init__(self, store: SqliteEfficiencyStore, settings: Settings, external_url: str = "", *,
+                 compute_windows: bool = True) -> None:
         self.store = store
         self.settings = settings
+        self.compute_windows = compute_windows
         self.window_ms = settings.efficiency.window_seconds * 1000
-        self.offset_ms = settings.efficiency.offset_seconds * 1000
+        self.offset_ms = settings.efficiency.offset_seconds * 1000 + (0 if compute_windows else INFLUX_TASK_GRACE_MS)
         self.policy = policy_from(settings)
         self.external_url = external_url
 
@@ -79,6 +88,26 @@ class TaskRunner:
         latest = self.latest_stop(now_ms)
         state = self.store.runner_state()
         previous = int(state["last_stop_ms"]) if "last_stop_ms" in state else None
+        written, ranges = self.refresh_windows(latest, previous, now_ms) if self.compute_windows else (0, 0)
+
+        # A new runner establishes alert state from the last span; after downtime it replays (capped).
+        first_eval = latest - self.policy.span_ms + self.window_ms if previous is None else max(
+            previous + self.window_ms, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
+        changed = queued = 0
+        for stop in range(first_eval, latest + 1, self.window_ms):
+            records, notified = self.evaluate_alerts(stop, now_ms)
+            changed += records
+            queued += notified
+        duration = time.perf_counter() - started
+        self.store.set_runner_state({
+            "last_stop_ms": latest, "last_run_ms": now_ms, "last_duration_s": duration,
+            "last_windows_written": written, "runs_total": state.get("runs_total", 0) + 1,
+        })
+        return RunReport(latest, written, ranges, changed, queued, duration)
+
+    def refresh_windows(self, latest: int, previous: int | None, now_ms: int) -> tuple[int, int]:
+        """Recompute the trailing windows, any gap since ``previous`` and the stale hours; returns
+        (windows written, ranges computed)."""
         retention_start = latest - self.settings.retention_days * 86_400_000
         trailing_start = latest - self.settings.efficiency.recompute_windows * self.window_ms
         start = retention_start if previous is None else max(retention_start, min(previous, latest) - (
@@ -94,21 +123,7 @@ class TaskRunner:
             self.store.clear_stale_hours(stale)
         # The fleet summary's default span, ready-made for the dashboards that ask for it all day.
         self.store.refresh_fleet_latest(self.window_ms, latest - FLEET_SUMMARY_SPAN_MS, latest)
-
-        # A new runner establishes alert state from the last span; after downtime it replays (capped).
-        first_eval = latest - self.policy.span_ms + self.window_ms if previous is None else max(
-            previous + self.window_ms, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
-        changed = queued = 0
-        for stop in range(first_eval, latest + 1, self.window_ms):
-            records, notified = self.evaluate_alerts(stop, now_ms)
-            changed += records
-            queued += notified
-        duration = time.perf_counter() - started
-        self.store.set_runner_state({
-            "last_stop_ms": latest, "last_run_ms": now_ms, "last_duration_s": duration,
-            "last_windows_written": written, "runs_total": state.get("runs_total", 0) + 1,
-        })
-        return RunReport(latest, written, len(ranges), changed, queued, duration)
+        return written, len(ranges)
 
     def compute(self, start_ms: int, end_ms: int, now_ms: int) -> int:
         """Recompute every window with stop in (start_ms, end_ms] from the readings."""

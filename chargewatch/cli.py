@@ -174,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    """The task runner (efficiency windows, alerts, webhooks, hourly retention) in the foreground."""
+    """The task runner (efficiency windows, alerts, webhooks, hourly retention) in the foreground; in
+    influx mode the Flux task computes the windows and this runner evaluates alerts over them."""
     from analytics.notify import deliver_forever
     from analytics.runner import RunnerBusy, TaskRunner, hold_runner_lock, run_forever
     from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
@@ -190,7 +191,17 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     store = _open_store(settings)
     efficiency = SqliteEfficiencyStore(store)
     analytics_url = f"http://{settings.analytics.host}:{settings.analytics.port}"
-    runner = TaskRunner(efficiency, settings, external_url=analytics_url)
+    if settings.store == "influx":  # the Flux task computes the windows; alerts are evaluated here
+        from chargewatch.stores import StorageUnavailable
+        from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
+
+        try:
+            windows_source = InfluxEfficiencyStore.from_settings(settings, efficiency)
+        except StorageUnavailable as err:
+            raise SystemExit(f"chargewatch: {err}") from None
+        runner = TaskRunner(windows_source, settings, external_url=analytics_url, compute_windows=False)
+    else:
+        runner = TaskRunner(efficiency, settings, external_url=analytics_url)
     notifier = threading.Thread(target=deliver_forever, args=(efficiency, settings.alerts, stopping.wait),
                                 name="webhooks", daemon=True)
     notifier.start()

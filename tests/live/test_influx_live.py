@@ -157,6 +157,36 @@ def test_the_analytics_queries_read_back_what_the_task_writes(settings, client, 
         assert (got.get("battery_temp_readings") or 0) == want.battery_temp_readings
 
 
+def test_the_influx_efficiency_store_reads_the_fixture_windows(settings, client, written, tmp_path):
+    from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
+    from chargewatch.stores.sqlite import SqliteReadingStore
+    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+
+    run_task_as_query(settings, client, write=True)
+    local = SqliteReadingStore(tmp_path / "local.db", synchronous="normal")
+    store = InfluxEfficiencyStore.from_settings(settings, SqliteEfficiencyStore(local))
+    window_ms = FIXTURE["windowSeconds"] * 1000
+    start_ms, stop_ms = (int(t.timestamp() * 1000) for t in (RANGE_START, RANGE_STOP))
+    try:
+        assert_same_windows(store.windows(window_ms, start_ms, stop_ms), expected_windows())
+        by_vehicle: dict[str, list[EfficiencyWindow]] = {}
+        for window in expected_windows():
+            by_vehicle.setdefault(window.vehicle_id, []).append(window)
+        for vehicle_id, windows in by_vehicle.items():
+            assert_same_windows(store.windows(window_ms, start_ms, stop_ms, vehicle_id), windows)
+        totals = store.vehicle_totals(window_ms, start_ms, stop_ms)
+        assert list(totals) == sorted(by_vehicle)
+        for vehicle_id, windows in by_vehicle.items():
+            want, got = span_totals(windows), totals[vehicle_id]
+            assert (got.ac_readings, got.dc_readings, got.windows, got.battery_temp_readings) == (
+                want.ac_readings, want.dc_readings, want.windows, want.battery_temp_readings)
+            for name in ("ac_kwh", "dc_kwh", "battery_temp_sum"):
+                assert math.isclose(getattr(got, name), getattr(want, name), rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+    finally:
+        store.close()
+        local.close()
+
+
 def test_setup_installs_the_task_once_and_then_leaves_it_unchanged(settings, client):
     tasks_api = client.tasks_api()
     org = find_org(settings, client)
