@@ -236,7 +236,9 @@ def _banner(settings: Settings) -> str:
     ingest = f"http://{settings.ingest.host}:{settings.ingest.port}"
     analytics = f"http://{settings.analytics.host}:{settings.analytics.port}"
     lines = [
-        f"chargewatch {__version__} on the embedded store {settings.sqlite_path}",
+        f"chargewatch {__version__} on the embedded store {settings.sqlite_path}" if settings.store == "sqlite"
+        else f"chargewatch {__version__} on InfluxDB {settings.influx.url} (org {settings.influx.org}), "
+             f"local outbox and current state in {settings.sqlite_path}",
         f"  devices and gateways: POST {ingest}/v1/ingest (JSON) or {ingest}/api/v2/write"
         f"?bucket={settings.telemetry_bucket} (line protocol)",
         f"  current state:        GET  {ingest}/v1/ingest/devices",
