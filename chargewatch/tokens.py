@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -50,18 +51,23 @@ def load_tokens(settings: "Settings") -> Tokens:
 def _read_or_create(path: Path) -> dict[str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fresh = {"write": "cw_w_" + secrets.token_hex(20), "read": "cw_r_" + secrets.token_hex(20)}
+    # Written whole to a private temporary file, then linked into place: os.link fails when the
+    # file exists, so when several processes start at once exactly one set of tokens wins, and
+    # nobody ever reads a half-written file.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tokens-")
     try:
-        # O_EXCL: when several workers start at once exactly one creates the file.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
         with os.fdopen(fd, "w") as handle:
             json.dump(fresh, handle, indent=2)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        return fresh
+        try:
+            os.link(temporary, path)
+            return fresh
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)
     try:
         stored = json.loads(path.read_text())
         return {"write": str(stored["write"]), "read": str(stored["read"])}
