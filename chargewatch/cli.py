@@ -122,6 +122,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)
+            if "control_socket" in self.cfg.settings:
+                # gunicorn >= 23 opens a control socket at one per-user path by default; give each
+                # service its own, so ingest and analytics never take over each other's.
+                self.cfg.set("control_socket", str(settings.data_dir / f"{args.service}.ctl"))
 
         def load(self):
             from gunicorn.util import import_app
