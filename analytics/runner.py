@@ -13,9 +13,7 @@ tasks. Each run, ``offset`` after a window closes:
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Callable
 
 from analytics import alerts
 from chargewatch.efficiency import combine
+from chargewatch.locks import AlreadyRunning, hold_instance_lock
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import MS_PER_HOUR
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
@@ -36,7 +35,7 @@ FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000  # analytics' default period  # after dow
 INFLUX_TASK_GRACE_MS = 60_000
 
 
-class RunnerBusy(RuntimeError):
+class RunnerBusy(AlreadyRunning):
     """Another task runner holds the lock for this data directory."""
 
 
@@ -179,16 +178,7 @@ def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
 
 def hold_runner_lock(data_dir: Path) -> int:
     """Take the one-runner-per-data-directory lock; returns the descriptor to keep open."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "task-runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunnerBusy(f"another task runner is running on {data_dir}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
+    return hold_instance_lock(data_dir / "task-runner.lock", RunnerBusy(f"another task runner is running on {data_dir}"))
 
 
 def run_forever(runner: TaskRunner, stopping: Callable[[float], bool], clock: Callable[[], float] = time.time) -> None:

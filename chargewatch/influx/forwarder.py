@@ -35,10 +35,8 @@ objects); and this module, like the unit tests, must not need the optional influ
 from __future__ import annotations
 
 import email.utils
-import fcntl
 import gzip
 import logging
-import os
 import random
 import re
 import time
@@ -49,6 +47,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import requests
 
 from chargewatch import __version__
+from chargewatch.locks import AlreadyRunning, hold_instance_lock
 from chargewatch.stores import StorageUnavailable
 from chargewatch.stores.outbox import Outbox, OutboxRow
 
@@ -355,20 +354,11 @@ def _named_lines(message: str) -> dict[str, str]:
 
 # -- one forwarder per outbox ------------------------------------------------------------------------
 
-class ForwarderBusy(RuntimeError):
+class ForwarderBusy(AlreadyRunning):
     """Another forwarder already ships this outbox."""
 
 
 def hold_forwarder_lock(db_path: Path) -> int:
     """Take the one-forwarder-per-outbox lock beside the SQLite file; returns the descriptor to keep open."""
-    lock_path = db_path.with_name(db_path.name + ".forwarder.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ForwarderBusy(f"another forwarder is shipping the outbox of {db_path}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
+    return hold_instance_lock(db_path.with_name(db_path.name + ".forwarder.lock"),
+                              ForwarderBusy(f"another forwarder is shipping the outbox of {db_path}"))
