@@ -17,7 +17,7 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -177,21 +177,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return failed[0] if failed else 0
 
 
-def cmd_tasks(args: argparse.Namespace) -> int:
-    """The task runner (efficiency windows, alerts, webhooks, hourly retention) in the foreground; in
-    influx mode the Flux task computes the windows and this runner evaluates alerts over them."""
-    from analytics.notify import deliver_forever
-    from analytics.runner import RunnerBusy, TaskRunner, hold_runner_lock, run_forever
-    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+def run_once_in_foreground(hold_lock: Callable[[], int]) -> tuple[int, threading.Event]:
+    """Take a one-instance lock (exit with its message when another process holds it) and return
+    it with an event that SIGINT and SIGTERM set."""
+    from chargewatch.locks import AlreadyRunning
 
-    settings = _settings()
     try:
-        lock = hold_runner_lock(settings.data_dir)
-    except RunnerBusy as err:
+        lock = hold_lock()
+    except AlreadyRunning as err:
         raise SystemExit(f"chargewatch: {err}") from None
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    return lock, stopping
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """The task runner (efficiency windows, alerts, webhooks, hourly retention) in the foreground; in
+    influx mode the Flux task computes the windows and this runner evaluates alerts over them."""
+    from analytics.notify import deliver_forever
+    from analytics.runner import TaskRunner, hold_runner_lock, run_forever
+    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+
+    settings = _settings()
+    lock, stopping = run_once_in_foreground(lambda: hold_runner_lock(settings.data_dir))
     store = _open_store(settings)
     efficiency = SqliteEfficiencyStore(store)
     analytics_url = f"http://{settings.analytics.host}:{settings.analytics.port}"

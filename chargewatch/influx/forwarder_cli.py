@@ -7,8 +7,6 @@ import argparse
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -64,8 +62,8 @@ def _open(settings: Any):
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
-    from chargewatch.cli import _settings
-    from chargewatch.influx.forwarder import Forwarder, ForwarderBusy, InfluxWriteClient, hold_forwarder_lock
+    from chargewatch.cli import _settings, run_once_in_foreground
+    from chargewatch.influx.forwarder import Forwarder, InfluxWriteClient, hold_forwarder_lock
 
     settings = _settings()
     if settings.store != "influx":
@@ -73,13 +71,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     if not settings.influx.token.get_secret_value():
         raise SystemExit("chargewatch: CHARGEWATCH_INFLUX__TOKEN is not set (an InfluxDB API token with write "
                          "access to the telemetry bucket)")
-    try:
-        lock = hold_forwarder_lock(settings.sqlite_path)
-    except ForwarderBusy as err:
-        raise SystemExit(f"chargewatch: {err}") from None
-    stopping = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    lock, stopping = run_once_in_foreground(lambda: hold_forwarder_lock(settings.sqlite_path))
     store = _open(settings)
     client = InfluxWriteClient.from_settings(settings.influx)
     forwarder = Forwarder.from_settings(store.outbox, client, settings.influx)

@@ -97,13 +97,7 @@ class Outbox:
     def __init__(self, store: "SqliteReadingStore", max_rows: int) -> None:
         self.store = store
         self.max_rows = max_rows
-        conn = store.reader()
-        try:
-            with store.write_transaction(conn):
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-        except sqlite3.Error as err:
-            raise StorageUnavailable(f"cannot create the outbox tables in {store.path}: {err}") from err
+        store.ensure_tables(_SCHEMA, "outbox")
 
     # -- ingest side (inside the group commit) -------------------------------------------------
 

@@ -280,6 +280,16 @@ class SqliteReadingStore:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def ensure_tables(self, statements: Sequence[str], what: str) -> None:
+        """Run ``CREATE ... IF NOT EXISTS`` statements of a component that shares this file."""
+        conn = self.reader()
+        try:
+            with self.write_transaction(conn):
+                for statement in statements:
+                    conn.execute(statement)
+        except sqlite3.Error as err:
+            raise StorageUnavailable(f"cannot create the {what} tables in {self.path}: {err}") from err
+
     def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
             return self.reader().execute(sql, params).fetchall()

@@ -126,13 +126,7 @@ class SqliteEfficiencyStore:
 
     def __init__(self, readings: SqliteReadingStore) -> None:
         self.readings = readings
-        conn = readings.reader()
-        try:
-            with readings.write_transaction(conn):
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-        except sqlite3.Error as err:
-            raise StorageUnavailable(f"cannot create the efficiency tables: {err}") from err
+        readings.ensure_tables(_SCHEMA, "efficiency")
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         return self.readings.read(sql, params)
