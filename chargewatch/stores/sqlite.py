@@ -22,11 +22,12 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from chargewatch.pairing import PairingConflict, check_one_to_one
 from chargewatch.readings import MeterReading
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from chargewatch.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MS_PER_DAY = 86_400_000
 MS_PER_HOUR = 3_600_000
@@ -211,15 +214,22 @@ class SqliteReadingStore:
         self._writer: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._tables: set[str] = set()
+        self._busy_timeout_s = busy_timeout_ms / 1000
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connect()
-            conn.execute("PRAGMA journal_mode = WAL")
-            with self.write_transaction(conn):
-                _execute_script(conn, _SCHEMA)
-            conn.close()
+            self._patiently(self._open_schema)  # gunicorn workers booting together wait their turn
         except (OSError, sqlite3.Error) as err:
             raise StorageUnavailable(f"cannot open the SQLite store at {self.path}: {err}") from err
+
+    def _open_schema(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            with self.write_transaction(conn):
+                _execute_script(conn, _SCHEMA)
+        finally:
+            conn.close()
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "SqliteReadingStore":
@@ -292,9 +302,25 @@ class SqliteReadingStore:
 
     def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
-            return self.reader().execute(sql, params).fetchall()
+            return self._patiently(lambda: self.reader().execute(sql, params).fetchall())
         except sqlite3.Error as err:
             raise StorageUnavailable(f"reading from {self.path.name} failed: {err}") from err
+
+    def _patiently(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt``, retrying "database is locked" until the busy timeout.
+
+        SQLite's busy handler does not cover every lock: while another process rebuilds the WAL
+        index (the first to open the file after the last one closed it, as when gunicorn workers
+        boot together) or switches the file to WAL, readers and writers get "database is locked"
+        at once."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # -- writes (group commit) ---------------------------------------------------------------
 
@@ -327,12 +353,12 @@ class SqliteReadingStore:
     def _commit_group(self, tickets: list[_Ticket]) -> None:
         try:
             try:
-                self._write_tickets(tickets)
+                self._patiently(lambda: self._write_tickets(tickets))
             except sqlite3.OperationalError as err:
                 if "no such table" not in str(err):
                     raise
                 self._tables.clear()  # another process dropped a day we had cached; recreate
-                self._write_tickets(tickets)
+                self._patiently(lambda: self._write_tickets(tickets))
         except sqlite3.Error as err:
             logger.error("group commit of %d requests failed: %s", len(tickets), err)
             failure = StorageUnavailable(f"writing to {self.path.name} failed: {err}")

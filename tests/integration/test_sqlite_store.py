@@ -4,6 +4,7 @@ safe sharing between processes (spawned and forked), WAL mode, and clear failure
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -274,3 +275,32 @@ def test_a_file_that_is_not_a_database_fails_with_storage_unavailable(tmp_path):
 
     with pytest.raises(StorageUnavailable, match="file is not a database"):
         SqliteReadingStore(path)
+
+
+def _open_and_report(path: Path, results) -> None:
+    try:
+        store = SqliteReadingStore(path)
+        store.ping()
+        store.close()
+        results.put("ok")
+    except StorageUnavailable as err:
+        results.put(str(err))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    # As under `chargewatch serve`: the store is created once, then gunicorn workers open it
+    # together; one of them failing to open it shuts the whole service down.
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for trial in range(20):
+        SqliteReadingStore(tmp_path / f"t{trial}.db").close()
+        results = context.Queue()
+        processes = [context.Process(target=_open_and_report, args=(tmp_path / f"t{trial}.db", results))
+                     for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=30)
+        failures += [r for r in (results.get(timeout=5) for _ in processes) if r != "ok"]
+    assert failures == []
