@@ -43,6 +43,14 @@ class _Dispatcher:
                 future.result()
         self._pending.add(self._pool.submit(function, *args))
 
+    def __enter__(self) -> "_Dispatcher":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # Ctrl-C: what was handed over (and recorded as sent) still goes out; any other error
+        # drops the sends still queued.
+        self.finish(cancel=exc_type is not None and not issubclass(exc_type, KeyboardInterrupt))
+
     def finish(self, *, cancel: bool = False) -> None:
         """Wait for every outstanding send (or drop the queued ones) and re-raise the first error."""
         if self._pool is None:
@@ -72,9 +80,8 @@ def run_backfill(
 ) -> RunTiming:
     """Send every delivery, in send order, as lists of ``batch_size`` with ``concurrency`` requests in flight."""
     started = clock()
-    dispatcher = _Dispatcher(concurrency)
     handed = 0
-    try:
+    with _Dispatcher(concurrency) as dispatcher:
         iterator = iter(deliveries)
         while batch := list(itertools.islice(iterator, batch_size)):
             for delivery in batch:
@@ -83,13 +90,6 @@ def run_backfill(
             handed += len(batch)
             if progress:
                 progress.update(_generated(truth), f"sent {handed:,}")
-    except KeyboardInterrupt:
-        dispatcher.finish()  # what was handed over (and recorded as sent) still goes out
-        raise
-    except BaseException:
-        dispatcher.finish(cancel=True)
-        raise
-    dispatcher.finish()
     if progress:
         progress.update(_generated(truth), f"sent {handed:,}", force=True)
     return RunTiming(clock() - started)
@@ -115,14 +115,13 @@ def run_realtime(
     if speed <= 0:
         raise ValueError("speed must be positive")
     started = clock()
-    dispatcher = _Dispatcher(concurrency)
     max_lag = 0.0
     sent = 0
 
     def simulated_now() -> datetime:
         return simulated_start + timedelta(seconds=(clock() - started) * speed)
 
-    try:
+    with _Dispatcher(concurrency) as dispatcher:
         for delivery in deliveries:
             if delivery.due <= simulated_end:
                 while (wait_seconds := (delivery.due - simulated_now()).total_seconds() / speed) > 0:
@@ -137,13 +136,6 @@ def run_realtime(
             sent += 1
             if progress:
                 progress.update(sent, f"simulated {simulated_now():%Y-%m-%d %H:%M:%S}")
-    except KeyboardInterrupt:
-        dispatcher.finish()  # what was handed over (and recorded as sent) still goes out
-        raise
-    except BaseException:
-        dispatcher.finish(cancel=True)
-        raise
-    dispatcher.finish()
     return RunTiming(clock() - started, max_lag)
 
 

@@ -60,14 +60,8 @@ class InfluxReadingStore(SqliteReadingStore):
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "InfluxReadingStore":
-        return cls(
-            settings.sqlite_path,
-            outbox_max_rows=settings.influx.outbox_max_rows,
-            synchronous=settings.sqlite.synchronous,
-            busy_timeout_ms=settings.sqlite.busy_timeout_ms,
-            cache_size_mib=settings.sqlite.cache_size_mib,
-            late_after_ms=settings.efficiency.late_after_seconds * 1000,
-        )
+        return cls(settings.sqlite_path, outbox_max_rows=settings.influx.outbox_max_rows,
+                   **cls.options_from(settings))
 
     def _insert_history(self, conn: sqlite3.Connection, table: str, readings: list[PairedReading]) -> int:
         new = _insert_new(conn, table, readings)

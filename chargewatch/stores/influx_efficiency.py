@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 from chargewatch.efficiency import EfficiencyWindow, SpanTotals
 from chargewatch.influx import flux
 from chargewatch.stores import StorageUnavailable
-from chargewatch.stores.sqlite_efficiency import AlertRecord, Notification, SqliteEfficiencyStore, window_sums
+from chargewatch.stores.sqlite_efficiency import (
+    AlertRecord,
+    Notification,
+    SqliteEfficiencyStore,
+    sum_row,
+    window_sums,
+)
 
 if TYPE_CHECKING:
     from influxdb_client import InfluxDBClient
@@ -132,7 +138,7 @@ class InfluxEfficiencyStore:
 
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         """Exact (fsum) sums over one vehicle's windows, as SqliteEfficiencyStore.vehicle_window_sums."""
-        return window_sums(self.windows(window_ms, start_ms, end_ms, vehicle_id))
+        return window_sums([sum_row(w) for w in self.windows(window_ms, start_ms, end_ms, vehicle_id)])
 
     def vehicle_totals(self, window_ms: int, start_ms: int, end_ms: int) -> dict[str, SpanTotals]:
         """Per-vehicle sums over windows with stop in (start_ms, end_ms], ordered by vehicle id.

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from chargewatch.pairing import PairingConflict, check_one_to_one
 from chargewatch.readings import MeterReading
@@ -233,13 +233,17 @@ class SqliteReadingStore:
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "SqliteReadingStore":
-        return cls(
-            settings.sqlite_path,
-            synchronous=settings.sqlite.synchronous,
-            busy_timeout_ms=settings.sqlite.busy_timeout_ms,
-            cache_size_mib=settings.sqlite.cache_size_mib,
-            late_after_ms=settings.efficiency.late_after_seconds * 1000,
-        )
+        return cls(settings.sqlite_path, **cls.options_from(settings))
+
+    @staticmethod
+    def options_from(settings: "Settings") -> dict[str, Any]:
+        """The constructor's keyword options as the settings give them."""
+        return {
+            "synchronous": settings.sqlite.synchronous,
+            "busy_timeout_ms": settings.sqlite.busy_timeout_ms,
+            "cache_size_mib": settings.sqlite.cache_size_mib,
+            "late_after_ms": settings.efficiency.late_after_seconds * 1000,
+        }
 
     # -- connections -------------------------------------------------------------------------
 
