@@ -19,6 +19,7 @@ from analytics.alerts import LOW
 from analytics.runner import TaskRunner
 from chargewatch.pairing import PairingRule, Pairings
 from chargewatch.settings import Settings
+from chargewatch.stores.influx import InfluxReadingStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import AlertRecord, SqliteEfficiencyStore
 from ingest.service import ingest_readings
@@ -58,10 +59,15 @@ class ReplayResult:
 
 def replay(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours: float, data_dir: Path,
            settings: Settings | None = None) -> tuple[GroundTruth, SqliteEfficiencyStore, Settings]:
-    """Ingest ``hours`` of the fleet into a fresh store in ``data_dir``, running the task runner on time."""
+    """Ingest ``hours`` of the fleet into a fresh store in ``data_dir``, running the task runner on time.
+
+    With ``settings.store == "influx"`` the store also queues every new reading in its outbox, as
+    ingest does in influx mode, ready for ``chargewatch forward``; the local windows and alerts are
+    computed all the same (the embedded engine on the same readings).
+    """
     settings = settings or Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
     end = start + timedelta(hours=hours)
-    readings = SqliteReadingStore.from_settings(settings)
+    readings = (InfluxReadingStore if settings.store == "influx" else SqliteReadingStore).from_settings(settings)
     efficiency = SqliteEfficiencyStore(readings)
     runner = TaskRunner(efficiency, settings)
     pairings = Pairings(rule=PairingRule.from_strings(settings.pairing.prefixes))

@@ -168,15 +168,18 @@ def is_duration(text: str) -> bool:
     return bool(_DURATION.match(text))
 
 
-def efficiency_task(settings: Settings) -> str:
-    """The efficiency task with its options set from the settings (window, recompute, buckets...)."""
+def efficiency_task(settings: Settings, *, recompute_windows: int | None = None) -> str:
+    """The efficiency task with its options set from the settings (window, recompute, buckets...).
+
+    ``recompute_windows`` overrides the setting (a backfill recomputes a whole chunk per run).
+    """
     eff = settings.efficiency
     window = flux_duration(timedelta(seconds=eff.window_seconds))
     offset = f"{eff.offset_seconds}s"
     return render_options(read_task(EFFICIENCY_TASK), {
         "task": f"{{name: {flux_literal(EFFICIENCY_TASK)}, every: {window}, offset: {offset}}}",
         "window_length": window,
-        "recompute_windows": flux_literal(eff.recompute_windows),
+        "recompute_windows": flux_literal(recompute_windows or eff.recompute_windows),
         "min_energy_kwh": flux_literal(float(eff.min_energy_kwh)),
         "telemetry_bucket": flux_literal(settings.influx.telemetry_bucket),
         "efficiency_bucket": flux_literal(settings.influx.efficiency_bucket),
@@ -192,17 +195,21 @@ def rendered_tasks(settings: Settings) -> dict[str, str]:
     return {name: renderers[name](settings) for name in task_names()}
 
 
-def task_as_query(task_source: str, now: datetime, *, write: bool = False) -> str:
+def task_as_query(task_source: str, now: datetime, *, write: bool = False, count_written: bool = False) -> str:
     """The task's pipeline as a query run as if scheduled at ``now``.
 
     ``option task`` becomes ``option now = () => <now>`` (a task run's now() is its scheduled
     time). Unless ``write``, the final ``|> to(...)`` step, which must be the script's last, is
     replaced by ``|> yield(name: "efficiency")`` so the windows come back instead of being written.
+    With ``write`` and ``count_written``, the query answers one row whose ``ac_kwh`` column is the
+    number of windows written, instead of every written window.
     """
     source, found = _TASK_OPTION.subn(lambda _: f"option now = () => {flux_literal(now)}", task_source)
     if found != 1:
         raise ValueError(f"expected one 'option task = ...' line, found {found}")
     if write:
+        if count_written:
+            source = source.rstrip() + '\n    |> group()\n    |> count(column: "ac_kwh")\n'
         return source
     steps = list(_WRITE_STEP.finditer(source))
     if len(steps) != 1:

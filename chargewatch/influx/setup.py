@@ -191,12 +191,14 @@ def _call(settings: Settings, action: str, fn: Any, *args: Any) -> Any:
         return fn(*args)
     except ApiException as err:
         message = _api_message(err)
-        if err.status == 401:
+        # InfluxDB 2.7 answers 401 both for an unknown token ("unauthorized access") and for a
+        # valid token without the permission ("write:orgs/<id>/buckets is unauthorized").
+        if err.status == 401 and not message.endswith("is unauthorized"):
             raise SetupError(f"InfluxDB at {url} refused the token (401) while trying to {action}: "
                              "check CHARGEWATCH_INFLUX__TOKEN") from None
-        if err.status == 403:
-            raise SetupError(f"the token may not {action} (403): setup needs an all-access or operator "
-                             f"token for organization {settings.influx.org!r}") from None
+        if err.status in (401, 403):
+            raise SetupError(f"the token may not {action} ({err.status}: {message}): setup needs an all-access "
+                             f"or operator token for organization {settings.influx.org!r}") from None
         if err.status == 404:
             raise SetupError(f"InfluxDB at {url} answered 404 while trying to {action}: {message}; "
                              "check CHARGEWATCH_INFLUX__URL and CHARGEWATCH_INFLUX__ORG") from None

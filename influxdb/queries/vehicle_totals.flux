@@ -7,7 +7,10 @@
 //
 // Integer and float fields are summed in separate tables (grouped with _field) and only meet
 // after pivot() has put them in separate columns: a table mixing them fails with "schema
-// collision". A vehicle without DC readings in the span has no battery_temp_* columns.
+// collision". So every stream is regrouped by (vehicle_id, _field) before union(): union()
+// merges input tables that share a group key, and map() leaves only vehicle_id in the key, which
+// merged the int window count with the float temperature sum (InfluxDB 2.7 answered 500). A
+// vehicle without DC readings in the span has no battery_temp_* columns.
 //
 // params: _bucket: string, _start: time, _stop: time
 import "date"
@@ -34,6 +37,7 @@ window_counts =
         |> group(columns: ["vehicle_id"])
         |> count()
         |> map(fn: (r) => ({vehicle_id: r.vehicle_id, _field: "windows", _value: r._value}))
+        |> group(columns: ["vehicle_id", "_field"])
 
 temperatures =
     windows
@@ -53,6 +57,7 @@ temperatures =
 temperature_sums =
     temperatures
         |> map(fn: (r) => ({vehicle_id: r.vehicle_id, _field: "battery_temp_sum", _value: r.battery_temp_sum}))
+        |> group(columns: ["vehicle_id", "_field"])
 
 temperature_counts =
     temperatures
@@ -60,9 +65,9 @@ temperature_counts =
             fn: (r) =>
                 ({vehicle_id: r.vehicle_id, _field: "battery_temp_readings", _value: r.battery_temp_readings}),
         )
+        |> group(columns: ["vehicle_id", "_field"])
 
 union(tables: [sums, window_counts, temperature_sums, temperature_counts])
-    |> group(columns: ["vehicle_id", "_field"])
     |> pivot(rowKey: ["vehicle_id"], columnKey: ["_field"], valueColumn: "_value")
     |> group()
     |> sort(columns: ["vehicle_id"])

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +73,29 @@ def own_influxd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Infl
 def scratch_prefix() -> str:
     """A unique prefix for this test's buckets and tasks."""
     return f"cw_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def scratch_org(influx: Influxd | ExternalInflux, scratch_prefix: str) -> Iterator[str]:
+    """An organization of this test's own (deleted afterwards, with its buckets and tasks)."""
+    org_id = influx.api("POST", "/api/v2/orgs", json={"name": scratch_prefix})["id"]
+    try:
+        yield scratch_prefix
+    finally:
+        influx.api("DELETE", f"/api/v2/orgs/{org_id}")
+
+
+def chargewatch_env(influx: Influxd | ExternalInflux, org: str, **overrides: str) -> dict[str, str]:
+    """The environment of a chargewatch process in influx mode pointed at ``influx``/``org``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")}
+    env.update({"CHARGEWATCH_STORE": "influx", "CHARGEWATCH_INFLUX__URL": influx.url,
+                "CHARGEWATCH_INFLUX__TOKEN": influx.token, "CHARGEWATCH_INFLUX__ORG": org,
+                "CHARGEWATCH_LOG_LEVEL": "WARNING"})
+    env.update(overrides)
+    return env
+
+
+def run_chargewatch(env: dict[str, str], *args: str, timeout_seconds: float = 120) -> subprocess.CompletedProcess:
+    """``chargewatch ARGS`` as a real process; its exit code, stdout and stderr."""
+    return subprocess.run([sys.executable, "-m", "chargewatch", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout_seconds)

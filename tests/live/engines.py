@@ -175,16 +175,16 @@ class InfluxApi:
         return self.api("POST", "/api/v2/buckets", json={"orgID": self.org_id, "name": name,
                                                          "retentionRules": rules})["id"]
 
-    def query(self, flux: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run a Flux query; its rows as dicts (annotated CSV decoded by influxdb-client)."""
+    def query(self, flux: str, params: dict[str, Any] | None = None, org: str | None = None) -> list[dict[str, Any]]:
+        """Run a Flux query (in ``org``, default the onboarded one); its rows as dicts."""
         from influxdb_client import InfluxDBClient
 
-        with InfluxDBClient(url=self.url, token=self.token, org=self.org, timeout=120_000) as client:
+        with InfluxDBClient(url=self.url, token=self.token, org=org or self.org, timeout=120_000) as client:
             tables = client.query_api().query(flux, params=params)
         return [record.values for table in tables for record in table.records]
 
-    def write(self, bucket: str, body: str, precision: str = "ms") -> None:
-        response = requests.post(f"{self.url}/api/v2/write", params={"org": self.org, "bucket": bucket,
+    def write(self, bucket: str, body: str, precision: str = "ms", org: str | None = None) -> None:
+        response = requests.post(f"{self.url}/api/v2/write", params={"org": org or self.org, "bucket": bucket,
                                                                      "precision": precision},
                                  headers={"Authorization": f"Token {self.token}"}, data=body.encode(), timeout=120)
         if response.status_code != 204:
@@ -216,7 +216,7 @@ class Influxd(InfluxApi):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [str(binary), "--reporting-disabled", "--http-bind-address", f"127.0.0.1:{self.port}",
                 "--bolt-path", str(self.data_dir / "influxd.bolt"), "--engine-path", str(self.data_dir / "engine"),
-                "--sqlite-path", str(self.data_dir / "influxd.sqlite"), "--log-level", "warn"]
+                "--sqlite-path", str(self.data_dir / "influxd.sqlite"), "--log-level", os.environ.get("CHARGEWATCH_INFLUXD_LOG_LEVEL", "warn")]
         # No user config (~/.influxdbv2) may leak in: influxd reads INFLUXD_* and a config file.
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXD_")}
         env["INFLUXD_CONFIG_PATH"] = str(self.data_dir)

@@ -1,39 +1,31 @@
-"""The live suite: the Flux side of DESIGN's "one definition, two engines", against a real InfluxDB.
+"""The Flux side of "one definition, two engines", against a real InfluxDB.
 
-Runs only with ``CHARGEWATCH_INFLUX_URL``, ``CHARGEWATCH_INFLUX_TOKEN`` and
-``CHARGEWATCH_INFLUX_ORG`` set (``pytest -m influx``), for example against
-``docker run -p 8086:8086 -e DOCKER_INFLUXDB_INIT_MODE=setup ... influxdb:2.7``. It works in
-throw-away buckets (``chargewatch_test_<random>_telemetry``/``_efficiency``, deleted afterwards),
-writes the shared fixture's readings (tests/fixtures/efficiency_windows.json) with the project's
-line-protocol encoder, runs the efficiency task's own Flux as a query scheduled at the fixture's
-range stop, and compares its windows with the fixture's expected windows, the same ones
-chargewatch/efficiency.py produces. Flux sums naively (the reference uses fsum), so floats are
-compared with a relative tolerance of 1e-9.
+The shared fixture's readings (tests/fixtures/efficiency_windows.json) are written with the project's
+line-protocol encoder into an organization of this module's own. The efficiency task, installed by
+``setup_influx`` exactly as ``chargewatch influx setup`` installs it, runs inside InfluxDB (a run
+started through the tasks API for the fixture's range stop, its status checked in the runs API and
+in the ``_tasks`` bucket), and its windows must equal the fixture's expected windows, the ones
+chargewatch/efficiency.py produces. The analytics queries and the InfluxDB efficiency store must read
+them back the same. Flux sums naively (the reference uses fsum), so floats are compared with a
+relative tolerance of 1e-9.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from datetime import datetime, timezone
+import time
+from datetime import datetime
 
 import pytest
 
 from chargewatch.efficiency import EfficiencyWindow, span_totals
 from chargewatch.influx import flux
-from chargewatch.influx.setup import ensure_buckets, find_org, open_client, setup_influx
+from chargewatch.influx.setup import open_client, setup_influx
 from chargewatch.lineprotocol import encode_point
 from chargewatch.settings import Settings
 from tests.efficiency_fixture import FIXTURE, expected_windows, time_ms
 
-ENV = ("CHARGEWATCH_INFLUX_URL", "CHARGEWATCH_INFLUX_TOKEN", "CHARGEWATCH_INFLUX_ORG")
-MISSING = [name for name in ENV if not os.environ.get(name)]
-
-pytestmark = [
-    pytest.mark.influx,
-    pytest.mark.skipif(bool(MISSING), reason=f"no live InfluxDB: set {', '.join(MISSING)} to run the live suite"),
-]
+pytestmark = pytest.mark.influx
 
 RANGE_START = datetime.fromisoformat(FIXTURE["range"]["start"].replace("Z", "+00:00"))
 RANGE_STOP = datetime.fromisoformat(FIXTURE["range"]["stop"].replace("Z", "+00:00"))
@@ -41,14 +33,19 @@ REL_TOLERANCE = 1e-9
 
 
 @pytest.fixture(scope="module")
-def settings() -> Settings:
-    prefix = f"chargewatch_test_{uuid.uuid4().hex[:10]}"
+def org(_session_influx):
+    name = f"cw_task_{int(time.time() * 1000)}"
+    org_id = _session_influx.api("POST", "/api/v2/orgs", json={"name": name})["id"]
+    yield name
+    _session_influx.api("DELETE", f"/api/v2/orgs/{org_id}")
+
+
+@pytest.fixture(scope="module")
+def settings(_session_influx, org) -> Settings:
     window_seconds = FIXTURE["windowSeconds"]
     return Settings(
-        influx={"url": os.environ["CHARGEWATCH_INFLUX_URL"], "token": os.environ["CHARGEWATCH_INFLUX_TOKEN"],
-                "org": os.environ["CHARGEWATCH_INFLUX_ORG"], "telemetry_bucket": f"{prefix}_telemetry",
-                "efficiency_bucket": f"{prefix}_efficiency", "telemetry_retention_days": 0,
-                "efficiency_retention_days": 0},
+        influx={"url": _session_influx.url, "token": _session_influx.token, "org": org,
+                "telemetry_retention_days": 0, "efficiency_retention_days": 0},
         efficiency={"window_seconds": window_seconds, "min_energy_kwh": FIXTURE["minEnergyKwh"],
                     "recompute_windows": int((RANGE_STOP - RANGE_START).total_seconds()) // window_seconds},
     )
@@ -56,18 +53,11 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings):
-    pytest.importorskip("influxdb_client")
     client = open_client(settings)
-    org = find_org(settings, client)
-    ensure_buckets(settings, client, org)
+    setup_influx(settings, client)  # the buckets and the task, as `chargewatch influx setup` makes them
     try:
         yield client
     finally:
-        buckets = client.buckets_api()
-        for name in (settings.influx.telemetry_bucket, settings.influx.efficiency_bucket):
-            bucket = buckets.find_bucket_by_name(name)
-            if bucket is not None:
-                buckets.delete_bucket(bucket)
         client.close()
 
 
@@ -187,21 +177,34 @@ def test_the_influx_efficiency_store_reads_the_fixture_windows(settings, client,
         local.close()
 
 
-def test_setup_installs_the_task_once_and_then_leaves_it_unchanged(settings, client):
-    tasks_api = client.tasks_api()
-    org = find_org(settings, client)
-    if [t for t in tasks_api.find_tasks(name=flux.EFFICIENCY_TASK, org_id=org.id) if t.name == flux.EFFICIENCY_TASK]:
-        pytest.skip(f"organization {settings.influx.org!r} already has an {flux.EFFICIENCY_TASK!r} task; the live "
-                    "suite will not repoint it at test buckets (use a scratch organization)")
-    try:
-        first = setup_influx(settings, client)
-        second = setup_influx(settings, client)
-        assert [s.outcome for s in first] == ["exists", "exists", "created"]
-        assert [s.outcome for s in second] == ["exists", "exists", "unchanged"]
-        [task] = [t for t in tasks_api.find_tasks(name=flux.EFFICIENCY_TASK, org_id=org.id)
-                  if t.name == flux.EFFICIENCY_TASK]
-        assert (task.status, task.every, task.offset) == ("active", "5m", "30s")
-    finally:
-        for task in tasks_api.find_tasks(name=flux.EFFICIENCY_TASK, org_id=org.id):
-            if task.name == flux.EFFICIENCY_TASK and settings.influx.efficiency_bucket in (task.flux or ""):
-                tasks_api.delete_task(task.id)
+def test_the_installed_task_runs_inside_influxdb_and_writes_the_fixture_windows(settings, client, written,
+                                                                           _session_influx):
+    influx = _session_influx
+    [task] = [t for t in influx.api("GET", "/api/v2/tasks", params={"org": settings.influx.org})["tasks"]
+              if t["name"] == flux.EFFICIENCY_TASK]
+    assert task["status"] == "active"
+    store_query = flux.read_query("windows")
+    span = {"_bucket": settings.influx.efficiency_bucket, "_start": RANGE_START, "_stop": RANGE_STOP}
+    influx.api("POST", "/api/v2/delete", params={"org": settings.influx.org,
+                                                 "bucket": settings.influx.efficiency_bucket},
+               json={"start": "1970-01-01T00:00:00Z", "stop": "2100-01-01T00:00:00Z"})
+    assert windows_from(client.query_api().query(store_query.source, params=span)) == []  # all the task's own
+
+    scheduled = RANGE_STOP.strftime("%Y-%m-%dT%H:%M:%SZ")
+    run = influx.api("POST", f"/api/v2/tasks/{task['id']}/runs", json={"scheduledFor": scheduled})
+    deadline = time.monotonic() + 60
+    while run["status"] not in ("success", "failed", "canceled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = influx.api("GET", f"/api/v2/tasks/{task['id']}/runs/{run['id']}")
+    logs = influx.api("GET", f"/api/v2/tasks/{task['id']}/runs/{run['id']}/logs")["events"]
+    assert run["status"] == "success", logs
+
+    # InfluxDB's own record of the run, where the bundle's task-health panel reads it.
+    recorded = influx.query(
+        'from(bucket: "_tasks") |> range(start: -1h) '
+        f'|> filter(fn: (r) => r.taskID == "{task["id"]}" and r._field == "runID") |> group()',
+        org=settings.influx.org)
+    assert any(r["_value"] == run["id"] and r["status"] == "success" for r in recorded), recorded
+
+    written_windows = windows_from(client.query_api().query(store_query.source, params=span))
+    assert_same_windows(written_windows, expected_windows())
