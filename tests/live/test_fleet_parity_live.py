@@ -212,6 +212,7 @@ def test_influxdb_windows_equal_the_embedded_engines_window_by_window(day):
     key = lambda w: (w.stop_ms, w.vehicle_id, w.meter_id or "")  # noqa: E731
     assert len(embedded) > 10_000
     assert [key(w) for w in influx] == [key(w) for w in embedded]
+    print(f"\n{len(embedded)} windows equal on both engines; timings {day.timings}")
     for got, want in zip(influx, embedded):
         assert (got.ac_readings, got.dc_readings) == (want.ac_readings, want.dc_readings), (got, want)
         for name in ("ac_kwh", "dc_kwh", "avg_battery_temp", "efficiency"):
