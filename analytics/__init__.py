@@ -25,10 +25,12 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
     settings = settings or Settings()
     store = store or SqliteReadingStore.from_settings(settings)
     efficiency = SqliteEfficiencyStore(store)
+    checks = {"store": store.ping}
     if settings.store == "influx":  # windows come from the bucket the Flux task fills; alerts stay local
         from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
 
         efficiency = InfluxEfficiencyStore.from_settings(settings, efficiency)
+        checks["influxdb"] = efficiency.ping
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chargewatch_settings"] = settings
@@ -44,6 +46,6 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
     register_error_handlers(app)
     instrument(app, "analytics")
     app.register_blueprint(bp)
-    app.register_blueprint(ops_blueprint("analytics", openapi_document, {"store": store.ping},
+    app.register_blueprint(ops_blueprint("analytics", openapi_document, checks,
                                          health_details, [RunnerCollector(efficiency)]))
     return app
