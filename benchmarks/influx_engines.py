@@ -142,7 +142,7 @@ def measure_task(influx: Influxd, work: Path, pairs: int, repeat: int) -> dict[s
     stop_ms = (int(time.time() * 1000) // WINDOW_MS - 2) * WINDOW_MS
     settings = settings_for(influx, work / "task", recompute_windows=1)
     org_settings = settings
-    client = open_client(org_settings)
+    client = open_client(org_settings, timeout_seconds=900)
     setup_influx(org_settings, client)
     readings = window_readings(pairs, stop_ms, seed=2)
     log(f"  writing {len(readings)} readings of one window to influxd and SQLite")
@@ -221,6 +221,7 @@ def measure_reports(influx: Influxd, work: Path, pairs: int, repeat: int) -> dic
         start = day_start_ms + hour * MS_PER_HOUR
         embedded.replace_windows(WINDOW_MS, start, start + MS_PER_HOUR,
                                  [w for w in windows if start < w.stop_ms <= start + MS_PER_HOUR], day_end_ms)
+    settings.influx.request_timeout_seconds = 600
     on_influx = InfluxEfficiencyStore.from_settings(settings, embedded)
     policy = policy_from(settings)
     period = queries.Period(day_start_ms, day_end_ms)

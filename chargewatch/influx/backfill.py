@@ -46,10 +46,12 @@ def aligned_range(settings: Settings, start: datetime, stop: datetime) -> tuple[
 
 
 def backfill_windows(settings: Settings, start: datetime, stop: datetime, *, chunk: timedelta = timedelta(hours=6),
-                     client: InfluxDBClient | None = None,
+                     client: InfluxDBClient | None = None, timeout_seconds: float = 600.0,
                      progress: Callable[[BackfillChunk], None] | None = None) -> list[BackfillChunk]:
     """Compute and write the efficiency windows of ``[start, stop)`` (whole windows), chunk by chunk.
 
+    One chunk is one query that may run for minutes on a large fleet (10,000 pairs take seconds per
+    window on 2 cores), so it gets ``timeout_seconds``, not the write timeout of the settings.
     Raises SetupError (with the setting to check) when InfluxDB refuses or cannot be reached.
     """
     window = timedelta(seconds=settings.efficiency.window_seconds)
@@ -57,7 +59,7 @@ def backfill_windows(settings: Settings, start: datetime, stop: datetime, *, chu
         raise ValueError(f"the chunk ({chunk}) must be a whole number of windows ({window})")
     begin, end = aligned_range(settings, start, stop)
     owned = client is None
-    client = client or open_client(settings)
+    client = client or open_client(settings, timeout_seconds)
     try:
         query_api = client.query_api()
         done = []

@@ -37,6 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                           help="RFC 3339 time with offset (rounded up to a window; default: now)")
     backfill.add_argument("--chunk-hours", type=float, default=6.0,
                           help="hours of windows computed per query (default 6; smaller for large fleets)")
+    backfill.add_argument("--timeout-seconds", type=float, default=600.0,
+                          help="how long one chunk's query may take (default 600)")
     backfill.set_defaults(func=cmd_backfill)
     return influx
 
@@ -76,7 +78,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
               f"({done[0]}/{total} windows, {100 * done[0] // total} %)", file=sys.stderr)
 
     try:
-        chunks = backfill_windows(settings, start, stop, chunk=chunk_windows * window, progress=report)
+        chunks = backfill_windows(settings, start, stop, chunk=chunk_windows * window,
+                                  timeout_seconds=args.timeout_seconds, progress=report)
     except SetupError as err:
         print(f"chargewatch: {err}", file=sys.stderr)
         return 1

@@ -86,7 +86,8 @@ def setup_influx(settings: Settings, client: InfluxDBClient | None = None) -> li
             client.close()
 
 
-def open_client(settings: Settings) -> InfluxDBClient:
+def open_client(settings: Settings, timeout_seconds: float | None = None) -> InfluxDBClient:
+    """A client for ``CHARGEWATCH_INFLUX__*``; ``timeout_seconds`` overrides the request timeout."""
     try:
         from influxdb_client import InfluxDBClient
     except ImportError:
@@ -94,7 +95,7 @@ def open_client(settings: Settings) -> InfluxDBClient:
     token = settings.influx.token.get_secret_value()
     if not token:
         raise SetupError("no InfluxDB token: set CHARGEWATCH_INFLUX__TOKEN (an all-access or operator token)")
-    timeout_ms = int(settings.influx.request_timeout_seconds * 1000)
+    timeout_ms = int((timeout_seconds or settings.influx.request_timeout_seconds) * 1000)
     return InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=timeout_ms)
 
 
