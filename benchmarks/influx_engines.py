@@ -249,6 +249,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=100_000, help="lines per forwarder measurement")
     parser.add_argument("--batch-sizes", default="500,1000,5000,10000")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each timed step")
+    parser.add_argument("--parts", default="forwarder,task,reports", help="which measurements to run")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/influx_engines.json"))
     args = parser.parse_args()
 
@@ -259,13 +260,17 @@ def main() -> int:
         influx.start()
         try:
             result: dict[str, Any] = {"machine": harness.machine_info()}
-            log("1. forwarder into influxd")
-            result["forwarder"] = measure_forwarder(influx, work, args.lines,
-                                                    [int(b) for b in args.batch_sizes.split(",")])
-            log("2. the efficiency task, one window")
-            result["task_one_window"] = measure_task(influx, work, args.pairs, args.repeat)
-            log("3. reports")
-            result["reports"] = measure_reports(influx, work, args.report_pairs, args.repeat * 4)
+            parts = args.parts.split(",")
+            if "forwarder" in parts:
+                log("1. forwarder into influxd")
+                result["forwarder"] = measure_forwarder(influx, work, args.lines,
+                                                        [int(b) for b in args.batch_sizes.split(",")])
+            if "task" in parts:
+                log("2. the efficiency task, one window")
+                result["task_one_window"] = measure_task(influx, work, args.pairs, args.repeat)
+            if "reports" in parts:
+                log("3. reports")
+                result["reports"] = measure_reports(influx, work, args.report_pairs, args.repeat * 4)
         finally:
             influx.stop()
     harness.emit(result, args.output)
