@@ -1,6 +1,6 @@
 """Alert rules as a pure state machine over efficiency windows, and the webhook payload.
 
-Rules (DESIGN "Alerts"), evaluated per vehicle at each window stop T:
+Rules (docs/alerts.md "The rules"), evaluated per vehicle at each window stop T:
 
 - ``low_efficiency``: the efficiency of the trailing span, or of the shorter fast span while a
   session goes on (so a fault that starts mid-session is not diluted by the good half hour before

@@ -100,7 +100,7 @@ class PairingSettings(BaseModel):
 
 
 class EfficiencySettings(BaseModel):
-    """The window definition and the embedded task runner (DESIGN "Efficiency windows")."""
+    """The window definition and the embedded task runner (docs/architecture.md "Efficiency windows")."""
 
     window_seconds: int = Field(300, ge=60, le=3600, description="Window length W; windows align to the epoch.")
     offset_seconds: int = Field(30, ge=0, description="Run this long after each window closes, so stragglers land.")
@@ -119,7 +119,7 @@ class EfficiencySettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
-    """Low-efficiency and data-quality alerts (DESIGN "Alerts")."""
+    """Low-efficiency and data-quality alerts (docs/alerts.md "The rules")."""
 
     threshold: float = Field(0.85, gt=0, lt=1, description="Low-efficiency threshold (DC/AC).")
     above_one_threshold: float = Field(1.0, ge=1, description="Efficiency above this is a data-quality alert.")

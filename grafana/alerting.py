@@ -1,4 +1,4 @@
-"""The Grafana alert rules as code: the low-efficiency and data-quality rules of DESIGN "Alerts".
+"""The Grafana alert rules as code: the low-efficiency and data-quality rules of docs/alerts.md.
 
 Built with grafana-foundation-sdk's alerting and expression builders, which model the HTTP
 provisioning API; :func:`rule_group_file` maps them to the file-provisioning format Grafana reads

@@ -15,7 +15,7 @@ queries end with ``_time``, ``_value`` and the labels wanted (``vehicle_id``, ``
 and table queries end ungrouped.
 
 Units: the efficiency bucket holds one point per vehicle, meter and window, stamped with the
-window's stop (DESIGN "Efficiency windows"); energy is kWh; efficiency a 0-1 ratio.
+window's stop (docs/architecture.md "Efficiency windows"); energy is kWh; efficiency a 0-1 ratio.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def ingest_readings(
 
 # -- line protocol -----------------------------------------------------------------------------
 
-# measurement -> (id tag, {line protocol field: wire field}); the schema of DESIGN "Storage schema".
+# measurement -> (id tag, {line protocol field: wire field}); docs/readings.md "Storage schema".
 _LINE_SCHEMA: dict[str, tuple[str, str, dict[str, str]]] = {
     "meter": ("meter_id", "meterId", {"kwh_consumed_ac": "kwhConsumedAc", "voltage": "voltage"}),
     "vehicle": ("vehicle_id", "vehicleId",

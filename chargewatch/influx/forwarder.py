@@ -2,7 +2,7 @@
 InfluxDB acknowledged. One per outbox (an ``flock`` beside the SQLite file): two would send the
 same rows twice and race each other's deletes.
 
-What InfluxDB's answers mean here (../shared/reference/influx-grafana-facts.md, section 1):
+What InfluxDB's answers mean here (docs/influxdb-and-grafana.md "Writing", with sources):
 
 - 2xx: every point is written: the rows are deleted.
 - no answer (refused, reset, timeout), 429, 5xx: transient. Keep the rows; retry with exponential

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def reading_line(paired: PairedReading) -> str:
-    """The reading as InfluxDB stores it (DESIGN "Storage schema"), millisecond timestamp.
+    """The reading as InfluxDB stores it (docs/readings.md "Storage schema"), millisecond timestamp.
 
     Both pairing tags are written when known (a missing partner's tag is omitted); fields are
     always floats, since a field's type is fixed by its first write and an int would break later

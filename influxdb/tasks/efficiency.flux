@@ -1,5 +1,6 @@
-// Efficiency windows: the Flux engine of DESIGN "Efficiency windows" (chargewatch/efficiency.py is
-// the other engine and the contract; tests/fixtures/efficiency_windows.json binds both).
+// Efficiency windows of an EV fleet's charging, installed by chargewatch (`chargewatch influx setup`).
+// chargewatch's embedded task runner computes the same windows by the same definition, below; for
+// the same readings both give the same numbers.
 //
 // Windows are `window_length` long, aligned to the epoch, half-open [start, stop) and labelled by their
 // stop. Per (vehicle_id, meter_id) and window: ac_kwh = sum of kwh_consumed_ac of the meter

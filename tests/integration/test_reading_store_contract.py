@@ -1,5 +1,5 @@
 """One contract suite for every ReadingStore adapter, so the in-memory fake is proven to behave like
-the real store (shared/STYLE.md section 3)."""
+the real store (docs/architecture.md "Stores: the ports and their adapters")."""
 
 from __future__ import annotations
 

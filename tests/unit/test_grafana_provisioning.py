@@ -2,7 +2,7 @@
 reference resolves, alert rules have the shape Grafana accepts and alert per vehicle, and every Flux
 query (panels, the variable, alert rules) passes the Flux compiler's type check after Grafana's macro
 substitution. Nothing of this can start here (no Grafana, no InfluxDB), so the files are proven
-against what the engines' sources say they need (shared/reference/influx-grafana-facts.md, sec. 4-5)."""
+against what the engines' sources say they need (docs/influxdb-and-grafana.md "Grafana provisioning")."""
 
 from __future__ import annotations
 

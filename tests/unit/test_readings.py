@@ -1,4 +1,4 @@
-"""Reading models: every rule of DESIGN "Readings", with a fixed clock."""
+"""Reading models: every rule of docs/readings.md "Rules", with a fixed clock."""
 
 from __future__ import annotations
 
