@@ -232,12 +232,15 @@ from(bucket: "<<bucket>>")
 
 # The alert's measure as a line: at each window stop T, DC / AC summed over the span ending at T
 # (windows stamped T - span + window ... T), shown only with enough AC energy. Sliding windows
-# of the span, stepping one window; a span cut short by the range's edges is left out.
+# of the span, stepping one window; a span cut short by the range's edges is left out. The range
+# ends one window after the dashboard's: the sliding window holding the newest point T stops at
+# T + window, after now for the first window length after T, and would be cut short (the line
+# lagged one window behind the data); stamps beyond now do not exist, so nothing later shows.
 VEHICLE_TRAILING_EFFICIENCY = _common("""
 import "date"
 
 from(bucket: "<<bucket>>")
-    |> range(start: date.sub(d: <<span>>, from: v.timeRangeStart), stop: v.timeRangeStop)
+    |> range(start: date.sub(d: <<span>>, from: v.timeRangeStart), stop: date.add(d: <<window>>, to: v.timeRangeStop))
     |> filter(fn: (r) => r._measurement == "efficiency" and (r._field == "ac_kwh" or r._field == "dc_kwh"))
     |> filter(fn: (r) => r.vehicle_id == "${<<variable>>}")
     |> group()

@@ -70,3 +70,34 @@ def own_influxd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Infl
 def scratch_prefix() -> str:
     """A unique prefix for this test's buckets and tasks."""
     return f"cw_{uuid.uuid4().hex[:10]}"
+
+
+# -- a scratch organization per test module (tests/live/test_grafana_queries_live.py, test_telegraf_live.py)
+
+from dataclasses import dataclass  # noqa: E402 (appended section: keeps merges with the fixtures above easy)
+
+from tests.live.engines import InfluxApi  # noqa: E402
+
+
+@dataclass
+class ScratchOrg(InfluxApi):
+    """The session's InfluxDB seen through an organization of one test module's own: its buckets can
+    have the names the shipped files hardcode (``telemetry``, ``efficiency``, ``monitoring``)."""
+
+    url: str
+    token: str
+    org: str
+    org_id: str
+
+
+@pytest.fixture(scope="module")
+def scratch_org(_session_influx: Influxd | ExternalInflux) -> Iterator[ScratchOrg]:
+    """An organization created for this module (``POST /api/v2/orgs``), deleted with its buckets and
+    tasks afterwards. Request ``influx`` too, so a failing test shows the engine's log."""
+    name = f"cw_org_{uuid.uuid4().hex[:10]}"
+    created = _session_influx.api("POST", "/api/v2/orgs", json={"name": name})
+    org = ScratchOrg(_session_influx.url, _session_influx.token, name, created["id"])
+    try:
+        yield org
+    finally:
+        _session_influx.api("DELETE", f"/api/v2/orgs/{org.org_id}")
