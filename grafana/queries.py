@@ -302,9 +302,15 @@ def counter_rate(metric: str, by: str) -> str:
 
 
 def gauge_max(metric: str) -> str:
-    """A gauge's largest value per period over every scraped instance (they report one outbox)."""
+    """A gauge's largest value per period over every scraped instance (they report one outbox).
+
+    Only ``_field`` stays besides time and value: ``max`` is a selector and keeps its row's other
+    columns, and Grafana would label the series with the scraped ``url`` of its first row (and the
+    panel's rename by field name would then miss it).
+    """
     return _render("""
 <<rows>>
+    |> keep(columns: ["_time", "_value", "_field"])
     |> group(columns: ["_field"])
     |> aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)
 """, rows=_metric_rows(metric))
