@@ -15,7 +15,6 @@ Everything binds 127.0.0.1; every process is stopped by its PID.
 from __future__ import annotations
 
 import json
-import math
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -172,3 +171,99 @@ def test_the_bundles_telegraf_conf_refuses_to_start_without_a_token(tmp_path):
                             tmp_path / "telegraf.log", env={"PATH": "/usr/bin:/bin", "INFLUX_ORG": "o"}).start()
     assert process.wait(60) != 0
     assert "set INFLUX_TOKEN" in process.log_path.read_text()
+
+
+# -- 2. Telegraf as a client of chargewatch's /api/v2/write ------------------------------------------
+
+METER_COLUMNS = ("meter_id", "kwh_consumed_ac", "voltage", "time_ms")
+VEHICLE_COLUMNS = ("vehicle_id", "soc", "kwh_delivered_dc", "battery_temp", "time_ms")
+
+
+def csv_file(path: Path, columns: tuple[str, ...], readings: list[AnyReading]) -> Path:
+    """The readings as CSV (floats in Python's shortest round-trip form, times in ms)."""
+    rows = [",".join(columns)]
+    for r in readings:
+        rows.append(",".join(str(r.time_ms) if name == "time_ms" else
+                             (repr(getattr(r, name)) if name != columns[0] else getattr(r, name)) for name in columns))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def file_input(path: Path, measurement: str, columns: tuple[str, ...]) -> str:
+    types = ", ".join(json.dumps(t) for t in ["string", *["float"] * (len(columns) - 2), "int"])
+    return f"""
+[[inputs.file]]
+  files = [{json.dumps(str(path))}]
+  data_format = "csv"
+  csv_header_row_count = 1
+  csv_column_types = [{types}]
+  csv_tag_columns = [{json.dumps(columns[0])}]
+  csv_timestamp_column = "time_ms"
+  csv_timestamp_format = "unix_ms"
+  name_override = "{measurement}"
+"""
+
+
+@pytest.fixture
+def simulated_readings() -> list[AnyReading]:
+    from simulator.devices import DeliveryFaults, FleetConfig, simulate
+
+    end = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    deliveries, truth = simulate(FleetConfig(pairs=4, seed=3), DeliveryFaults.none(), end - timedelta(minutes=30), end)
+    return [generated.reading for generated in truth.readings]
+
+
+def test_telegraf_writes_meter_and_vehicle_lines_through_the_v2_write_api_stored_exactly_once(
+        request, tmp_path, simulated_readings):
+    server = IngestServer(tmp_path / "chargewatch", free_port())
+    server.data_dir.mkdir()
+    meters = [r for r in simulated_readings if r.kind == "meter"]
+    vehicles = [r for r in simulated_readings if r.kind == "vehicle"]
+    sent = tmp_path / "sent.lp"
+    config = tmp_path / "client.conf"
+    # omit_hostname stays false: Telegraf adds a host tag, which chargewatch ignores. Batches of 50
+    # make several write requests; the output gzips them (its default content_encoding). precision:
+    # Telegraf otherwise rounds every timestamp to the second (README, "Sending readings").
+    config.write_text(f"""
+[agent]
+  precision = "1ms"
+  metric_batch_size = 50
+  metric_buffer_limit = 10000
+{file_input(csv_file(tmp_path / "meters.csv", METER_COLUMNS, meters), "meter", METER_COLUMNS)}
+{file_input(csv_file(tmp_path / "vehicles.csv", VEHICLE_COLUMNS, vehicles), "vehicle", VEHICLE_COLUMNS)}
+[[outputs.influxdb_v2]]
+  urls = ["{server.url}"]
+  token = "{WRITE_TOKEN}"
+  organization = "fleet"
+  bucket = "{queries.TELEMETRY_BUCKET}"
+
+[[outputs.file]]
+  files = [{json.dumps(str(sent))}]
+  data_format = "influx"
+""")
+    try:
+        server.start()
+        for attempt in range(2):  # the second run resends everything, as a gateway retrying would
+            process = telegraf(tmp_path, config, {}, name=f"telegraf-{attempt}")
+            process.argv.append("--once")
+            process.ready_url = None
+            attach_log(request, process.log_path)
+            assert process.start().wait(120) == 0, process.log_path.read_text()
+            log = process.log_path.read_text()
+            assert " E! " not in log, log
+        lines = [line for line in sent.read_text().splitlines() if line]
+        assert len(lines) == 2 * len(simulated_readings)  # what Telegraf sent: every reading, twice
+        assert all(" host=" not in line and ",host=" in line for line in lines)
+
+        # Exactly once, with the values sent (floats survive CSV, Telegraf and line protocol bit for bit),
+        # and paired as ingest pairs them.
+        meter_rows, vehicle_rows = server.rows("meter"), server.rows("vehicle")
+        assert len(meter_rows) == len(meters) and len(vehicle_rows) == len(vehicles)
+        assert {row[:5] for row in meter_rows} == {
+            (r.meter_id, r.time_ms, r.meter_id.replace("METER_", "VEHICLE_"), r.kwh_consumed_ac, r.voltage)
+            for r in meters}
+        assert {row[:6] for row in vehicle_rows} == {
+            (r.vehicle_id, r.time_ms, r.vehicle_id.replace("VEHICLE_", "METER_"), r.soc, r.kwh_delivered_dc,
+             r.battery_temp) for r in vehicles}
+    finally:
+        server.stop()
