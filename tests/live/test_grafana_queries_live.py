@@ -148,7 +148,7 @@ def sums(windows: list[EfficiencyWindow]) -> tuple[float, float]:
 def stored_readings(config: FleetConfig, start: datetime, end: datetime) -> list[PairedReading]:
     """What ingest would store of the simulated deliveries: the first copy of each (device, time), with
     the default pairing; readings stamped at or after ``end`` are left out (the windows end there)."""
-    deliveries, _ = simulate(config, DeliveryFaults(loss_rate=0.0), start, end)
+    deliveries, _ = simulate(config, DeliveryFaults(), start, end)
     pairings, first = Pairings(), {}
     for delivery in deliveries:
         reading = delivery.reading
@@ -460,14 +460,39 @@ def test_the_vehicle_detail_numbers_equal_the_reference_engine(influx, scratch_o
         assert all(math.isclose(points[m], expected[m], rel_tol=REL) for m in points), vehicle_id
 
 
-def trailing_value(fleet: SimulatedFleet, vehicle_id: str, stop: datetime, span_seconds: int) -> float | None:
-    """The alert measure by the reference engine: DC / AC of the windows in the trailing range."""
-    ac, dc = sums(fleet.windows_in(stop - timedelta(seconds=span_seconds), stop, vehicle_id))
+def is_active(window: EfficiencyWindow) -> bool:
+    return window.ac_kwh >= queries.ACTIVE_WINDOW_KWH or window.dc_kwh >= queries.ACTIVE_WINDOW_KWH
+
+
+def scaled_sides(window: EfficiencyWindow) -> tuple[float, float]:
+    """A window's AC and DC, the side with fewer readings scaled up to the other's count."""
+    ac, dc = window.ac_kwh, window.dc_kwh
+    if 0 < window.ac_readings < window.dc_readings:
+        ac = ac * window.dc_readings / window.ac_readings
+    if 0 < window.dc_readings < window.ac_readings:
+        dc = dc * window.ac_readings / window.dc_readings
+    return ac, dc
+
+
+def alert_measure(fleet: SimulatedFleet, vehicle_id: str, stop: datetime, span_seconds: int) -> float | None:
+    """The alert rules' measure by the reference engine's windows (grafana/queries.py says why): the
+    trailing range's windows, sides scaled by reading counts, a session's first window left out when
+    the session began in the range, no verdict when the range's oldest window charges and its newest
+    is idle or when less than the minimum AC energy flowed."""
+    start = stop - timedelta(seconds=span_seconds)
+    rows = sorted(fleet.windows_in(start - WINDOW, stop, vehicle_id), key=lambda w: w.stop_ms)
+    kept = [w for previous, w in zip([None, *rows], rows) if w.stop_ms >= to_ms(start)
+            and not (previous is not None and is_active(w) and not is_active(previous))]
+    if not kept or is_active(kept[0]) and not is_active(kept[-1]):
+        return None
+    ac = math.fsum(scaled_sides(w)[0] for w in kept)
+    dc = math.fsum(scaled_sides(w)[1] for w in kept)
     return dc / ac if ac >= queries.MIN_SPAN_ENERGY_KWH else None
 
 
 def alert_values(org: Any, fleet: SimulatedFleet, title: str, stop: datetime) -> dict[str, float]:
-    """Query A of a rule as Grafana evaluates it at ``stop``: one series per vehicle, its one value."""
+    """Query A of a rule as Grafana evaluates it at ``stop``: one series per vehicle, its one value,
+    equal to the reference engine's measure."""
     source, span_seconds = alert_queries()[title]
     evaluation = GrafanaRange(stop - timedelta(seconds=span_seconds), stop, 60)
     tables = run(org, evaluation.interpolate(source))
@@ -477,7 +502,7 @@ def alert_values(org: Any, fleet: SimulatedFleet, title: str, stop: datetime) ->
         assert [c.label for c in table.columns if c.group] == ["vehicle_id"], title  # one instance per vehicle
         [record] = table.records
         values[record.values["vehicle_id"]] = record.values["_value"]
-    expected = {v: trailing_value(fleet, v, stop, span_seconds) for v in fleet.vehicles}
+    expected = {v: alert_measure(fleet, v, stop, span_seconds) for v in fleet.vehicles}
     assert values.keys() == {v for v, value in expected.items() if value is not None}, (title, stop)
     for vehicle_id, value in values.items():
         assert math.isclose(value, expected[vehicle_id], rel_tol=REL), (title, vehicle_id)  # type: ignore[arg-type]
@@ -485,33 +510,60 @@ def alert_values(org: Any, fleet: SimulatedFleet, title: str, stop: datetime) ->
 
 
 def evaluation_times(fleet: SimulatedFleet) -> list[datetime]:
-    """Every 10 minutes over the fleet's span, at an odd second as Grafana's scheduler would."""
-    first = fleet.end - timedelta(hours=HOURS) + timedelta(minutes=30, seconds=7)
-    return [first + timedelta(minutes=10 * i) for i in range(int((fleet.end - first) / timedelta(minutes=10)) + 1)]
+    """Grafana's evaluations every minute, from one span after the data starts until five minutes
+    after it ends, 35 s past the minute: a window stamped T is written at T + 30 s (the task's offset)."""
+    first = fleet.end - timedelta(hours=HOURS) + queries.SPAN + timedelta(seconds=35)
+    return [first + timedelta(minutes=i) for i in range(int((fleet.end - first) / timedelta(minutes=1)) + 6)]
+
+
+def rule_evaluations(org: Any, fleet: SimulatedFleet) -> list[tuple[datetime, dict[str, float]]]:
+    source = alert_queries()[LOW][0]
+    assert alert_queries()[ABOVE_ONE][0] == source  # both rules evaluate the same measure
+    return [(stop, alert_values(org, fleet, LOW, stop)) for stop in evaluation_times(fleet)]
+
+
+@pytest.fixture(scope="module")
+def evaluations(scratch_org, fleet) -> list[tuple[datetime, dict[str, float]]]:
+    return rule_evaluations(scratch_org, fleet)
+
+
+def fired(evaluations: list[tuple[datetime, dict[str, float]]], condition: Any, recovered: Any) -> set[str]:
+    """Vehicles whose alert fires: the condition held for the rule's pending period (``for``); a
+    firing alert resolves past the recovery threshold, and without a verdict (noDataState OK)."""
+    states: dict[str, tuple[str, datetime]] = {}
+    firing = set()
+    for moment, values in evaluations:
+        for vehicle_id in set(states) | set(values):
+            value, state = values.get(vehicle_id), states.get(vehicle_id)
+            if value is None or (state is not None and state[0] == "firing" and recovered(value)):
+                states.pop(vehicle_id, None)
+            elif state is not None and state[0] == "firing":
+                continue
+            elif condition(value):
+                since = state[1] if state else moment
+                states[vehicle_id] = ("firing" if moment - since >= queries.PENDING else "pending", since)
+                if moment - since >= queries.PENDING:
+                    firing.add(vehicle_id)
+            else:
+                states.pop(vehicle_id, None)
+    return firing
 
 
 def charging_throughout(fleet: SimulatedFleet, vehicle_id: str, stop: datetime, span_seconds: int) -> bool:
-    """The vehicle charged in every window of the trailing range and in the windows on either side of it.
-
-    Only then do the range's two edges cancel: a meter and its vehicle stamp the same interval up to
-    a minute apart, so at a session's start or end one reading's energy sits on one side only
-    (analytics/alerts.py measures around that; Grafana's rule is the plain trailing range).
-    """
+    """The vehicle charged in every window of the trailing range and in the windows on either side of it."""
     windows = {w.stop_ms: w for w in fleet.windows if w.vehicle_id == vehicle_id}
     inside = [w.stop_ms for w in fleet.windows_in(stop - timedelta(seconds=span_seconds), stop, vehicle_id)]
     if not inside:
         return False
     window_ms = int(WINDOW.total_seconds() * 1000)
     stamps = range(min(inside) - window_ms, max(inside) + 2 * window_ms, window_ms)
-    return all(stamp in windows and windows[stamp].ac_kwh > 0 and windows[stamp].dc_kwh > 0 for stamp in stamps)
+    return all(stamp in windows and is_active(windows[stamp]) for stamp in stamps)
 
 
-def test_the_low_efficiency_rule_separates_faulty_from_healthy_vehicles(influx, scratch_org, fleet):
-    source, span_seconds = alert_queries()[LOW]
-    assert alert_queries()[ABOVE_ONE][0] == source  # both rules evaluate the same measure
+def test_the_low_efficiency_rule_fires_for_the_faulty_vehicles_and_no_healthy_one(influx, fleet, evaluations):
+    span_seconds = alert_queries()[LOW][1]
     faulty_seen, healthy_seen = set(), set()
-    for stop in evaluation_times(fleet):
-        values = alert_values(scratch_org, fleet, LOW, stop)
+    for stop, values in evaluations:
         for vehicle_id, value in values.items():
             if not charging_throughout(fleet, vehicle_id, stop, span_seconds):
                 continue
@@ -523,19 +575,19 @@ def test_the_low_efficiency_rule_separates_faulty_from_healthy_vehicles(influx, 
                 assert value > queries.RESOLVE_THRESHOLD, (vehicle_id, stop, value)
                 healthy_seen.add(vehicle_id)
     assert len(faulty_seen) >= 2 and len(healthy_seen) >= 3, (faulty_seen, healthy_seen)
+    low = fired(evaluations, lambda v: v < queries.THRESHOLD, lambda v: v > queries.RESOLVE_THRESHOLD)
+    assert low == faulty_seen, low
 
 
-def test_the_above_one_rule_sees_only_the_under_reading_meter(influx, scratch_org, fleet):
+def test_the_above_one_rule_fires_only_for_the_under_reading_meter(influx, fleet, evaluations):
     span_seconds = alert_queries()[ABOVE_ONE][1]
-    above = set()
-    for stop in evaluation_times(fleet):
-        for vehicle_id, value in alert_values(scratch_org, fleet, ABOVE_ONE, stop).items():
+    for stop, values in evaluations:
+        for vehicle_id, value in values.items():
             assert 0.5 < value < 1.5, (vehicle_id, value)
             if charging_throughout(fleet, vehicle_id, stop, span_seconds):
-                is_above = value > queries.ABOVE_ONE_THRESHOLD
-                assert is_above == (vehicle_id == fleet.under_reading), (vehicle_id, value)
-                if is_above:
-                    above.add(vehicle_id)
+                assert (value > queries.ABOVE_ONE_THRESHOLD) == (vehicle_id == fleet.under_reading), (vehicle_id, value)
+    above = fired(evaluations, lambda v: v > queries.ABOVE_ONE_THRESHOLD,
+                  lambda v: v < queries.ABOVE_ONE_RESOLVE_THRESHOLD)
     assert above == {fleet.under_reading}
 
 
