@@ -176,7 +176,7 @@ def reference_windows(readings: list[PairedReading]) -> list[EfficiencyWindow]:
 
 
 def run_task_in_influxdb(org: Any, settings: Settings) -> dict[str, Any]:
-    """Install the efficiency task in the org and run it once through InfluxDB's task engine."""
+    """Install the efficiency task in the org, run it once through InfluxDB's task engine, delete it."""
     task = org.api("POST", "/api/v2/tasks", json={"orgID": org.org_id, "flux": flux.efficiency_task(settings),
                                                   "status": "active"})
     queued = org.api("POST", f"/api/v2/tasks/{task['id']}/runs", json={})
@@ -188,8 +188,9 @@ def run_task_in_influxdb(org: Any, settings: Settings) -> dict[str, Any]:
         if run["status"] in ("success", "failed", "canceled"):
             break
         time.sleep(0.5)
+    logs = org.api("GET", f"/api/v2/tasks/{task['id']}/logs")
+    org.api("DELETE", f"/api/v2/tasks/{task['id']}")  # no scheduled runs after this one; _tasks keeps its record
     if run["status"] != "success":
-        logs = org.api("GET", f"/api/v2/tasks/{task['id']}/logs")
         raise AssertionError(f"task run {run['status']}: {logs}")
     return run
 
