@@ -10,8 +10,10 @@ Both rules evaluate query A (``queries.TRAILING_EFFICIENCY_PER_VEHICLE``) over t
 DC / AC as a ratio of sums per vehicle, only where enough AC flowed, one series per vehicle, so
 Grafana keeps one alert instance per vehicle. B reduces each series to its value; C compares it
 with the threshold and, through the recovery threshold (``unloadEvaluator``), resolves only past the
-hysteresis margin, as chargewatch's own evaluator does (``analytics/alerts.py``, which additionally
-measures sessions edge to edge; Grafana's rule is the plain trailing-span rule).
+hysteresis margin, as chargewatch's own evaluator does (``analytics/alerts.py``). Like that
+evaluator, query A scales a window's side that lost readings and keeps the span's edges where meter
+and vehicle clocks cancel (queries.py says how); unlike it, a session that has ended is not measured
+whole: its span gives no verdict (Grafana's noDataState OK resolves the alert).
 """
 
 from __future__ import annotations

@@ -234,14 +234,15 @@ def vehicle_detail() -> dashboard.Dashboard:
     board.with_panel(
         _timeseries(VEHICLE_EFFICIENCY_PANEL_ID, 0, 5, 24, 9, "Efficiency",
                     f"Per {minutes(queries.WINDOW)} window, and over the trailing {span} (sums, "
-                    f"at least {queries.MIN_SPAN_ENERGY_KWH} kWh of AC): the measure the alert rules compare with "
+                    f"at least {queries.MIN_SPAN_ENERGY_KWH} kWh of AC), against the alert threshold "
                     f"{queries.THRESHOLD:.0%}, the dashed line. Single windows are noisy (meter and vehicle clocks "
-                    f"drift); the trailing span is not.",
+                    f"drift); the trailing span is not, except at a session's start and end, which the alert rules "
+                    f"leave out of their measure.",
                     [Flux(queries.VEHICLE_WINDOW_EFFICIENCY, "A"), Flux(queries.VEHICLE_TRAILING_EFFICIENCY, "B")],
                     "percentunit")
         .decimals(1).axis_soft_min(0.5).axis_soft_max(1.05).thresholds(_thresholds(RATIO_THRESHOLDS))
         .thresholds_style(common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED))
-        .override_by_query("B", [DynamicConfigValue(id_val="displayName", value=f"trailing {span} (alert measure)"),
+        .override_by_query("B", [DynamicConfigValue(id_val="displayName", value=f"trailing {span}"),
                                  DynamicConfigValue(id_val="custom.lineWidth", value=3)])
         .override_by_name("efficiency", [DynamicConfigValue(id_val="displayName", value="per window"),
                                          DynamicConfigValue(id_val="custom.drawStyle", value="points"),

@@ -39,6 +39,7 @@ MIN_SPAN_ENERGY_KWH = _ALERTS.min_span_energy_kwh
 SPAN = timedelta(minutes=_ALERTS.span_minutes)
 PENDING = timedelta(minutes=_ALERTS.pending_minutes)
 WINDOW = timedelta(seconds=_WINDOWS.window_seconds)
+ACTIVE_WINDOW_KWH = 0.1  # a window with this much energy on either side is charging (analytics/alerts.py)
 TASK_STALE_AFTER = timedelta(seconds=2 * _WINDOWS.window_seconds + _WINDOWS.offset_seconds)
 
 # The readings' and the services' names as ingest's and analytics' /metrics expose them
@@ -124,13 +125,48 @@ def _common(template: str, **values: object) -> str:
 # v.timeRangeStart/Stop select the windows that closed in it. One table per vehicle (group key
 # vehicle_id only: a vehicle whose pairing changed inside the span is still one instance), holding
 # one row: _time, _value = DC / AC as a ratio of sums, and only when enough AC energy flowed.
-TRAILING_EFFICIENCY_PER_VEHICLE = _common("""
-<<energy_rows>>
+#
+# The span's edges are placed where they cancel, as chargewatch's own evaluator places them
+# (analytics/alerts.py, "How the span is measured"): a meter and its vehicle stamp the same interval
+# up to a minute apart, so at a session's start or end one reading's energy sits on one side only.
+# Run on a simulated healthy fleet, the plain trailing sum fired at session edges (and after lost
+# readings) for most vehicles every day. So:
+# - within a window whose sides hold different counts of readings, the side with fewer is scaled up
+#   to the other's count (a reading lost in transit is not lost energy);
+# - a session's first window is left out when the session began inside the span (the window
+#   before it, read from one window earlier, was idle);
+# - a span whose oldest window charges while its newest is idle (a session that ended, cut by the
+#   span's start) gives no verdict.
+TRAILING_EFFICIENCY_PER_VEHICLE = _render("""
+import "date"
+
+from(bucket: "<<bucket>>")
+    |> range(start: date.sub(d: <<window>>, from: v.timeRangeStart), stop: v.timeRangeStop)
+    |> filter(fn: (r) => r._measurement == "efficiency" and (r._field == "ac_kwh" or r._field == "dc_kwh" or r._field == "ac_readings" or r._field == "dc_readings"))
+    |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+    |> map(fn: (r) => ({r with
+        active: if r.ac_kwh >= <<active_energy>> or r.dc_kwh >= <<active_energy>> then 1 else 0,
+        ac: if r.ac_readings > 0 and r.ac_readings < r.dc_readings then r.ac_kwh * float(v: r.dc_readings) / float(v: r.ac_readings) else r.ac_kwh,
+        dc: if r.dc_readings > 0 and r.dc_readings < r.ac_readings then r.dc_kwh * float(v: r.ac_readings) / float(v: r.dc_readings) else r.dc_kwh,
+    }))
     |> group(columns: ["vehicle_id"])
-<<sum_ac_dc>>
-    |> filter(fn: (r) => r.ac_kwh >= <<min_energy>>)
+    |> sort(columns: ["_time"])
+    |> duplicate(column: "active", as: "started")
+    |> difference(columns: ["started"], keepFirst: true)
+    |> filter(fn: (r) => r._time >= v.timeRangeStart and not (exists r.started and r.started == 1))
+    |> reduce(
+        identity: {ac_kwh: 0.0, dc_kwh: 0.0, oldest_active: -1, newest_active: 0},
+        fn: (r, accumulator) => ({
+            ac_kwh: accumulator.ac_kwh + r.ac,
+            dc_kwh: accumulator.dc_kwh + r.dc,
+            oldest_active: if accumulator.oldest_active == -1 then r.active else accumulator.oldest_active,
+            newest_active: r.active,
+        }),
+    )
+    |> filter(fn: (r) => r.ac_kwh >= <<min_energy>> and not (r.oldest_active == 1 and r.newest_active == 0))
     |> map(fn: (r) => ({vehicle_id: r.vehicle_id, _time: v.timeRangeStop, _value: r.dc_kwh / r.ac_kwh}))
-""", min_energy=MIN_SPAN_ENERGY_KWH)
+""", bucket=EFFICIENCY_BUCKET, window=flux_duration(WINDOW), active_energy=ACTIVE_WINDOW_KWH,
+    min_energy=MIN_SPAN_ENERGY_KWH)
 
 # -- Fleet overview ---------------------------------------------------------------------------------
 
@@ -232,12 +268,15 @@ from(bucket: "<<bucket>>")
 
 # The alert's measure as a line: at each window stop T, DC / AC summed over the span ending at T
 # (windows stamped T - span + window ... T), shown only with enough AC energy. Sliding windows
-# of the span, stepping one window; a span cut short by the range's edges is left out.
+# of the span, stepping one window; a span cut short by the range's edges is left out. The range
+# ends one window after the dashboard's: the sliding window holding the newest point T stops at
+# T + window, after now for the first window length after T, and would be cut short (the line
+# lagged one window behind the data); stamps beyond now do not exist, so nothing later shows.
 VEHICLE_TRAILING_EFFICIENCY = _common("""
 import "date"
 
 from(bucket: "<<bucket>>")
-    |> range(start: date.sub(d: <<span>>, from: v.timeRangeStart), stop: v.timeRangeStop)
+    |> range(start: date.sub(d: <<span>>, from: v.timeRangeStart), stop: date.add(d: <<window>>, to: v.timeRangeStop))
     |> filter(fn: (r) => r._measurement == "efficiency" and (r._field == "ac_kwh" or r._field == "dc_kwh"))
     |> filter(fn: (r) => r.vehicle_id == "${<<variable>>}")
     |> group()
@@ -299,9 +338,15 @@ def counter_rate(metric: str, by: str) -> str:
 
 
 def gauge_max(metric: str) -> str:
-    """A gauge's largest value per period over every scraped instance (they report one outbox)."""
+    """A gauge's largest value per period over every scraped instance (they report one outbox).
+
+    Only ``_field`` stays besides time and value: ``max`` is a selector and keeps its row's other
+    columns, and Grafana would label the series with the scraped ``url`` of its first row (and the
+    panel's rename by field name would then miss it).
+    """
     return _render("""
 <<rows>>
+    |> keep(columns: ["_time", "_value", "_field"])
     |> group(columns: ["_field"])
     |> aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)
 """, rows=_metric_rows(metric))

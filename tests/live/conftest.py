@@ -13,11 +13,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.live.engines import ExternalInflux, Influxd, external_influx, log_tail
+from tests.live.engines import ExternalInflux, InfluxApi, Influxd, external_influx, log_tail
 
 _LOGS_KEY = pytest.StashKey[list[Path]]()
 
@@ -99,3 +100,27 @@ def run_chargewatch(env: dict[str, str], *args: str, timeout_seconds: float = 12
     """``chargewatch ARGS`` as a real process; its exit code, stdout and stderr."""
     return subprocess.run([sys.executable, "-m", "chargewatch", *args], env=env, capture_output=True, text=True,
                           timeout=timeout_seconds)
+
+
+@dataclass
+class ScratchOrg(InfluxApi):
+    """The session's InfluxDB seen through an organization of one test module's own: its buckets can
+    have the names the shipped files hardcode (``telemetry``, ``efficiency``, ``monitoring``)."""
+
+    url: str
+    token: str
+    org: str
+    org_id: str
+
+
+@pytest.fixture(scope="module")
+def module_org(_session_influx: Influxd | ExternalInflux) -> Iterator[ScratchOrg]:
+    """An organization created for this module (``POST /api/v2/orgs``), deleted with its buckets and
+    tasks afterwards. Request ``influx`` too, so a failing test shows the engine's log."""
+    name = f"cw_org_{uuid.uuid4().hex[:10]}"
+    created = _session_influx.api("POST", "/api/v2/orgs", json={"name": name})
+    org = ScratchOrg(_session_influx.url, _session_influx.token, name, created["id"])
+    try:
+        yield org
+    finally:
+        _session_influx.api("DELETE", f"/api/v2/orgs/{org.org_id}")

@@ -329,24 +329,52 @@ def test_the_docker_build_context_keeps_what_the_image_needs_and_leaves_secrets_
 
 # -- Telegraf ------------------------------------------------------------------------------------
 
+def telegraf_config(environment: dict[str, str]) -> dict[str, Any]:
+    """telegraf/telegraf.conf as Telegraf reads it with ``environment``: ``${NAME}``,
+    ``${NAME:-default}`` and ``${NAME:?error}`` replaced before the TOML is parsed."""
+    def replace(match: re.Match[str]) -> str:
+        name, op, arg = match.group("braced"), match.group("op"), match.group("arg")
+        value = environment.get(name, "")
+        if op == ":-" and not value:
+            return arg
+        if op == ":?" and not value:
+            raise MissingVariable(f"telegraf.conf: {name}: {arg}")
+        assert op in (None, ":-", ":?"), f"telegraf.conf: unexpected ${{{name}{op}...}}"
+        return value
+
+    text = "\n".join(line for line in (REPO / "telegraf" / "telegraf.conf").read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    return tomllib.loads(VARIABLE.sub(replace, text))
+
+
 def test_telegraf_scrapes_the_services_metrics_into_the_monitoring_bucket():
     from grafana import queries
 
-    config = tomllib.loads((REPO / "telegraf" / "telegraf.conf").read_text())
     all_services = services()
     telegraf = all_services["telegraf"]
+    environment = {name: str(value) for name, value in telegraf["environment"].items()}
+    config = telegraf_config(environment)
     [prometheus] = config["inputs"]["prometheus"]
     assert prometheus["metric_version"] == 2
     ports = {name: command_of(all_services[name])[command_of(all_services[name]).index("--port") + 1]
              for name in ("ingest", "analytics")}
     assert sorted(prometheus["urls"]) == sorted(f"http://{name}:{port}/metrics" for name, port in ports.items())
     [output] = config["outputs"]["influxdb_v2"]
-    environment = telegraf["environment"]
-    for value in (*output["urls"], output["token"], output["organization"], output["bucket"]):
-        for name in used_variables(value):
-            assert name in environment, f"telegraf.conf reads ${name}; the telegraf service does not set it"
-    assert environment["INFLUX_MONITORING_BUCKET"] == queries.MONITORING_BUCKET
+    assert output["urls"] == ["http://influxdb:8086"] and output["bucket"] == queries.MONITORING_BUCKET
     assert all_services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_BUCKET"] == queries.MONITORING_BUCKET
     [health] = config["outputs"]["health"]
-    port = health["service_address"].rsplit(":", 1)[1]
-    assert f"http://localhost:{port}/" in telegraf["healthcheck"]["test"]
+    assert health["service_address"] == "http://127.0.0.1:8888"
+    assert "http://127.0.0.1:8888/" in telegraf["healthcheck"]["test"]
+
+
+def test_telegraf_runs_natively_with_loopback_defaults_and_refuses_to_start_without_token_or_org():
+    config = telegraf_config({"INFLUX_TOKEN": "t", "INFLUX_ORG": "o"})
+    [prometheus] = config["inputs"]["prometheus"]
+    assert prometheus["urls"] == ["http://127.0.0.1:8080/metrics", "http://127.0.0.1:8081/metrics"]
+    [output] = config["outputs"]["influxdb_v2"]
+    assert (output["urls"], output["token"], output["organization"]) == (["http://127.0.0.1:8086"], "t", "o")
+    [health] = config["outputs"]["health"]
+    assert health["service_address"] == "http://127.0.0.1:8888"  # never on every interface
+    for missing in ("INFLUX_TOKEN", "INFLUX_ORG"):
+        with pytest.raises(MissingVariable, match=missing):
+            telegraf_config({name: "x" for name in ("INFLUX_TOKEN", "INFLUX_ORG") if name != missing})
