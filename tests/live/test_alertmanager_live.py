@@ -5,7 +5,8 @@ The alerts come from chargewatch's own rules: efficiency windows are written to 
 and the task runner evaluates them (``compute_windows=False``, as in influx mode where InfluxDB
 computes the windows), queueing notifications in the outbox; the notifier thread
 (``analytics.notify.Notifier``, as ``chargewatch tasks`` runs it) sends them to Alertmanager's API v2.
-Alertmanager groups them by alertname and notifies a webhook receiver on 127.0.0.1.
+Alertmanager groups them by alertname and notifies a webhook receiver on 127.0.0.1. The last test runs
+the same path end to end: readings over HTTP into ingest, ``chargewatch tasks`` as a process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver, receiver_config
+from tests.live.conftest import attach_log
 from tests.live.engines import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +131,7 @@ def notified(status: str, vehicles: set[str]) -> Callable[[dict[str, Any]], bool
 def test_firing_alerts_arrive_grouped_stay_firing_while_resent_and_then_resolve(
         alertmanager_factory, webhook_receiver: WebhookReceiver, fleet_factory) -> None:
     alertmanager = alertmanager_factory(receiver_config(webhook_receiver.url))
-    fleet = fleet_factory([alertmanager.url], resend_seconds=1.0)
+    fleet = fleet_factory([alertmanager.url], resend_seconds=2.0)
     fleet.fire()
     fleet.start_notifier()
 
@@ -146,9 +148,9 @@ def test_firing_alerts_arrive_grouped_stay_firing_while_resent_and_then_resolve(
         assert alert["generatorURL"] == f"{EXTERNAL_URL}/v1/analytics/performance/{vehicle_id}"
         assert "0.780" in alert["annotations"]["summary"]
 
-    # Each POST says endsAt = now + 4 s (4 resend intervals): without the resends Alertmanager would
-    # have resolved them by itself within 4 s. 6 s later they are still active and nothing resolved.
-    time.sleep(6)
+    # Each POST says endsAt = now + 8 s (4 resend intervals): without the resends Alertmanager would
+    # have resolved them by itself within 8 s. 10 s later they are still active and nothing resolved.
+    time.sleep(10)
     active = {a["labels"]["vehicle_id"]: a for a in alertmanager.alerts()}
     assert set(active) == set(FAULTY)
     assert all(a["status"]["state"] == "active" for a in active.values())
@@ -209,6 +211,10 @@ def test_an_alertmanager_that_is_down_at_first_gets_the_alerts_once_it_is_up(
 
     alertmanager.start()
     webhook_receiver.wait_for(notified("firing", set(FAULTY)))
+    # The first resend may bring them before the outbox's next retry; the rows follow within one interval.
+    deadline = time.monotonic() + 10
+    while fleet.store.notification_counts()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert fleet.store.notification_counts() == {"pending": 0, "delivered": 3, "failed": 0}
     fleet.resolve()
     webhook_receiver.wait_for(notified("resolved", set(FAULTY)))
@@ -233,3 +239,28 @@ def test_the_bundled_alertmanager_config_loads_and_answers_the_compose_healthche
     status = alertmanager.api("GET", "/api/v2/status")
     assert status["versionInfo"]["version"].startswith("0.25")
     assert "group_by:\n  - alertname" in status["config"]["original"]
+
+
+def test_chargewatch_tasks_sends_the_alerts_of_readings_ingested_over_http_to_alertmanager(
+        request: pytest.FixtureRequest, alertmanager_factory, webhook_receiver: WebhookReceiver,
+        tmp_path: Path) -> None:
+    from tests.e2e.harness import IngestClient, IngestServer
+    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE, post_history
+
+    alertmanager = alertmanager_factory(receiver_config(webhook_receiver.url))
+    env = {"CHARGEWATCH_ALERTS__ALERTMANAGER_URLS": alertmanager.url,
+           "CHARGEWATCH_ALERTS__ALERTMANAGER_RESEND_SECONDS": "1"}
+    ingest = IngestServer(tmp_path, free_port(), env)
+    tasks = IngestServer(tmp_path, 0, env, service="tasks")
+    attach_log(request, tmp_path / "tasks.log")
+    try:
+        ingest.start()
+        post_history(IngestClient(ingest.url))  # 50 min of charging: one vehicle at 0.70, one at 0.92
+        tasks.start()
+        firing = webhook_receiver.wait_for(notified("firing", {FAULTY_VEHICLE}), timeout_seconds=60)
+        assert firing["alerts"][0]["labels"]["meter_id"] == FAULTY_VEHICLE.replace("VEHICLE", "METER")
+        tasks.stop()  # no more resends: Alertmanager resolves the alert once the last endsAt (4 s) passed
+        webhook_receiver.wait_for(notified("resolved", {FAULTY_VEHICLE}), timeout_seconds=30)
+    finally:
+        tasks.stop()
+        ingest.stop()
