@@ -1,4 +1,4 @@
-"""Alert rules as a pure state machine over efficiency windows, and the webhook payload.
+"""Alert rules as a pure state machine over efficiency windows, and the webhook and Alertmanager payloads.
 
 Rules (docs/alerts.md "The rules"), evaluated per vehicle at each window stop T:
 
@@ -221,12 +221,17 @@ def _rfc3339(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def webhook_payload(record: AlertRecord, status: str, policy: AlertPolicy, external_url: str) -> dict[str, Any]:
-    """Alertmanager webhook (version 4) body for one alert, so Alertmanager receivers take it as is."""
+def alert_labels(record: AlertRecord) -> dict[str, str]:
+    """The labels that identify an alert (Alertmanager fingerprints them): the same in the webhook body
+    and in the Alertmanager API, for every notification of one alert while its meter stays the same."""
     labels = {"alertname": ALERT_NAMES[record.rule], "rule": record.rule, "vehicle_id": record.vehicle_id,
               "severity": "warning" if record.rule == LOW else "info", "service": "chargewatch"}
     if record.meter_id:
         labels["meter_id"] = record.meter_id
+    return labels
+
+
+def alert_annotations(record: AlertRecord, policy: AlertPolicy) -> dict[str, str]:
     value = "n/a" if record.value is None else f"{record.value:.3f}"
     if record.rule == LOW:
         summary = f"{record.vehicle_id}: charging efficiency {value} below {policy.threshold}"
@@ -237,13 +242,23 @@ def webhook_payload(record: AlertRecord, status: str, policy: AlertPolicy, exter
         summary = f"{record.vehicle_id}: charging efficiency {value} above {policy.above_one_threshold}"
         description = ("More DC reached the battery than AC was drawn: the meter reading or the vehicle-meter "
                        "pairing is wrong.")
-    annotations = {"summary": summary, "description": description, "value": value}
+    return {"summary": summary, "description": description, "value": value}
+
+
+def _generator_url(record: AlertRecord, external_url: str) -> str:
+    return f"{external_url}/v1/analytics/performance/{record.vehicle_id}"
+
+
+def webhook_payload(record: AlertRecord, status: str, policy: AlertPolicy, external_url: str) -> dict[str, Any]:
+    """Alertmanager webhook (version 4) body for one alert, so Alertmanager receivers take it as is."""
+    labels = alert_labels(record)
+    annotations = alert_annotations(record, policy)
     fingerprint = hashlib.sha256(f"{record.vehicle_id}\x00{record.rule}".encode()).hexdigest()[:16]
     alert = {
         "status": status, "labels": labels, "annotations": annotations,
         "startsAt": _rfc3339(record.fired_ms or record.started_ms),
         "endsAt": _rfc3339(record.resolved_ms if status == "resolved" else None),
-        "generatorURL": f"{external_url}/v1/analytics/performance/{record.vehicle_id}",
+        "generatorURL": _generator_url(record, external_url),
         "fingerprint": fingerprint,
     }
     return {
@@ -251,4 +266,23 @@ def webhook_payload(record: AlertRecord, status: str, policy: AlertPolicy, exter
         "truncatedAlerts": 0, "status": status, "receiver": "chargewatch",
         "groupLabels": {"alertname": labels["alertname"], "vehicle_id": record.vehicle_id},
         "commonLabels": labels, "commonAnnotations": annotations, "externalURL": external_url, "alerts": [alert],
+    }
+
+
+def alertmanager_alert(record: AlertRecord, policy: AlertPolicy, external_url: str, now_ms: int,
+                       valid_for_ms: int) -> dict[str, Any]:
+    """One alert of Alertmanager's API v2 (``POST /api/v2/alerts`` takes a list of them), from the
+    alert's current state at ``now_ms``.
+
+    A firing alert is sent with ``endsAt`` ``valid_for_ms`` ahead: Alertmanager resolves an alert
+    whose endsAt has passed, so the sender must re-send it before then for as long as it fires (as
+    Prometheus does). A resolved alert carries its real end; ``startsAt`` is when it fired."""
+    if record.state not in ("firing", "resolved") or record.fired_ms is None:
+        raise ValueError(f"alert {record.rule} of {record.vehicle_id} never fired (state {record.state})")
+    ends_ms = record.resolved_ms if record.state == "resolved" and record.resolved_ms is not None \
+        else now_ms + valid_for_ms
+    return {
+        "labels": alert_labels(record), "annotations": alert_annotations(record, policy),
+        "startsAt": _rfc3339(record.fired_ms), "endsAt": _rfc3339(ends_ms),
+        "generatorURL": _generator_url(record, external_url),
     }

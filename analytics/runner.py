@@ -7,8 +7,9 @@ tasks. Each run, ``offset`` after a window closes:
 1. recomputes the trailing ``recompute_windows`` windows (late data lands), everything since the
    last run after downtime (catch-up, in hour chunks), and every hour marked by a late reading;
 2. writes them idempotently (a window is replaced whole);
-3. evaluates the alert rules at every window stop since the last run, and queues notifications,
-   which a separate thread delivers so a failing receiver never stalls the runner.
+3. evaluates the alert rules at every window stop since the last run, and queues notifications
+   (webhooks, Alertmanager), which a separate thread delivers so a failing receiver never stalls
+   the runner (``analytics/notify.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from analytics import alerts
+from analytics.notify import alertmanager_endpoint, alertmanager_outbox_row
 from chargewatch.efficiency import combine
 from chargewatch.locks import AlreadyRunning, hold_instance_lock
 from chargewatch.settings import Settings
@@ -158,6 +160,9 @@ class TaskRunner:
         notifications = [
             (url, alerts.webhook_payload(record, status, self.policy, self.external_url))
             for record, status in events for url in self.settings.alerts.webhook_urls
+        ] + [
+            (alertmanager_endpoint(url), alertmanager_outbox_row(record))
+            for record, _ in events for url in self.settings.alerts.alertmanager_urls
         ]
         for record, status in events:
             logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)

@@ -57,7 +57,7 @@ class RunnerCollector(Collector):
         for rule, count in counts.items():
             firing.add_metric([rule], count)
         yield firing
-        notifications = GaugeMetricFamily("chargewatch_notifications", "Webhook notifications by outcome.",
+        notifications = GaugeMetricFamily("chargewatch_notifications", "Alert notifications (webhooks, Alertmanager) by outcome.",
                                           labels=["outcome"])
         for outcome, count in self.store.notification_counts().items():
             notifications.add_metric([outcome], count)

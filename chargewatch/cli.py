@@ -193,9 +193,9 @@ def run_once_in_foreground(hold_lock: Callable[[], int]) -> tuple[int, threading
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    """The task runner (efficiency windows, alerts, webhooks, hourly retention) in the foreground; in
-    influx mode the Flux task computes the windows and this runner evaluates alerts over them."""
-    from analytics.notify import deliver_forever
+    """The task runner (efficiency windows, alerts, webhooks, Alertmanager, hourly retention) in the
+    foreground; in influx mode the Flux task computes the windows and this runner evaluates alerts over them."""
+    from analytics.notify import Notifier
     from analytics.runner import TaskRunner, hold_runner_lock, run_forever
     from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 
@@ -215,8 +215,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         runner = TaskRunner(windows_source, settings, external_url=analytics_url, compute_windows=False)
     else:
         runner = TaskRunner(efficiency, settings, external_url=analytics_url)
-    notifier = threading.Thread(target=deliver_forever, args=(efficiency, settings.alerts, stopping.wait),
-                                name="webhooks", daemon=True)
+    notifier = threading.Thread(target=Notifier(efficiency, settings.alerts, runner.policy, analytics_url).run,
+                                args=(stopping.wait,), name="notifications", daemon=True)
     notifier.start()
     sweeper = threading.Thread(target=_sweep_retention, args=(settings, stopping), name="retention", daemon=True)
     sweeper.start()
@@ -259,7 +259,9 @@ def _banner(settings: Settings) -> str:
         f"  API descriptions:     {ingest}/openapi.json  {analytics}/openapi.json   (metrics at /metrics)",
         f"  task runner: {settings.efficiency.window_seconds} s efficiency windows, alerts below "
         f"{settings.alerts.threshold:.0%}" + (f", webhooks to {len(settings.alerts.webhook_urls)} receiver(s)"
-                                           if settings.alerts.webhook_urls else ""),
+                                           if settings.alerts.webhook_urls else "")
+        + (f", alerts to Alertmanager {', '.join(settings.alerts.alertmanager_urls)}"
+           if settings.alerts.alertmanager_urls else ""),
     ]
     if settings.auth.enabled:
         lines.append("  tokens: `chargewatch tokens` (send 'Authorization: Token <token>')")
@@ -354,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run ingest, analytics and the task runner (the main job)")
     run.set_defaults(func=cmd_run)
 
-    tasks = commands.add_parser("tasks", help="run the task runner (efficiency windows, alerts, webhooks)")
+    tasks = commands.add_parser("tasks", help="run the task runner (efficiency windows, alerts and their delivery)")
     tasks.set_defaults(func=cmd_tasks)
 
     serve = commands.add_parser("serve", help="run one service under gunicorn")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, NoDecode
@@ -137,8 +138,28 @@ class AlertSettings(BaseModel):
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1, description="Deliveries are retried with exponential backoff.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles up to 5 minutes.")
+    alertmanager_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated Alertmanager base URLs (e.g. http://alertmanager:9093); firing and resolved "
+        "alerts go to their API v2 (POST <url>/api/v2/alerts), retried until delivered.",
+    )
+    alertmanager_resend_seconds: float = Field(
+        60.0, ge=1, description="While an alert fires it is re-sent to every Alertmanager this often, with endsAt "
+        "4 intervals ahead (as Prometheus does): Alertmanager resolves an alert that stops arriving.",
+    )
 
-    _split = field_validator("webhook_urls", mode="before")(_split_csv)
+    _split = field_validator("webhook_urls", "alertmanager_urls", mode="before")(_split_csv)
+
+    @field_validator("alertmanager_urls")
+    @classmethod
+    def _http_base_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parsed = urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"{url!r} is not an http(s) base URL such as http://alertmanager:9093")
+            if parsed.path.rstrip("/").endswith("/api/v2/alerts"):
+                raise ValueError(f"{url!r}: give the base URL; chargewatch appends /api/v2/alerts")
+        return [url.rstrip("/") for url in value]
 
 
 class InfluxSettings(BaseModel):

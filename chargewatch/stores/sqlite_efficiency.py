@@ -9,7 +9,7 @@ Sits beside :class:`SqliteReadingStore` on the same file and its write lock. Tab
 - ``efficiency_hourly``: per-vehicle sums of the windows of each hour, so a fleet summary over a
   day reads 24 rows per vehicle instead of 288. Summed by SQLite (plain float addition, a few ulps
   from exact): the fleet summary reads them; a vehicle's own report sums its windows exactly.
-- ``runner_state``, ``alerts``, ``notifications`` (the webhook outbox).
+- ``runner_state``, ``alerts``, ``notifications`` (the outbox of webhook and Alertmanager deliveries).
 """
 
 from __future__ import annotations
@@ -309,6 +309,19 @@ class SqliteEfficiencyStore:
             "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
             "FROM alerts WHERE state IN ('pending', 'firing') ORDER BY vehicle_id, rule")]
 
+    def alert(self, vehicle_id: str, rule: str, started_ms: int) -> AlertRecord | None:
+        """One alert as it is stored now, or None."""
+        rows = self._read(
+            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
+            "FROM alerts WHERE vehicle_id = ? AND rule = ? AND started_ms = ?", (vehicle_id, rule, started_ms))
+        return AlertRecord(*rows[0]) if rows else None
+
+    def firing_alerts(self) -> list[AlertRecord]:
+        """Alerts in state firing, by vehicle and rule."""
+        return [AlertRecord(*row) for row in self._read(
+            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
+            "FROM alerts WHERE state = 'firing' ORDER BY vehicle_id, rule")]
+
     def recent_alerts(self, since_ms: int, limit: int = 500) -> list[AlertRecord]:
         """Firing, and fired-then-resolved since ``since_ms``; newest first."""
         return [AlertRecord(*row) for row in self._read(
@@ -336,6 +349,7 @@ class SqliteEfficiencyStore:
             self._write(statements)
 
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
+        """Undelivered notifications whose next attempt is due, oldest first."""
         return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in self._read(
             "SELECT id, url, payload, attempts FROM notifications WHERE delivered_ms IS NULL AND failed_ms IS NULL "
             "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))]

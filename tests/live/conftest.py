@@ -3,6 +3,8 @@
 - ``influx``: one InfluxDB for the session: the one ``CHARGEWATCH_INFLUX__URL`` names, else an
   ``influxd`` started here. Tests isolate themselves with their own buckets (``scratch_buckets``).
 - ``own_influxd``: a function-scoped ``influxd`` of the test's own, for tests that kill -9 it.
+- ``alertmanager_factory``: real Alertmanagers started by the test (``webhook_receiver`` takes their
+  notifications).
 - Every engine's log is attached to the report of a test that fails while it ran.
 """
 
@@ -12,12 +14,13 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver
 from tests.live.engines import ExternalInflux, InfluxApi, Influxd, external_influx, log_tail
 
 _LOGS_KEY = pytest.StashKey[list[Path]]()
@@ -124,3 +127,34 @@ def module_org(_session_influx: Influxd | ExternalInflux) -> Iterator[ScratchOrg
         yield org
     finally:
         _session_influx.api("DELETE", f"/api/v2/orgs/{org.org_id}")
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """An HTTP receiver on 127.0.0.1 for Alertmanager's webhook notifications."""
+    receiver = WebhookReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def alertmanager_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., AlertmanagerServer]]:
+    """Builds real Alertmanagers on 127.0.0.1 (``start=False``: not started yet); stops them all at the end."""
+    servers: list[AlertmanagerServer] = []
+
+    def build(config_text: str | None = None, *, config_path: Path | None = None, port: int | None = None,
+              start: bool = True) -> AlertmanagerServer:
+        server = AlertmanagerServer(tmp_path / f"alertmanager-{len(servers)}", config_text, config_path)
+        if port is not None:
+            server.port = port
+        servers.append(server)
+        attach_log(request, server.log_path)
+        return server.start() if start else server
+
+    try:
+        yield build
+    finally:
+        for server in servers:
+            server.stop()

@@ -1,12 +1,15 @@
-"""Alert rules: measured spans, the state machine and the webhook payload, on hand-made windows."""
+"""Alert rules: measured spans, the state machine, the webhook and Alertmanager payloads, on hand-made windows."""
 
 from __future__ import annotations
+
+import pytest
 
 from analytics.alerts import (
     ABOVE_ONE,
     LOW,
     AlertPolicy,
     SpanVerdict,
+    alertmanager_alert,
     evaluate,
     measured_span,
     span_verdict,
@@ -116,3 +119,34 @@ def test_the_webhook_payload_is_alertmanager_shaped() -> None:
     assert alert["startsAt"] == "2026-11-23T00:05:00Z" and alert["endsAt"] == "0001-01-01T00:00:00Z"
     assert alert["generatorURL"] == "http://127.0.0.1:8081/v1/analytics/performance/V1"
     assert "0.800" in alert["annotations"]["summary"]
+
+
+def fired_record(vehicle: str = "V1"):
+    record, _ = step(LOW, None, SpanVerdict(vehicle, "M1", 0.80, 10.0, 8.0), T0, POLICY)
+    record, _ = step(LOW, record, SpanVerdict(vehicle, "M1", 0.80, 10.0, 8.0), T0 + W, POLICY)
+    return record
+
+
+def test_a_firing_alert_for_alertmanager_ends_a_validity_ahead_and_carries_the_webhook_labels() -> None:
+    record = fired_record()
+    now_ms = T0 + 2 * W + 1234
+    alert = alertmanager_alert(record, POLICY, "http://127.0.0.1:8081", now_ms, 240_000)
+    assert alert["labels"] == webhook_payload(record, "firing", POLICY, "")["alerts"][0]["labels"]
+    assert alert["startsAt"] == "2026-11-23T00:05:00Z"  # when it fired
+    assert alert["endsAt"] == "2026-11-23T00:14:01.234000Z"  # now + 4 min
+    assert alert["generatorURL"] == "http://127.0.0.1:8081/v1/analytics/performance/V1"
+    assert set(alert) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
+
+
+def test_a_resolved_alert_for_alertmanager_carries_its_real_end() -> None:
+    record = fired_record()
+    record, event = step(LOW, record, SpanVerdict("V1", "M1", 0.95, 10.0, 9.5), T0 + 3 * W, POLICY)
+    assert event == "resolved"
+    alert = alertmanager_alert(record, POLICY, "", T0 + 9 * W, 240_000)
+    assert (alert["startsAt"], alert["endsAt"]) == ("2026-11-23T00:05:00Z", "2026-11-23T00:15:00Z")
+
+
+def test_an_alert_that_never_fired_is_not_sent_to_alertmanager() -> None:
+    pending, _ = step(LOW, None, verdict(0.80), T0, POLICY)
+    with pytest.raises(ValueError, match="never fired"):
+        alertmanager_alert(pending, POLICY, "", T0, 240_000)

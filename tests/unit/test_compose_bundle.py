@@ -210,7 +210,7 @@ def test_published_ports_are_unique_and_bound_to_loopback():
             host_ip, host_port, container_port = str(port).split(":")
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond this machine"
             published.append(host_port)
-    assert len(published) == len(set(published)) == 4  # influxdb, ingest, analytics, grafana
+    assert len(published) == len(set(published)) == 5  # influxdb, ingest, analytics, alertmanager, grafana
 
 
 def test_every_long_running_service_has_a_healthcheck():
@@ -279,6 +279,40 @@ def test_the_images_are_pinned_to_the_versions_the_files_were_written_for():
     assert images["influxdb"] == "influxdb:2.7"
     assert images["grafana"].startswith("grafana/grafana:11.")
     assert re.fullmatch(r"telegraf:1\.\d+", images["telegraf"])
+    # The version tests/live/test_alertmanager_live.py runs (Debian's prometheus-alertmanager 0.25).
+    assert images["alertmanager"] == "prom/alertmanager:v0.25.0"
+
+
+# -- Alertmanager --------------------------------------------------------------------------------
+
+def test_the_tasks_service_sends_its_alerts_to_the_bundled_alertmanager():
+    from chargewatch.settings import Settings
+
+    all_services = services()
+    alertmanager = all_services["alertmanager"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in command_of(alertmanager))
+    port = flags["web.listen-address"].rsplit(":", 1)[1]
+    assert flags["cluster.listen-address"] == ""  # one instance, no gossip
+    tasks = all_services["tasks"]
+    settings = Settings(alerts={"alertmanager_urls": tasks["environment"]["CHARGEWATCH_ALERTS__ALERTMANAGER_URLS"]})
+    assert settings.alerts.alertmanager_urls == [f"http://alertmanager:{port}"]
+    without = interpolate(raw(COMPOSE_FILES[0]), {**env_example(), "CHARGEWATCH_ALERTMANAGER_URLS": ""})
+    assert without["services"]["tasks"]["environment"]["CHARGEWATCH_ALERTS__ALERTMANAGER_URLS"] == ""  # none
+    assert tasks["depends_on"]["alertmanager"]["condition"] == "service_started"
+    assert [p.split(":")[-1] for p in alertmanager["ports"]] == [port]
+    assert f"http://127.0.0.1:{port}/-/ready" in alertmanager["healthcheck"]["test"]
+    assert f"alertmanager-data:{flags['storage.path']}" in alertmanager["volumes"]
+
+
+def test_the_alertmanager_config_is_mounted_read_only_and_groups_by_rule():
+    alertmanager = services()["alertmanager"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in command_of(alertmanager))
+    [mount] = [v for v in alertmanager["volumes"] if v.startswith("./")]
+    source, target, mode = mount.split(":")
+    assert target == flags["config.file"] and mode == "ro"
+    config = yaml.safe_load((REPO / source).read_text())
+    assert config["route"]["group_by"] == ["alertname"]
+    assert config["route"]["receiver"] in {receiver["name"] for receiver in config["receivers"]}
 
 
 def test_the_email_override_mounts_its_contact_points_over_the_webhook_only_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -79,3 +80,18 @@ def test_the_default_data_dir_follows_xdg(monkeypatch, tmp_path) -> None:
 def test_the_tokens_file_is_json_with_both_scopes(tmp_path) -> None:
     load_tokens(Settings(data_dir=tmp_path))
     assert set(json.loads((tmp_path / "tokens.json").read_text())) == {"write", "read"}
+
+
+def test_alertmanager_urls_are_comma_separated_base_urls(monkeypatch) -> None:
+    monkeypatch.setenv("CHARGEWATCH_ALERTS__ALERTMANAGER_URLS", "http://am-1:9093/, https://am-2.example/prefix")
+    assert Settings().alerts.alertmanager_urls == ["http://am-1:9093", "https://am-2.example/prefix"]
+
+
+@pytest.mark.parametrize("value,message", [
+    ("alertmanager:9093", "not an http(s) base URL"),
+    ("http://alertmanager:9093/api/v2/alerts", "give the base URL"),
+])
+def test_a_wrong_alertmanager_url_fails_with_a_message_naming_it(monkeypatch, value, message) -> None:
+    monkeypatch.setenv("CHARGEWATCH_ALERTS__ALERTMANAGER_URLS", value)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings()
