@@ -8,6 +8,10 @@ Starts ``chargewatch serve ingest`` (default options), then runs wrk (single-rea
   and that send 11 of them, then nothing;
 - ``no_token``: 50 connections without a token that send headers and part of a body, then nothing.
 
+Beside wrk, a probe posts one reading at a time on fresh connections with the same timeout and
+counts every request that got no 2xx in time: wrk does not count a timeout for a connection that
+never got any answer, so when the service is starved outright only the probe shows it.
+
 A holder thread keeps 50 such connections open for the whole run: when the server closes one (a
 408 after the request timeout, say), it opens another at once, as a misbehaving fleet would. The
 result has wrk's p50/p99 and error count (timeouts, socket errors, non-2xx) per phase, and how
@@ -23,10 +27,15 @@ Run it against another checkout with ``--source`` for a before/after comparison:
 
 from __future__ import annotations
 
+import json
 import selectors
 import socket
+import statistics
 import threading
 import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +93,48 @@ class Holder:
         self.thread.join(timeout=10)
 
 
+class Probe:
+    """Posts one reading at a time until stopped; latencies of 2xx answers, and every other outcome."""
+
+    def __init__(self, server: harness.Server, timeout_s: float) -> None:
+        self.server, self.timeout_s = server, timeout_s
+        self.latencies_ms: list[float] = []
+        self.errors = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            at = (datetime.now(timezone.utc) - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            body = json.dumps({"meterId": f"PROBE-{harness.run_tag()}-{n}", "kwhConsumedAc": 0.25,
+                               "voltage": 230.0, "timestamp": at}).encode()
+            request = urllib.request.Request(self.server.url + "/v1/ingest", data=body, method="POST", headers={
+                "Authorization": f"Token {self.server.write_token}", "Content-Type": "application/json"})
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    response.read()
+                self.latencies_ms.append(1000 * (time.perf_counter() - started))
+            except (OSError, urllib.error.URLError):
+                self.errors += 1
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+        pick = (lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered else (lambda q: None)
+        return {"answered": len(ordered), "errors": self.errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+                "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None}
+
+    def __enter__(self) -> "Probe":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=self.timeout_s + 5)
+
+
 def main() -> int:
     parser = harness.base_parser(__doc__, default_duration=15.0)
     parser.add_argument("--source", type=Path, help="checkout whose chargewatch to run (default: this one)")
@@ -108,13 +159,15 @@ def main() -> int:
         script = harness.lua_script("ingest_single", data_dir)
         for phase, token in (("baseline", None), ("stalled_bodies", server.write_token), ("no_token", None)):
             holder = Holder(server.port, HELD if phase != "baseline" else 0, token)
-            with holder:
+            with holder, Probe(server, args.timeout) as probe:
                 run = harness.run_wrk(server.url + "/v1/ingest", script, duration_s=args.duration,
                                       connections=args.connections, threads=2, timeout_s=args.timeout,
                                       args=[harness.run_tag(), server.write_token], server=server)
             result["phases"][phase] = {
-                "p50_ms": round(run.latency_us["p50"] / 1000, 2), "p99_ms": round(run.latency_us["p99"] / 1000, 2),
-                "requests": run.requests, "error_count": run.error_count,
+                "wrk": {"p50_ms": round(run.latency_us["p50"] / 1000, 2),
+                        "p99_ms": round(run.latency_us["p99"] / 1000, 2),
+                        "requests": run.requests, "error_count": run.error_count},
+                "probe": probe.summary(),
                 "held_connections_ended_by_server": holder.ended_by_server, "run": run.as_dict(),
             }
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -67,6 +68,38 @@ def post_once(server: harness.Server, path: str, body: bytes, content_type: str)
         connection.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return "VmHWM" in harness.memory_status(pid)  # a zombie has no memory lines
+    except FileNotFoundError:
+        return False
+
+
+class PeakSampler:
+    """Samples a process's VmHWM and CPU every 50 ms, so both are known even if it is killed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_mb, self.cpu_s = pid, 0.0, harness.cpu_seconds([pid])
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.05):
+            try:
+                self.peak_mb = max(self.peak_mb, harness.memory_status(self.pid).get("VmHWM", 0.0))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self.cpu_s = max(self.cpu_s, harness.cpu_seconds([self.pid]))
+
+    def __enter__(self) -> "PeakSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
 def main() -> int:
     parser = harness.base_parser(__doc__)
     parser.add_argument("--source", type=Path, help="checkout whose chargewatch to run (default: this one)")
@@ -91,25 +124,26 @@ def main() -> int:
             server = harness.start_chargewatch(data_dir, workers=1, source_dir=args.source)
             worker = server.workers()[0]
             before = harness.memory_status(worker)
-            cpu_before = harness.cpu_seconds([worker])
             content_type = "application/json" if path.startswith("/v1") else "text/plain"
-            status, seconds, text = post_once(server, path, wire, content_type)
-            alive = worker in server.workers()
+            with PeakSampler(worker) as sampler:
+                cpu_before = sampler.cpu_s
+                status, seconds, text = post_once(server, path, wire, content_type)
             entry: dict[str, Any] = {
                 "wire_bytes": len(wire), "inflated_bytes": len(inflated), "status": status,
                 "request_s": round(seconds, 3), "response_start": text,
-                "worker_alive_after": alive, "worker_peak_rss_mb_before": before["VmHWM"],
+                "worker_alive_after": _alive(worker),
+                "worker_cpu_s": round(sampler.cpu_s - cpu_before, 2), "worker_peak_rss_mb_before": before["VmHWM"],
+                "worker_peak_rss_mb": sampler.peak_mb,
             }
-            if alive:
-                entry["worker_cpu_s"] = round(harness.cpu_seconds([worker]) - cpu_before, 2)
-                entry["worker_peak_rss_mb_after"] = harness.memory_status(worker)["VmHWM"]
             result["bodies"][name] = entry
         finally:
             harness.stop(server.process if server else None)
             harness.remove_data_dir(data_dir, args.keep_data)
     result["notes"] = [
-        "MB are MiB. The peak RSS before is the worker's after start-up; the difference is what the "
-        "one request cost. A worker that died (OOM, gunicorn's timeout) shows worker_alive_after false.",
+        "MB are MiB. worker_peak_rss_mb_before is the worker's peak after start-up, worker_peak_rss_mb "
+        "its peak during the request (sampled every 50 ms); the difference is what the one request "
+        "cost. A worker that died (OOM, gunicorn's 60 s timeout) shows worker_alive_after false, and "
+        "its CPU is counted only up to its death.",
         *harness.disturbance_notes(result),
     ]
     result["elapsed_s"] = round(time.monotonic() - started, 1)

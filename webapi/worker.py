@@ -123,7 +123,7 @@ class GuardedThreadWorker(gthread.ThreadWorker):
     def _on_arriving_readable(self, conn: _GuardedConn, _client: Any) -> None:
         assert conn.arrival is not None
         try:
-            data = conn.sock.recv(PREBUFFER_BYTES + _MAX_HEADER_BYTES - len(conn.arrival))
+            data = conn.sock.recv(max(4096, PREBUFFER_BYTES + _MAX_HEADER_BYTES - len(conn.arrival)))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
