@@ -151,7 +151,9 @@ class GuardedThreadWorker(gthread.ThreadWorker):
             self.nr_conns -= 1
             if conn.arrival and not force:  # a connection that never said anything just closes
                 self._answer_timeout(conn.sock)
-            conn.close()
+                conn.close(graceful=True)  # the client may still be sending: let it read the 408
+            else:
+                conn.close()
         with self._reading_lock:
             late = [c for c in self._reading.values() if c.deadline is not None and c.deadline <= now]
         for conn in late:
