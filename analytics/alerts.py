@@ -23,9 +23,11 @@ energy then sits on one side only, 4 % of a 25-minute session, enough to push an
 - once the session has ended (the newest window idle, or its energy per reading under half the
   window before), the span is the whole session, idle edge to idle edge (at most ``max_session``).
 
-A reading lost in transit takes its energy with it; within a window whose sides hold different
-counts of readings, the side with fewer is scaled up to the other's count, so a lost reading does
-not look like lost energy. Efficiency is still a ratio of sums, never a mean of ratios.
+A reading lost in transit takes its energy with it; when the span's sides hold different counts of
+readings, the side with fewer is scaled up to the other's count, so a lost reading does not look
+like lost energy, while an outage of both streams (the same readings lost on both sides) changes
+nothing; a span where one side has fewer than half the other's readings (that stream is out) gives
+no verdict. Efficiency is still a ratio of sums, never a mean of ratios.
 A span with too little energy gives no verdict: a firing alert stays firing (the charger has not
 shown it is healthy again), a pending one is cancelled.
 """
@@ -33,6 +35,7 @@ shown it is healthy again), a pending one is cancelled.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -44,6 +47,10 @@ LOW = "low_efficiency"
 ABOVE_ONE = "efficiency_above_one"
 RULES = (LOW, ABOVE_ONE)
 ALERT_NAMES = {LOW: "ChargingEfficiencyLow", ABOVE_ONE: "ChargingEfficiencyAboveOne"}
+
+
+# A span whose side has fewer than this share of the other side's readings gives no verdict.
+MIN_READING_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,12 +131,23 @@ def measured_span(windows: Iterable[EfficiencyWindow], stop_ms: int, window_ms: 
 
 
 def _ratio(span: list[EfficiencyWindow], policy: AlertPolicy) -> tuple[float | None, float, float]:
-    ac = dc = 0.0
-    for w in span:
-        scale_ac = w.dc_readings / w.ac_readings if w.ac_readings and w.dc_readings > w.ac_readings else 1.0
-        scale_dc = w.ac_readings / w.dc_readings if w.dc_readings and w.ac_readings > w.dc_readings else 1.0
-        ac += w.ac_kwh * scale_ac
-        dc += w.dc_kwh * scale_dc
+    # Readings lost in transit are made up for over the span, not window by window: the side with
+    # fewer readings in the span is scaled up to the other's count. A gap in both streams (a gateway
+    # outage) loses the same readings on both sides, but with the devices' clocks apart each side's
+    # loss falls into the windows differently, and scaling each window inflated one side (a false
+    # efficiency_above_one of 1.12 for a healthy vehicle). A whole window missing on one side is
+    # made up for too, which scaling inside that window could not do.
+    ac = math.fsum(w.ac_kwh for w in span)
+    dc = math.fsum(w.dc_kwh for w in span)
+    ac_readings = sum(w.ac_readings for w in span)
+    dc_readings = sum(w.dc_readings for w in span)
+    if min(ac_readings, dc_readings) < MIN_READING_SHARE * max(ac_readings, dc_readings):
+        # Most of one side is missing (that stream is out): nothing to make up from, no verdict.
+        return None, ac, dc
+    if ac_readings and dc_readings > ac_readings:
+        ac *= dc_readings / ac_readings
+    elif dc_readings and ac_readings > dc_readings:
+        dc *= ac_readings / dc_readings
     return (dc / ac if span and ac >= policy.min_span_energy_kwh else None), ac, dc
 
 

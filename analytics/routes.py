@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from analytics import queries
 from analytics.alerts import AlertPolicy
 from analytics.schemas import AlertBody, AlertList, FleetSummaryBody, PerformanceBody, SeriesBody, WindowBody
 from chargewatch.pairing import PairingRegistry
-from chargewatch.readings import DEVICE_ID_PATTERN
+from chargewatch.readings import DEVICE_ID, parse_timestamp
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from webapi.auth import require
@@ -22,8 +20,10 @@ from webapi.schemas import from_ms
 
 bp = Blueprint("analytics", __name__)
 
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
-_TIME = TypeAdapter(AwareDatetime)
+# Windows are stored as epoch milliseconds; outside these bounds a period cannot hold any, and near
+# the calendar's ends the period arithmetic would overflow.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
 def _store() -> SqliteEfficiencyStore:
@@ -47,10 +47,14 @@ def _time_param(name: str) -> datetime | None:
     if not value:
         return None
     try:
-        return _TIME.validate_python(value)
-    except ValidationError:
+        moment = parse_timestamp(value)
+    except ValueError as err:
         raise ApiError(400, "invalid_parameter",
-                       f"{name} must be RFC 3339 with an offset, e.g. 2026-11-23T00:00:00Z") from None
+                       f"{name} must be RFC 3339 with an offset, e.g. 2026-11-23T00:00:00Z ({err})") from None
+    if not _EARLIEST <= moment < _LATEST:
+        raise ApiError(400, "invalid_parameter", f"{name} must be from {_EARLIEST:%Y-%m-%dT%H:%M:%SZ} "
+                       f"and before {_LATEST:%Y-%m-%dT%H:%M:%SZ}")
+    return moment
 
 
 def _period(default_hours: int = 24) -> queries.Period:
@@ -67,13 +71,13 @@ def _period(default_hours: int = 24) -> queries.Period:
     start = start or stop - timedelta(hours=default_hours)
     if start >= stop:
         raise ApiError(400, "invalid_parameter", "start must be before stop")
-    if stop - start > timedelta(days=_settings().retention_days + 1):
+    if stop - start > timedelta(days=_settings().retention_days):
         raise ApiError(400, "invalid_parameter", f"the period may span at most {_settings().retention_days} days")
     return queries.Period.aligned(int(start.timestamp() * 1000), int(stop.timestamp() * 1000), _window_ms())
 
 
 def _vehicle(vehicle_id: str) -> str:
-    if not _DEVICE_ID.match(vehicle_id):
+    if not DEVICE_ID.fullmatch(vehicle_id):
         raise ApiError(400, "invalid_device_id", "a vehicle id is 1-64 characters of [A-Za-z0-9._:-]")
     return vehicle_id
 

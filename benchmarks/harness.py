@@ -93,7 +93,8 @@ signal.signal(signal.SIGHUP, _on_signal)
 
 
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, log_path: Path | None = None,
-          capture: bool = False, show_stderr: bool = False, grace_seconds: float = 30.0) -> subprocess.Popen:
+          capture: bool = False, show_stderr: bool = False, grace_seconds: float = 30.0,
+          cwd: Path | None = None) -> subprocess.Popen:
     """Start a process in its own session and register it for cleanup.
 
     Output goes to ``log_path`` (appended), or to pipes with ``capture``, else nowhere; with
@@ -108,7 +109,7 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, log_path: P
         out = log or subprocess.DEVNULL
         err = None if show_stderr else out
     try:
-        process = subprocess.Popen(list(argv), env=env, start_new_session=True, stdout=out, stderr=err)
+        process = subprocess.Popen(list(argv), env=env, start_new_session=True, stdout=out, stderr=err, cwd=cwd)
     finally:
         if log:
             log.close()
@@ -259,8 +260,13 @@ def chargewatch_options(workers: int | None, threads: int | None, port: int) -> 
 
 
 def start_chargewatch(data_dir: Path, *, workers: int | None = None, threads: int | None = None,
-                      synchronous: str = "full", extra_env: dict[str, str] | None = None) -> Server:
-    """``python -m chargewatch serve ingest`` on 127.0.0.1 with a fresh pair of tokens."""
+                      synchronous: str = "full", extra_env: dict[str, str] | None = None,
+                      source_dir: Path | None = None) -> Server:
+    """``python -m chargewatch serve ingest`` on 127.0.0.1 with a fresh pair of tokens.
+
+    ``source_dir``: run the chargewatch of another checkout (say, ``git worktree add /tmp/before
+    <commit>``) for before/after figures; its packages come first on the path.
+    """
     port = free_port()
     options = chargewatch_options(workers, threads, port)
     write_token, read_token = "bench-w-" + secrets.token_hex(8), "bench-r-" + secrets.token_hex(8)
@@ -277,8 +283,11 @@ def start_chargewatch(data_dir: Path, *, workers: int | None = None, threads: in
         "CHARGEWATCH_LOG_LEVEL": "WARNING",
     })
     env.update(extra_env or {})
+    if source_dir is not None:
+        env["PYTHONPATH"] = str(source_dir)
     log_path = data_dir / "server.log"
-    process = spawn([sys.executable, "-m", "chargewatch", "serve", "ingest"], env=env, log_path=log_path)
+    process = spawn([sys.executable, "-m", "chargewatch", "serve", "ingest"], env=env, log_path=log_path,
+                    cwd=source_dir)
     server = Server("chargewatch", process, port, log_path, data_dir, write_token, read_token,
                     _printable(options))
     wait_until_answering(server, "/health")
@@ -290,7 +299,8 @@ def start_chargewatch(data_dir: Path, *, workers: int | None = None, threads: in
 _GUNICORN_FLAGS = {
     "bind": "--bind", "workers": "--workers", "worker_class": "--worker-class", "threads": "--threads",
     "keepalive": "--keep-alive", "timeout": "--timeout", "graceful_timeout": "--graceful-timeout",
-    "loglevel": "--log-level",
+    "loglevel": "--log-level", "limit_request_line": "--limit-request-line",
+    "limit_request_fields": "--limit-request-fields", "limit_request_field_size": "--limit-request-field_size",
 }
 # Not mapped, on purpose: proc_name (a label), accesslog None (gunicorn's default: no access log),
 # child_exit (chargewatch's prometheus clean-up hook; the bare app has no metrics).
@@ -324,6 +334,9 @@ def start_bare_flask(options: dict[str, Any], log_dir: Path) -> Server:
 
 
 def _printable(options: dict[str, Any]) -> dict[str, Any]:
+    # The worker class is a class object (webapi.worker.worker_class); its importable base has the
+    # same guards with the default request timeout.
+    options = {k: f"{v.__module__}.{v.__name__}" if isinstance(v, type) else v for k, v in options.items()}
     return {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 

@@ -53,12 +53,21 @@ def _open_store(settings: Settings):
 
 def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict:
     """gunicorn settings; the defaults were chosen by benchmarks/ (see README, Performance)."""
+    from webapi.worker import worker_class
+
     svc = settings.ingest if service == "ingest" else settings.analytics
     return {
         "bind": f"{host or svc.host}:{port if port is not None else svc.port}",
         "workers": svc.workers,
-        "worker_class": "gthread",  # threads let concurrent requests share one group commit
+        # gthread (threads let concurrent requests share one group commit), guarded against slow and
+        # early-refused clients: see webapi/worker.py.
+        "worker_class": worker_class(svc.request_timeout_seconds),
         "threads": svc.threads,
+        # gunicorn's defaults, stated: longer request lines answer 414, more or longer header
+        # fields 431, both in the JSON error shape (README, Responses).
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
         "keepalive": 75,  # devices and gateways reuse connections between posts
         "timeout": 60,
         "graceful_timeout": 20,

@@ -91,6 +91,14 @@ class LineProtocolError(ValueError):
         super().__init__(f"line {line_number}: {reason}: {self.text}")
 
 
+class TooManyLines(ValueError):
+    """The body holds more lines than the caller accepts (checked before any line is parsed)."""
+
+
+# A line that holds something: not blank, not a comment (what parse_lines skips).
+_CONTENT_LINE = re.compile(r"^[ \t\0]*+[^ \t\0#\n]", re.MULTILINE)
+
+
 class _Rejected(Exception):
     """Internal: why the line being parsed is invalid."""
 
@@ -99,18 +107,29 @@ class _Rejected(Exception):
         self.reason = reason
 
 
-def parse_lines(body: str, precision: str = "ns") -> tuple[list[Line], list[LineProtocolError]]:
+def parse_lines(
+    body: str, precision: str = "ns", max_lines: int | None = None
+) -> tuple[list[Line], list[LineProtocolError]]:
     """Parse a line-protocol body; every line independently.
 
     Returns the good lines and one error per bad line, both in input order; never raises for any
     body. Timestamps are integers in ``precision`` (``ns``, ``us``, ``ms`` or ``s``), returned in
-    nanoseconds. Raises ValueError for an unknown precision.
+    nanoseconds. Raises ValueError for an unknown precision, and TooManyLines (before parsing
+    anything) when more than ``max_lines`` lines hold something other than blanks or a comment.
     """
     multiplier = PRECISION_TO_NS.get(precision) if isinstance(precision, str) else None
     if multiplier is None:
         raise ValueError(f"unknown precision {precision!r}: expected one of ns, us, ms, s")
     if "\r" in body:
         body = body.replace("\r\n", "\n").removesuffix("\r")
+    if max_lines is not None and body.count("\n") >= max_lines:
+        # Blank lines cost nothing to skip here, in the regex engine; only lines with content count.
+        lines_with_content = 0
+        for _ in _CONTENT_LINE.finditer(body):
+            lines_with_content += 1
+            if lines_with_content > max_lines:
+                raise TooManyLines(f"the body holds more than {max_lines} lines; at most {max_lines} "
+                                   "are accepted per request")
     # Gateways rarely escape anything: one scan of the body spares a scan of every line.
     all_plain = "\\" not in body and '"' not in body
     lines: list[Line] = []

@@ -11,9 +11,10 @@ line protocol and simulator output::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic_core import from_json
@@ -36,6 +37,16 @@ from pydantic import (
 )
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+# For Python checks of ids outside pydantic (URL paths, cursors): always ``fullmatch``, since Python's
+# ``$`` also matches before a trailing newline ("VEHICLE_606\n" would pass ``match``).
+DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
+
+# RFC 3339 date-time with a mandatory offset (section 5.6; the "T" may be lower case or, as 5.6
+# notes, a space). pydantic alone would also take bare epoch numbers ("1796148133") and offsets
+# without a colon ("+0000"), which the contract refuses. The offset is optional here only so that
+# pydantic's own "should have timezone info" names what a naive timestamp lacks.
+RFC3339_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+_RFC3339 = re.compile(RFC3339_PATTERN)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -76,16 +87,38 @@ def _within_energy_ceiling(value: float, info: ValidationInfo) -> float:
 def _require_rfc3339_text(value: Any) -> Any:
     # Python callers (simulator, tests) may pass datetimes; on the wire only text is a timestamp,
     # since a bare number could be seconds or milliseconds.
-    if not isinstance(value, (str, datetime)):
-        raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-23T06:00:00Z")
-    return value
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-23T06:00:00Z")
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware datetime as UTC; ValueError (not OverflowError) when the instant is outside the
+    calendar (year 1 with a positive offset, year 9999 with a negative one)."""
+    if value.tzinfo is timezone.utc:
+        return value
+    try:
+        # Same instant as astimezone(utc), at a third of the cost for pydantic's parsed offsets.
+        return value.replace(tzinfo=timezone.utc) - value.utcoffset()
+    except OverflowError:
+        raise ValueError("is outside the range of representable times (years 1-9999 in UTC)") from None
+
+
+_AWARE_DATETIME = TypeAdapter(AwareDatetime)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """RFC 3339 text with an offset as an aware UTC datetime (the rule readings follow, for query
+    parameters); ValueError with the reason otherwise."""
+    try:
+        return to_utc(_AWARE_DATETIME.validate_python(_require_rfc3339_text(text)))
+    except ValidationError as err:
+        raise ValueError(describe_errors(err)[0].message) from None
 
 
 def _within_time_bounds(value: datetime, info: ValidationInfo) -> datetime:
     rules = _rules(info)
-    if value.tzinfo is not timezone.utc:
-        # Same instant as astimezone(utc), at a third of the cost for pydantic's parsed offsets.
-        value = value.replace(tzinfo=timezone.utc) - value.utcoffset()
+    value = to_utc(value)
     if value - rules.now > rules.max_future_skew:
         raise ValueError(
             f"is {int((value - rules.now).total_seconds())} s in the future; "
@@ -184,9 +217,6 @@ Reading = Annotated[
 ]
 
 READING: TypeAdapter[AnyReading] = TypeAdapter(Reading)
-READING_LIST: TypeAdapter[list[AnyReading]] = TypeAdapter(list[Reading])
-METER_LIST: TypeAdapter[list[MeterReading]] = TypeAdapter(list[MeterReading])
-VEHICLE_LIST: TypeAdapter[list[VehicleReading]] = TypeAdapter(list[VehicleReading])
 
 
 def to_wire(reading: AnyReading) -> dict[str, Any]:
@@ -220,17 +250,28 @@ class ValidatedBatch:
     is_list: bool
 
 
+# JSON values (counted as commas and opening brackets, a cheap upper bound) a list body may hold
+# per reading it may carry: room for about 25 fields per reading. The parser builds every value in
+# memory before validation starts, so this bound is what keeps a small gzip body that inflates to
+# millions of tiny items from costing seconds of CPU and gigabytes of memory.
+JSON_VALUES_PER_ITEM = 32
+
+
 def validate_batch(body: bytes, rules: ReadingRules, kind: str | None = None, max_items: int = 10_000) -> ValidatedBatch:
     """Validate a JSON body holding one reading or a list of them.
 
     ``kind`` ("meter"/"vehicle") restricts the body to that kind (the typed routes). Good items of a
     list are returned even when others fail; each failure is reported with its index. Raises
-    InvalidBody when the body is not JSON, not an object or array, empty, or longer than max_items.
+    InvalidBody when the body is not JSON, not an object or array, empty, longer than max_items,
+    or holds more than ``JSON_VALUES_PER_ITEM * max_items`` JSON values. Both limits are checked
+    before any item is validated.
     """
-    single, many = _ADAPTERS[kind]
+    single = _ADAPTERS[kind]
+    many = _list_adapter(kind, max_items)
     context = rules.context()
     start = body.lstrip()[:1]
     if start == b"{":
+        _check_value_count(body, max_items)
         try:
             return ValidatedBatch([single.validate_json(body, context=context)], [], False)
         except ValidationError as err:
@@ -239,11 +280,14 @@ def validate_batch(body: bytes, rules: ReadingRules, kind: str | None = None, ma
             return ValidatedBatch([], [Rejection(0, describe_errors(err))], False)
     if start != b"[":
         raise InvalidBody("the body must be a JSON object (one reading) or array (a list of readings)")
+    _check_value_count(body, max_items)
     try:
         readings = many.validate_json(body, context=context)
     except ValidationError as err:
         if _is_json_error(err):
             raise InvalidBody(_json_error_message(err)) from None
+        if _is_too_long(err):
+            raise InvalidBody(_too_many_items(max_items)) from None
         # Slow path, only for lists with bad items: validate item by item to keep the good ones.
         items = from_json(body)  # the parser validate_json used, so both read the body alike
         _check_size(items, max_items)
@@ -258,11 +302,30 @@ def validate_batch(body: bytes, rules: ReadingRules, kind: str | None = None, ma
     return ValidatedBatch(readings, [], True)
 
 
+def _check_value_count(body: bytes, max_items: int) -> None:
+    # Every JSON value but the first follows a comma or opens with a bracket, so this count (which
+    # also counts commas and brackets inside strings) is never below the number of values.
+    values = body.count(b",") + body.count(b"{") + body.count(b"[")
+    if values > JSON_VALUES_PER_ITEM * max_items:
+        raise InvalidBody(
+            f"the body holds more than {JSON_VALUES_PER_ITEM * max_items} JSON values; at most {max_items} "
+            f"readings of at most {JSON_VALUES_PER_ITEM} values each are accepted per request"
+        )
+
+
+def _too_many_items(max_items: int) -> str:
+    return f"the list holds more than {max_items} readings; at most {max_items} are accepted per request"
+
+
 def _check_size(items: list, max_items: int) -> None:
     if not items:
         raise InvalidBody("the list holds no readings")
     if len(items) > max_items:
-        raise InvalidBody(f"the list holds {len(items)} readings; at most {max_items} are accepted per request")
+        raise InvalidBody(_too_many_items(max_items))
+
+
+def _is_too_long(err: ValidationError) -> bool:
+    return any(item["type"] == "too_long" and not item["loc"] for item in err.errors(include_url=False))
 
 
 def _is_json_error(err: ValidationError) -> bool:
@@ -287,8 +350,15 @@ def describe_errors(err: ValidationError) -> tuple[FieldError, ...]:
     return tuple(errors)
 
 
-_ADAPTERS: dict[str | None, tuple[TypeAdapter, TypeAdapter]] = {
-    None: (READING, READING_LIST),
-    "meter": (TypeAdapter(MeterReading), METER_LIST),
-    "vehicle": (TypeAdapter(VehicleReading), VEHICLE_LIST),
+@lru_cache(maxsize=16)
+def _list_adapter(kind: str | None, max_items: int) -> TypeAdapter:
+    """A list of readings that pydantic refuses past ``max_items`` before validating any item."""
+    item = {None: Reading, "meter": MeterReading, "vehicle": VehicleReading}[kind]
+    return TypeAdapter(Annotated[list[item], Field(max_length=max_items)])  # type: ignore[valid-type]
+
+
+_ADAPTERS: dict[str | None, TypeAdapter] = {
+    None: READING,
+    "meter": TypeAdapter(MeterReading),
+    "vehicle": TypeAdapter(VehicleReading),
 }

@@ -75,6 +75,10 @@ class ServiceSettings(BaseModel):
     max_decompressed_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gzip-decoded body (guards against gzip bombs)."
     )
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request must arrive in full (headers and body) within this; a slower "
+        "client is answered 408 and its connection closed. It never holds a thread while it is arriving.",
+    )
 
 
 class AnalyticsServiceSettings(ServiceSettings):

@@ -13,7 +13,8 @@ from webapi.ops import OPS_OPERATIONS
 _INGEST_RESPONSES = {
     200: (IngestResponse, "every reading accepted (durably stored, or already stored)"),
     207: (IngestResponse, "some readings accepted and stored; the rest listed in rejected with index and reasons"),
-    400: (None, "the body is not JSON, not an object or array, empty, or over the item limit"),
+    400: (None, "the body is not JSON, not an object or array, empty, or over the item limit "
+               "(CHARGEWATCH_LIMITS__MAX_BATCH_ITEMS readings, 32 JSON values per reading)"),
     413: (None, "the body (or its gzip-decoded form) is over the size limit"),
     415: (None, "Content-Type is not application/json, or Content-Encoding is not gzip"),
     422: (None, "no reading accepted; details lists every rejected reading with its index and reasons"),
@@ -48,9 +49,11 @@ OPERATIONS = [
         ],
         responses={
             204: (None, "every line stored"),
-            400: (None, "no line stored: syntax errors or invalid values (details lists each line); bad precision"),
+            400: (None, "no line stored: syntax errors or invalid values (details lists each line); bad "
+                       "precision; more than CHARGEWATCH_LIMITS__MAX_BATCH_ITEMS lines"),
             404: (None, "unknown bucket"),
             413: (None, "the body (or its gzip-decoded form) is over the size limit"),
+            415: (None, "Content-Encoding is not gzip (Content-Type is not looked at, as in InfluxDB)"),
             422: (None, "partial write: valid lines stored, details lists each rejected line"),
             503: (None, "the store cannot take writes right now"),
         },

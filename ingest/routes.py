@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from chargewatch.lineprotocol import TooManyLines
 from chargewatch.pairing import PairingConflict, PairingRegistry
-from chargewatch.readings import DEVICE_ID_PATTERN, InvalidBody, ReadingRules, validate_batch
+from chargewatch.readings import DEVICE_ID, InvalidBody, ReadingRules, validate_batch
 from chargewatch.settings import Settings
 from chargewatch.stores import ReadingStore
 from ingest import service
@@ -30,8 +30,6 @@ from webapi.metrics import READINGS_ACCEPTED, READINGS_DUPLICATE, READINGS_REJEC
 
 bp = Blueprint("ingest", __name__)
 
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
-_LINE_PROTOCOL_TYPES = ("text/plain", "application/octet-stream")
 
 
 def _store() -> ReadingStore:
@@ -116,17 +114,38 @@ def ingest_vehicle() -> tuple[Response, int]:
     return _json_readings("vehicle")
 
 
+# InfluxDB's error codes (its errors.go) by status, for the errors /api/v2/write shares with the
+# other routes (auth, body limits); InfluxDB clients read ``code``, and Telegraf logs it. InfluxDB
+# has no code of its own for 408 and 415, so those are "invalid", as for its other client errors.
+_INFLUX_CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not found",
+                 405: "method not allowed", 408: "invalid", 413: "request too large",
+                 415: "invalid", 422: "unprocessable entity", 503: "unavailable"}
+
+
+@bp.after_request
+def _influx_error_code(response: Response) -> Response:
+    """Give /api/v2/write's error bodies InfluxDB's ``code`` (and its X-Platform-Error-Code)."""
+    if request.endpoint != "ingest.write_line_protocol" or response.status_code < 400 or not response.is_json:
+        return response
+    body = response.get_json(silent=True)
+    if isinstance(body, dict) and "code" not in body:
+        code = _INFLUX_CODES.get(response.status_code, "internal error")
+        response.set_data(jsonify({**body, "code": code}).get_data())
+        response.headers["X-Platform-Error-Code"] = code
+    return response
+
+
 @bp.post("/api/v2/write")
 @require("write")
 def write_line_protocol() -> Response | tuple[Response, int]:
     """InfluxDB 2.x write API: 204 when all lines are stored, 422 for a partial write (the good
     lines are stored), 400 when no line could be stored; error bodies carry InfluxDB's ``code``
-    beside chargewatch's error shape, so InfluxDB clients report them as they would InfluxDB's."""
-    require_content_type(*_LINE_PROTOCOL_TYPES, missing_ok=True)
+    beside chargewatch's error shape, so InfluxDB clients report them as they would InfluxDB's.
+    Content-Type is not looked at, as InfluxDB does not (curl sends a form type by default)."""
     bucket = request.args.get("bucket", "")
     if bucket != _settings().telemetry_bucket:
         raise ApiError(404, "not_found", f'bucket "{bucket}" not found; chargewatch takes writes to '
-                       f'bucket "{_settings().telemetry_bucket}"', headers={"X-Platform-Error-Code": "not found"})
+                       f'bucket "{_settings().telemetry_bucket}"')
     precision = request.args.get("precision", "ns")
     rules, received_ms = _arrival()
     try:
@@ -134,7 +153,11 @@ def write_line_protocol() -> Response | tuple[Response, int]:
     except UnicodeDecodeError as err:
         raise ApiError(400, "invalid_body", f"line protocol must be UTF-8: {err}") from None
     try:
-        readings, rejections = service.readings_from_line_protocol(text, precision, rules)
+        readings, rejections = service.readings_from_line_protocol(
+            text, precision, rules, max_lines=_settings().limits.max_batch_items)
+    except TooManyLines as err:
+        READINGS_REJECTED.labels("invalid_body").inc()
+        raise ApiError(400, "invalid_body", str(err)) from None
     except ValueError as err:  # unknown precision
         raise ApiError(400, "invalid_precision", str(err)) from None
     _count_rejections([r.errors[0].type for r in rejections])
@@ -162,7 +185,7 @@ def write_line_protocol() -> Response | tuple[Response, int]:
 # -- current state -------------------------------------------------------------------------------
 
 def _device_id(value: str) -> str:
-    if not _DEVICE_ID.match(value):
+    if not DEVICE_ID.fullmatch(value):
         raise ApiError(400, "invalid_device_id", "a device id is 1-64 characters of [A-Za-z0-9._:-]")
     return value
 
@@ -205,7 +228,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         kind, _, device_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         kind, device_id = "", ""
-    if kind not in ("meter", "vehicle") or not _DEVICE_ID.match(device_id):
+    if kind not in ("meter", "vehicle") or not DEVICE_ID.fullmatch(device_id):
         raise ApiError(400, "invalid_parameter", "cursor is not one this service returned")
     return kind, device_id
 

@@ -84,14 +84,16 @@ class LineRejection:
 
 
 def readings_from_line_protocol(
-    body: str, precision: str, rules: ReadingRules
+    body: str, precision: str, rules: ReadingRules, max_lines: int | None = None
 ) -> tuple[list[AnyReading], list[LineRejection]]:
     """Parse ``meter``/``vehicle`` lines into validated readings; every bad line is reported.
+
+    Raises lineprotocol.TooManyLines past ``max_lines`` lines, before any is parsed.
 
     Tags besides the id tag (a gateway's ``host``, say) and unknown fields are ignored; pairing
     tags are ignored too, since chargewatch resolves pairing itself.
     """
-    lines, syntax_errors = lineprotocol.parse_lines(body, precision)
+    lines, syntax_errors = lineprotocol.parse_lines(body, precision, max_lines)
     rejections = [
         LineRejection(e.line_number, e.text, (FieldError("", e.reason, "line_protocol_syntax"),))
         for e in syntax_errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 from flask import request
+from werkzeug.exceptions import ClientDisconnected
 
 from webapi.errors import ApiError
 
@@ -16,12 +17,19 @@ def read_body(max_wire_bytes: int, max_decoded_bytes: int) -> bytes:
 
     413 when the body on the wire or its decompressed form is over its limit: a gzip bomb is cut
     off after ``max_decoded_bytes`` of output, never inflated in full. 400 for corrupt gzip,
-    415 for other encodings.
+    415 for other encodings, 408 when the body ends before its Content-Length (see webapi.worker).
     """
     length = request.content_length
     if length is not None and length > max_wire_bytes:
         raise _too_large(f"the body is {length} bytes; the limit is {max_wire_bytes}")
-    data = request.stream.read(max_wire_bytes + 1)
+    try:
+        data = request.stream.read(max_wire_bytes + 1)
+    except ClientDisconnected:
+        data = b""
+    if length is not None and len(data) < length:
+        # The worker shut the read side after the request timeout, or the client stopped sending.
+        raise ApiError(408, "request_timeout", f"the body ended after {len(data)} of its {length} bytes: the "
+                       "client stopped sending, or it did not arrive within the request timeout")
     if len(data) > max_wire_bytes:
         raise _too_large(f"the body exceeds the limit of {max_wire_bytes} bytes")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()

@@ -71,6 +71,9 @@ def build_openapi(title: str, version: str, description: str, operations: list[O
             entry["security"] = [{"token": [op.scope]}]
             entry["responses"].setdefault("401", {"description": "missing or invalid token"})
             entry["responses"].setdefault("403", {"description": f"the token lacks the {op.scope} scope"})
+        if op.method in ("POST", "PUT"):
+            entry["responses"].setdefault("408", {"description": "the request did not arrive in full within "
+                                                  "the request timeout; the connection is closed"})
         for status in list(entry["responses"]):
             if status[0] in "45" and "content" not in entry["responses"][status]:
                 entry["responses"][status]["content"] = {"application/json": {"schema": error_ref}}

@@ -222,6 +222,9 @@ class SqliteReadingStore:
 
     def _open_schema(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Readings, pairings and alert state are the operator's data: owner-only, like tokens.json.
+        # SQLite gives the -wal and -shm files the permissions of the database file.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = self._connect()
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":

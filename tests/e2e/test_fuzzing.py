@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +11,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargewatch.readings import DEVICE_ID_PATTERN
+from chargewatch.readings import DEVICE_ID, DEVICE_ID_PATTERN
 from tests.e2e.harness import WRITE_TOKEN, IngestServer
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -50,15 +49,15 @@ def _post_json(server: IngestServer, body: object) -> requests.Response:
 
 
 def assert_only_valid_values_stored(server: IngestServer) -> None:
-    pattern = re.compile(DEVICE_ID_PATTERN)
+    pattern = DEVICE_ID  # fullmatch: Python's $ would let a trailing newline through
     horizon_ms = int((datetime.now(timezone.utc) + timedelta(minutes=6)).timestamp() * 1000)
     for row in server.rows("meter"):
         meter_id, time_ms, _, kwh, voltage, _ = row
-        assert pattern.match(meter_id) and time_ms < horizon_ms
+        assert pattern.fullmatch(meter_id) and time_ms < horizon_ms
         assert math.isfinite(kwh) and 0 <= kwh <= 10 and math.isfinite(voltage) and 0 <= voltage <= 1000
     for row in server.rows("vehicle"):
         vehicle_id, time_ms, _, soc, kwh, temp, _ = row
-        assert pattern.match(vehicle_id) and time_ms < horizon_ms
+        assert pattern.fullmatch(vehicle_id) and time_ms < horizon_ms
         assert 0 <= soc <= 100 and 0 <= kwh <= 10 and -40 <= temp <= 120
         assert all(math.isfinite(v) for v in (soc, kwh, temp))
 

@@ -16,7 +16,7 @@ from analytics.alerts import (
     step,
     webhook_payload,
 )
-from chargewatch.efficiency import EfficiencyWindow
+from chargewatch.efficiency import EfficiencyWindow, MeterEnergy, VehicleEnergy, windows_from_readings
 
 W = 300_000
 POLICY = AlertPolicy()
@@ -150,3 +150,64 @@ def test_an_alert_that_never_fired_is_not_sent_to_alertmanager() -> None:
     pending, _ = step(LOW, None, verdict(0.80), T0, POLICY)
     with pytest.raises(ValueError, match="never fired"):
         alertmanager_alert(pending, POLICY, "", T0, 240_000)
+
+
+# -- gaps in delivery (a gateway outage) never fire an alert by themselves ----------------------
+
+def simulated_windows(lost_meter: tuple[int, int] | None, lost_vehicle: tuple[int, int] | None,
+                      meter_offset_s: int = 25, vehicle_offset_s: int = -25, efficiency: float = 0.92,
+                      session: tuple[int, int] = (3600, 3 * 3600)) -> list[EfficiencyWindow]:
+    """A vehicle charging at 11 kW with ``efficiency``, both devices sending every 60 s (send time
+    + their clock offset = timestamp); readings sent within a lost range (seconds) never arrive,
+    and their energy with them."""
+    start_ms = T0 - 4 * 3600_000
+    meters, vehicles = [], []
+    for second in range(60, 4 * 3600 + 1, 60):
+        charging = session[0] < second <= session[1]
+        dc = 11.0 / 60 if charging else 0.0
+        if not (lost_meter and lost_meter[0] <= second < lost_meter[1]):
+            meters.append(MeterEnergy("V1", "M1", start_ms + (second + meter_offset_s) * 1000, dc / efficiency))
+        if not (lost_vehicle and lost_vehicle[0] <= second < lost_vehicle[1]):
+            vehicles.append(VehicleEnergy("V1", "M1", start_ms + (second + vehicle_offset_s) * 1000, dc, 25.0))
+    return windows_from_readings(meters, vehicles, W)
+
+
+def fired(windows: list[EfficiencyWindow]) -> list[tuple[str, int]]:
+    """Every firing the evaluator would send, stepping each window stop as the runner does."""
+    records: dict[str, object] = {}
+    firings = []
+    for stop in range(T0 - 4 * 3600_000 + W, T0 + 1, W):
+        known = [w for w in windows if w.stop_ms <= stop]
+        result = span_verdict("V1", known, stop, W, POLICY)
+        for rule in (LOW, ABOVE_ONE):
+            record, event = step(rule, records.get(rule), result, stop, POLICY)  # type: ignore[arg-type]
+            if record is not None:
+                records[rule] = record
+            if event == "firing":
+                firings.append((rule, stop))
+    return firings
+
+
+OUTAGES = [(start, start + length) for start in range(5400, 5700, 30) for length in (180, 420, 900)]
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+def test_an_outage_of_both_streams_mid_session_fires_nothing(outage: tuple[int, int]) -> None:
+    assert fired(simulated_windows(outage, outage)) == []
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+@pytest.mark.parametrize("stream", ["meter", "vehicle"])
+def test_an_outage_of_one_stream_mid_session_fires_nothing(outage: tuple[int, int], stream: str) -> None:
+    windows = simulated_windows(outage if stream == "meter" else None, outage if stream == "vehicle" else None)
+    assert fired(windows) == []
+
+
+@pytest.mark.parametrize("outage", [(3300, 3900), (3540, 3720), (10500, 11100), (10740, 10920)],
+                         ids=["over-the-start", "just-after-the-start", "over-the-end", "just-before-the-end"])
+def test_an_outage_of_both_streams_at_a_session_edge_fires_nothing(outage: tuple[int, int]) -> None:
+    assert fired(simulated_windows(outage, outage)) == []
+
+
+def test_a_faulty_charger_still_fires_across_an_outage() -> None:
+    assert (LOW, ) == tuple({rule for rule, _ in fired(simulated_windows((5400, 5820), (5400, 5820), efficiency=0.78))})

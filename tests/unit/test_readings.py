@@ -61,7 +61,18 @@ def test_an_omitted_timestamp_means_the_receive_time() -> None:
     ("2026-11-23T06:05:01Z", "is 301 s in the future"),
     ("2026-10-24T05:59:59Z", "older than the retention period of 30 days"),
     (1795413600, "must be an RFC 3339 string"),
-    ("yesterday", "Input should be a valid datetime"),
+    ("yesterday", "must be an RFC 3339 string"),
+    # The contract is RFC 3339 with an offset; pydantic alone would take these as valid datetimes.
+    ("1796148133", "must be an RFC 3339 string"),
+    ("1796148133000", "must be an RFC 3339 string"),
+    ("2026-11-23T06:00:00+0000", "must be an RFC 3339 string"),
+    ("2026-11-23T06:00:00 +00:00", "must be an RFC 3339 string"),
+    ("2026-11-23", "must be an RFC 3339 string"),
+    # Offsets that push the instant off the calendar: a rejection, never an OverflowError.
+    ("0001-01-01T00:00:00+01:00", "outside the range of representable times"),
+    ("9999-12-31T23:59:59-01:00", "outside the range of representable times"),
+    ("0001-01-01T00:00:00Z", "older than the retention period"),
+    ("9999-12-31T23:59:59Z", "in the future"),
 ])
 def test_timestamps_outside_the_rules_are_rejected(timestamp, message) -> None:
     field, text = first_error({**METER, "timestamp": timestamp})

@@ -1,0 +1,300 @@
+"""gunicorn's gthread worker, guarded against clients that send slowly or are refused early.
+
+Devices talk to chargewatch without a proxy in front, so the worker does what a proxy would:
+
+- **A request gets a thread only once it has arrived.** The worker's event loop reads the request
+  headers and up to ``PREBUFFER_BYTES`` of its body without blocking (devices post a few hundred
+  bytes); only then is the connection handed to a thread, with those bytes given to gunicorn's
+  parser. A client that stalls half way holds a socket, never one of the few threads.
+- **A request must arrive within ``request_timeout_seconds``** (headers and body, counted from the
+  connection's opening, or for a kept-alive connection from the next request's first byte). Past that the connection is answered 408 and closed; a body still being read by a
+  thread (past the pre-buffer) is cut off by shutting the socket's read side, which the route
+  answers with 408.
+- **An error answered before the body was read closes the connection** (``Connection: close``),
+  instead of draining a body the service never wanted; the lingering close that lets the client
+  read the answer (RFC 9112 section 9.6) runs in the event loop, not in a thread or blocking it.
+- **gunicorn's own errors** (request line or headers over the limits, malformed requests) are
+  answered in chargewatch's JSON error shape instead of gunicorn's HTML page.
+
+This leans on gunicorn's gthread internals (``enqueue_req``, ``accept``, ``TConn``), so gunicorn is
+pinned to the version it was written against.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import selectors
+import threading
+import time
+from functools import partial
+from typing import Any, Callable
+
+from gunicorn import util
+from gunicorn.http.body import LengthReader
+from gunicorn.http.wsgi import Response as GunicornResponse
+from gunicorn.workers import gthread
+
+PREBUFFER_BYTES = 64 * 1024
+# Larger headers than this are gunicorn's to refuse (100 fields of 8190 bytes are far over it).
+_MAX_HEADER_BYTES = 64 * 1024
+_LINGER_SECONDS = 2.0
+_LINGER_MAX_BYTES = 64 * 1024
+
+
+class _GuardedConn(gthread.TConn):
+    """A connection whose graceful close is handed to the worker's event loop."""
+
+    def __init__(self, *args: Any, linger: Callable[[socket.socket], None]) -> None:
+        super().__init__(*args)
+        self.linger = linger
+        self.arrival: bytearray | None = None  # bytes read ahead of the parser, while arriving
+        self.deadline: float | None = None  # when the request being read must have arrived
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.linger(self.sock)
+        else:
+            super().close()
+
+
+def _request_complete(data: bytes | bytearray) -> bool:
+    """Whether ``data`` holds a whole request head and its body (or the first PREBUFFER_BYTES).
+
+    Judges only when to hand the connection to a thread; gunicorn's parser still reads and checks
+    every byte, so a head this cannot make sense of is handed over at once, for gunicorn to refuse.
+    """
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return len(data) >= _MAX_HEADER_BYTES or data.find(b"\n\n") >= 0
+    body = len(data) - head_end - 4
+    length = 0
+    for line in bytes(data[:head_end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"expect" or name == b"transfer-encoding":
+            # 100-continue: the client waits for the go-ahead gunicorn sends when the body is read.
+            # Chunked bodies have no length to wait for.
+            return True
+        if name == b"content-length":
+            if not value.isdigit():
+                return True
+            length = int(value)
+    return body >= min(length, PREBUFFER_BYTES)
+
+
+class GuardedThreadWorker(gthread.ThreadWorker):
+    """gthread with the guards above; ``request_timeout_seconds`` is set by :func:`worker_class`."""
+
+    request_timeout_seconds = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._arriving: set[_GuardedConn] = set()
+        self._lingering: dict[socket.socket, list] = {}  # socket -> [deadline, bytes drained]
+        self._reading: dict[int, _GuardedConn] = {}  # thread id -> connection it is reading
+        self._reading_lock = threading.Lock()
+
+    # -- accepting and arriving (event loop) ---------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = _GuardedConn(self.cfg, client_sock, client_addr, listener.getsockname(), linger=self._linger)
+        self.enqueue_req(conn)
+
+    def enqueue_req(self, conn: _GuardedConn) -> None:
+        if conn.parser is not None and conn.parser.unreader.buf.getvalue():
+            super().enqueue_req(conn)  # the next request is read ahead already: gunicorn's case
+            return
+        conn.sock.setblocking(False)
+        conn.arrival = bytearray()
+        conn.deadline = time.monotonic() + self.request_timeout_seconds
+        self._arriving.add(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_arriving_readable, conn))
+        self._on_arriving_readable(conn, conn.sock)  # a keep-alive request may be here already
+
+    def _on_arriving_readable(self, conn: _GuardedConn, _client: Any) -> None:
+        assert conn.arrival is not None
+        try:
+            data = conn.sock.recv(max(4096, PREBUFFER_BYTES + _MAX_HEADER_BYTES - len(conn.arrival)))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._stop_arriving(conn)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.arrival += data
+        if _request_complete(conn.arrival):
+            self._stop_arriving(conn)
+            conn.data_ready = True
+            super().enqueue_req(conn)
+
+    def _stop_arriving(self, conn: _GuardedConn) -> None:
+        self._arriving.discard(conn)
+        self.poller.unregister(conn.sock)
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for conn in [c for c in self._arriving if force or (c.deadline is not None and c.deadline <= now)]:
+            self._stop_arriving(conn)
+            self.nr_conns -= 1
+            if conn.arrival and not force:  # a connection that never said anything just closes
+                self._answer_timeout(conn.sock)
+                conn.close(graceful=True)  # the client may still be sending: let it read the 408
+            else:
+                conn.close()
+        with self._reading_lock:
+            late = [c for c in self._reading.values() if c.deadline is not None and c.deadline <= now]
+        for conn in late:
+            try:
+                conn.sock.shutdown(socket.SHUT_RD)  # the thread's blocked read returns; the route answers 408
+            except OSError:
+                pass
+            conn.deadline = None
+        for sock, (deadline, _) in list(self._lingering.items()):
+            if force or deadline <= now:
+                self._end_linger(sock)
+
+    def _answer_timeout(self, sock: socket.socket) -> None:
+        body = json.dumps({"error": "request_timeout", "message": "the request did not arrive within "
+                           f"{self.request_timeout_seconds:g} s", "details": []}).encode()
+        self._write_json(sock, 408, "Request Timeout", body)
+
+    @staticmethod
+    def _write_json(sock: socket.socket, status: int, reason: str, body: bytes) -> None:
+        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        try:
+            util.write_nonblock(sock, head + body)
+        except OSError:
+            pass
+
+    # -- lingering close (event loop) ----------------------------------------------------------
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Send FIN now; read and discard what the client still sends for a while, then close."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._on_lingering_readable, sock))
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self._lingering[sock] = [time.monotonic() + _LINGER_SECONDS, 0]
+
+    def _on_lingering_readable(self, sock: socket.socket, _client: Any) -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        state = self._lingering[sock]
+        state[1] += len(data)
+        if not data or state[1] > _LINGER_MAX_BYTES:
+            self._end_linger(sock)
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        self._lingering.pop(sock, None)
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        util.close(sock)
+
+    # -- in a thread -----------------------------------------------------------------------------
+
+    def handle(self, conn: _GuardedConn) -> Any:
+        arrived, conn.arrival = conn.arrival, None
+        if arrived:
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(bytes(arrived))
+        if conn.deadline is None:
+            conn.deadline = time.monotonic() + self.request_timeout_seconds
+        ident = threading.get_ident()
+        with self._reading_lock:
+            self._reading[ident] = conn
+        try:
+            return super().handle(conn)
+        finally:
+            with self._reading_lock:
+                self._reading.pop(ident, None)
+            conn.deadline = None
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = _close_after_early_errors(self.wsgi)
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        """gunicorn's status and message for its own errors, in chargewatch's JSON shape."""
+        page = _CapturedSocket()
+        super().handle_error(req, page, addr, exc)
+        status_line = page.data.split(b"\r\n", 1)[0].decode("latin-1")
+        try:
+            _, code, reason = status_line.split(" ", 2)
+            status = int(code)
+        except ValueError:
+            status, reason = 500, "Internal Server Error"
+        message = str(exc) if status < 500 else "an unexpected error occurred; it has been logged"
+        error = "internal_error" if status >= 500 else reason.lower().replace(" ", "_")
+        body = json.dumps({"error": error, "message": message or reason, "details": []}).encode()
+        self._write_json(client, status, reason, body)
+
+
+class _CapturedSocket:
+    """Stands in for the client socket while gunicorn writes its error page, to learn its status."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def send(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def _close_after_early_errors(app: Callable) -> Callable:
+    """WSGI wrapper: an error status while the request body is not read in full closes the
+    connection after the response, rather than keep it (and drain a body nobody wants)."""
+
+    def guarded(environ: dict, start_response: Callable) -> Any:
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            owner = getattr(start_response, "__self__", None)
+            early = status[:1] in "45" and not _body_read(environ)
+            if isinstance(owner, GunicornResponse) and (early or status.startswith("408")):
+                owner.force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return guarded
+
+
+def _body_read(environ: dict) -> bool:
+    reader = getattr(environ.get("wsgi.input"), "reader", None)
+    return isinstance(reader, LengthReader) and reader.length == 0
+
+
+def worker_class(request_timeout_seconds: float) -> type[GuardedThreadWorker]:
+    """The worker class for gunicorn's ``worker_class`` setting, with this request timeout."""
+    return type("GuardedThreadWorker", (GuardedThreadWorker,), {"request_timeout_seconds": request_timeout_seconds})
