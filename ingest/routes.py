@@ -138,9 +138,10 @@ def _influx_error_code(response: Response) -> Response:
 @bp.post("/api/v2/write")
 @require("write")
 def write_line_protocol() -> Response | tuple[Response, int]:
-    """InfluxDB 2.x write API: 204 when all lines are stored, 422 for a partial write (the good
-    lines are stored), 400 when no line could be stored; error bodies carry InfluxDB's ``code``
-    beside chargewatch's error shape, so InfluxDB clients report them as they would InfluxDB's.
+    """InfluxDB 2.x write API: 204 when all lines are stored (or the body holds none), 422 for a
+    partial write (the good lines are stored), 400 when no line could be stored; error bodies carry
+    InfluxDB's ``code`` beside chargewatch's error shape, so InfluxDB clients report them as they
+    would InfluxDB's.
     Content-Type is not looked at, as InfluxDB does not (curl sends a form type by default)."""
     bucket = request.args.get("bucket", "")
     if bucket != _settings().telemetry_bucket:
@@ -163,9 +164,7 @@ def write_line_protocol() -> Response | tuple[Response, int]:
     _count_rejections([r.errors[0].type for r in rejections])
     if readings:
         _count_accepted(service.ingest_readings(readings, _store(), _pairings().current(), received_ms))
-    if not rejections:
-        if not readings:
-            raise ApiError(400, "invalid_body", "the body holds no lines")
+    if not rejections:  # an empty body too: InfluxDB answers 204 to it, and nothing was refused
         return Response(status=204)
     details = [{"line": r.line, "text": r.text, "errors": [vars(e) for e in r.errors]} for r in rejections]
     first = rejections[0]
