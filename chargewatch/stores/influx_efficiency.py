@@ -13,6 +13,7 @@ influxdb-client (the ``influx`` extra) is imported only when a store is built.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -148,6 +149,19 @@ class InfluxEfficiencyStore:
         records = self._records("vehicle_totals", {"_start": _time(start_ms), "_stop": _time(end_ms)})
         totals = {values["vehicle_id"]: totals_from_record(values) for values in records}
         return dict(sorted(totals.items()))
+
+    def fleet_hourly_energy(self, window_ms: int, start_ms: int, end_ms: int) -> list[tuple[int, float, float]]:
+        """As the SQLite store's: one fleet-totals query per hour of the period."""
+        result = []
+        cursor = start_ms
+        while cursor < end_ms:
+            stop = min((cursor // 3_600_000 + 1) * 3_600_000, end_ms)
+            totals = self.vehicle_totals(window_ms, cursor, stop)
+            if totals:
+                result.append((stop, math.fsum(t.ac_kwh for t in totals.values()),
+                               math.fsum(t.dc_kwh for t in totals.values())))
+            cursor = stop
+        return result
 
     def ping(self) -> None:
         """Raise StorageUnavailable unless InfluxDB answers its ping."""

@@ -283,6 +283,26 @@ class SqliteEfficiencyStore:
             for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in rows
         }
 
+    def fleet_hourly_energy(self, window_ms: int, start_ms: int, end_ms: int) -> list[tuple[int, float, float]]:
+        """The whole fleet's (hour stop, AC kWh, DC kWh) per hour over windows with stop in
+        (start_ms, end_ms], oldest first: whole hours from the rollup, the partial hours at either end
+        from the windows (labelled by the hour's stop, or ``end_ms`` for the last partial hour)."""
+        hour_lo = -(-start_ms // MS_PER_HOUR) * MS_PER_HOUR
+        hour_hi = (end_ms // MS_PER_HOUR) * MS_PER_HOUR
+        if hour_lo >= hour_hi:
+            hour_lo = hour_hi = end_ms
+        rows = self._read(
+            f"""SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
+                SELECT hour_stop_ms AS hour_stop, ac_kwh, dc_kwh FROM efficiency_hourly
+                WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
+                UNION ALL SELECT :hlo, ac_kwh, dc_kwh FROM efficiency
+                WHERE window_ms = :w AND stop_ms > :lo AND stop_ms <= :hlo
+                UNION ALL SELECT :hi, ac_kwh, dc_kwh FROM efficiency
+                WHERE window_ms = :w AND stop_ms > :hhi AND stop_ms <= :hi
+            ) GROUP BY hour_stop ORDER BY hour_stop""",
+            {"w": window_ms, "lo": start_ms, "hi": end_ms, "hlo": hour_lo, "hhi": hour_hi})
+        return [(int(stop), ac, dc) for stop, ac, dc in rows]
+
     def refresh_fleet_latest(self, window_ms: int, start_ms: int, end_ms: int) -> None:
         """Materialise per-vehicle totals of (start_ms, end_ms] (the fleet summary's default span)."""
         sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
