@@ -138,15 +138,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Every service on the embedded store, in the foreground, until Ctrl-C."""
+    from chargewatch.locks import AlreadyRunning, hold_instance_lock
+
     settings = _settings()
+    lock_path = settings.data_dir / "run.lock"
+
+    def hold_run_lock() -> int:
+        try:
+            return hold_instance_lock(lock_path, AlreadyRunning())
+        except AlreadyRunning:
+            holder = lock_path.read_text().strip() or "?"
+            raise AlreadyRunning(f"already running on {settings.data_dir} (pid {holder}); stop that one first "
+                                 "(Ctrl-C in its terminal)") from None
+
+    # Held while this command runs: a second `chargewatch run` stops here, before any banner.
+    run_lock, stopping = run_once_in_foreground(hold_run_lock)
     _prepare_store(settings)
-    stopping = threading.Event()
-
-    def stop(signum=None, frame=None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     command = [sys.executable, "-m", "chargewatch"]
     children = [
         subprocess.Popen([*command, "serve", "ingest"]),
@@ -173,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+    os.close(run_lock)
     failed = [c.returncode for c in children if c.returncode and c.returncode > 0]
     return failed[0] if failed else 0
 
@@ -245,6 +253,15 @@ def _sweep_retention(settings: Settings, stopping: threading.Event) -> None:
         stopping.wait(RETENTION_SWEEP_SECONDS)
 
 
+def cli_command() -> str:
+    """How to run this CLI again from any shell: its script's absolute path (a venv's bin/ is rarely
+    on PATH), or ``python -m chargewatch`` when started that way."""
+    script = Path(sys.argv[0])
+    if script.name == "chargewatch":
+        return str(script.absolute())
+    return f"{sys.executable} -m chargewatch"
+
+
 def _banner(settings: Settings) -> str:
     ingest = f"http://{settings.ingest.host}:{settings.ingest.port}"
     analytics = f"http://{settings.analytics.host}:{settings.analytics.port}"
@@ -255,14 +272,15 @@ def _banner(settings: Settings) -> str:
         f"  devices and gateways: POST {ingest}/v1/ingest (JSON) or {ingest}/api/v2/write"
         f"?bucket={settings.telemetry_bucket} (line protocol)",
         f"  current state:        GET  {ingest}/v1/ingest/devices",
-        f"  analytics (browser):  GET  {analytics}/v1/analytics/fleet/summary",
+        f"  console (browser):    {analytics}/   (sign in with the read token)",
+        f"  analytics API:        GET  {analytics}/v1/analytics/fleet/summary",
         f"  API descriptions:     {ingest}/openapi.json  {analytics}/openapi.json   (metrics at /metrics)",
         f"  task runner: {settings.efficiency.window_seconds} s efficiency windows, alerts below "
         f"{settings.alerts.threshold:.0%}" + (f", webhooks to {len(settings.alerts.webhook_urls)} receiver(s)"
                                            if settings.alerts.webhook_urls else ""),
     ]
     if settings.auth.enabled:
-        lines.append("  tokens: `chargewatch tokens` (send 'Authorization: Token <token>')")
+        lines.append(f"  tokens: {cli_command()} tokens   (send 'Authorization: Token <token>')")
     else:
         lines.append("  token auth is OFF (CHARGEWATCH_AUTH__ENABLED=false)")
     lines.append("Press Ctrl-C to stop.")

@@ -88,6 +88,16 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
                 assert time.monotonic() < deadline, "ingest never came up"
                 time.sleep(0.2)
         assert response.status_code == 200
+        rest = []
+        while not rest or not rest[-1].startswith("Press Ctrl-C"):
+            rest.append(process.stdout.readline())
+        # the banner tells a command that works from any shell, and where the browser goes
+        assert any(f"{sys.executable} -m chargewatch tokens" in line for line in rest), rest
+        assert any("console (browser):    http://127.0.0.1:" in line for line in rest), rest
+        second = subprocess.run([sys.executable, "-m", "chargewatch", "run"], env=environment,
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1 and second.stdout == ""  # no banner
+        assert f"already running on {tmp_path} (pid {process.pid})" in second.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0
     finally:
