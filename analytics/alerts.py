@@ -227,6 +227,8 @@ def webhook_payload(record: AlertRecord, status: str, policy: AlertPolicy, exter
               "severity": "warning" if record.rule == LOW else "info", "service": "chargewatch"}
     if record.meter_id:
         labels["meter_id"] = record.meter_id
+    if record.replayed:  # found in history that arrived late; startsAt is in the past
+        labels["replayed"] = "true"
     value = "n/a" if record.value is None else f"{record.value:.3f}"
     if record.rule == LOW:
         summary = f"{record.vehicle_id}: charging efficiency {value} below {policy.threshold}"

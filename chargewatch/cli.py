@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the effective configuration (tokens masked)")
     config.set_defaults(func=cmd_config)
 
+    from analytics.cli import add_parsers as add_analytics_parsers  # fleet, alerts
+    add_analytics_parsers(commands)
     from simulator.cli import add_parser as add_simulate_parser  # the simulator owns its options
     add_simulate_parser(commands)
     from chargewatch.influx.cli import add_parser as add_influx_parser  # influx setup

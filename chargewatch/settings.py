@@ -137,6 +137,10 @@ class AlertSettings(BaseModel):
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1, description="Deliveries are retried with exponential backoff.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles up to 5 minutes.")
+    replay_notify: bool = Field(
+        False, description="Webhooks for every alert the task runner finds when it replays backfilled hours "
+        "(default: only for those still firing)."
+    )
 
     _split = field_validator("webhook_urls", mode="before")(_split_csv)
 

@@ -218,6 +218,10 @@ class InfluxEfficiencyStore:
                     now_ms: int) -> None:
         self.local.save_alerts(records, notifications, now_ms)
 
+    def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
+                       notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int) -> int:
+        return self.local.replace_alerts(since_ms, until_ms, records, notifications, now_ms)
+
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
         return self.local.due_notifications(now_ms, limit)
 
