@@ -326,6 +326,12 @@ def cmd_pairing(args: argparse.Namespace) -> int:
             if not store.delete_pairing(args.vehicle_id):
                 print(f"{args.vehicle_id} has no registry pairing", file=sys.stderr)
                 return 1
+            from chargewatch.pairing import Pairings, PairingRule
+
+            now = Pairings(store.load_pairings(), PairingRule.from_strings(_settings().pairing.prefixes))
+            meter = now.meter_for(args.vehicle_id)
+            print(f"deleted the registry pairing of {args.vehicle_id}; "
+                  + (f"the default rule pairs it with {meter}" if meter else "it is unpaired now"))
         elif args.action == "import":
             pairs = read_pairing_file(Path(args.file))
             store.save_pairings(pairs, replace=args.replace)
