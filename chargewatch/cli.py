@@ -375,14 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chargewatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run ingest, analytics and the task runner (the main job)")
+    run = commands.add_parser(
+        "run", help="run ingest, analytics and the task runner (the main job)",
+        description="Start the ingest service, the analytics service (API and console) and the task runner "
+                    "(and, in influx mode, the forwarder) in the foreground, print where they listen, and stop "
+                    "them all on Ctrl-C or SIGTERM. One per data directory.")
     run.set_defaults(func=cmd_run)
 
-    tasks = commands.add_parser("tasks", help="run the task runner (efficiency windows, alerts, webhooks)")
+    tasks = commands.add_parser(
+        "tasks", help="run the task runner (efficiency windows, alerts, webhooks)",
+        description="Run the task runner alone in the foreground: it computes efficiency windows after each "
+                    "window closes, evaluates (and replays) the alert rules, delivers webhooks and drops expired "
+                    "days. One per data directory (`chargewatch run` starts it).")
     tasks.set_defaults(func=cmd_tasks)
 
-    serve = commands.add_parser("serve", help="run one service under gunicorn")
-    serve.add_argument("service", choices=sorted(SERVICES))
+    serve = commands.add_parser(
+        "serve", help="run one service under gunicorn",
+        description="Run one HTTP service under gunicorn in the foreground, with the settings' host, port, "
+                    "workers and threads unless given here.")
+    serve.add_argument("service", choices=sorted(SERVICES),
+                       help="ingest (devices post readings) or analytics (reports, alerts, the console)")
     serve.add_argument("--host", help="bind address (default CHARGEWATCH_<SERVICE>__HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CHARGEWATCH_<SERVICE>__PORT: ingest 8080, "
                        "analytics 8081)")
@@ -390,27 +402,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, help="threads per worker (default CHARGEWATCH_<SERVICE>__THREADS)")
     serve.set_defaults(func=cmd_serve)
 
-    tokens = commands.add_parser("tokens", help="show the API tokens (generated on first use)")
+    tokens = commands.add_parser(
+        "tokens", help="show the API tokens (generated on first use)",
+        description="Print the write token (devices) and the read token (queries, the console): from "
+                    "CHARGEWATCH_AUTH__*_TOKENS, else the data directory's tokens.json, generated on first use.")
     tokens.add_argument("--json", action="store_true", help="print {'write': [...], 'read': [...]}")
     tokens.set_defaults(func=cmd_tokens)
 
-    pairing = commands.add_parser("pairing", help="list and edit the vehicle<->meter registry")
+    pairing = commands.add_parser(
+        "pairing", help="list and edit the vehicle<->meter registry",
+        description="Explicit vehicle-meter pairings, which win over the default prefix rule; readings "
+                    "arriving a second after a change use it.")
     actions = pairing.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="print explicit pairings as JSON {vehicleId: meterId}")
-    set_ = actions.add_parser("set", help="pair a vehicle with a meter")
-    set_.add_argument("vehicle_id")
-    set_.add_argument("meter_id")
-    delete = actions.add_parser("delete", help="remove a vehicle's registry pairing")
-    delete.add_argument("vehicle_id")
-    load = actions.add_parser("import", help="load pairings from a JSON file {vehicleId: meterId}")
-    load.add_argument("file")
+    actions.add_parser("list", help="print explicit pairings as JSON {vehicleId: meterId}",
+                       description="Print the registry's pairings as JSON {vehicleId: meterId}.")
+    set_ = actions.add_parser("set", help="pair a vehicle with a meter",
+                              description="Pair a vehicle with a meter (a meter pairs with one vehicle at a time).")
+    set_.add_argument("vehicle_id", help="the vehicle, e.g. VEHICLE_901")
+    set_.add_argument("meter_id", help="the meter of its charger, e.g. METER_917")
+    delete = actions.add_parser("delete", help="remove a vehicle's registry pairing",
+                                description="Remove a vehicle's registry pairing; it says what the vehicle "
+                                            "pairs with afterwards (the default rule, or nothing).")
+    delete.add_argument("vehicle_id", help="the vehicle whose pairing goes")
+    load = actions.add_parser("import", help="load pairings from a JSON file {vehicleId: meterId}",
+                              description="Load pairings from a JSON file {vehicleId: meterId}, all or none.")
+    load.add_argument("file", help="the JSON file")
     load.add_argument("--replace", action="store_true", help="remove pairings that are not in the file")
     pairing.set_defaults(func=cmd_pairing)
 
-    retention = commands.add_parser("retention", help="drop stored days older than CHARGEWATCH_RETENTION_DAYS now")
+    retention = commands.add_parser(
+        "retention", help="drop stored days older than CHARGEWATCH_RETENTION_DAYS now",
+        description="Drop the whole stored days older than CHARGEWATCH_RETENTION_DAYS now (the task runner "
+                    "does this every hour).")
     retention.set_defaults(func=cmd_retention)
 
-    config = commands.add_parser("config", help="print the effective configuration (tokens masked)")
+    config = commands.add_parser(
+        "config", help="print the effective configuration (tokens masked)",
+        description="Print the configuration as the CHARGEWATCH_* environment makes it, as JSON, tokens masked.")
     config.set_defaults(func=cmd_config)
 
     from analytics.cli import add_parsers as add_analytics_parsers  # fleet, alerts
