@@ -356,6 +356,60 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_here(settings: Settings) -> list[str]:
+    """What runs on this data directory now: the one-instance locks held, the services answering
+    on their control sockets."""
+    import socket
+
+    from chargewatch.locks import AlreadyRunning, hold_instance_lock
+
+    running = []
+    locks = {"chargewatch run": settings.data_dir / "run.lock", "the task runner": settings.data_dir / "task-runner.lock",
+             "the forwarder": settings.sqlite_path.with_name(settings.sqlite_path.name + ".forwarder.lock")}
+    for what, path in locks.items():
+        if path.exists():
+            try:
+                os.close(hold_instance_lock(path, AlreadyRunning()))
+            except AlreadyRunning:
+                running.append(what)
+    for service in SERVICES:
+        control = settings.data_dir / f"{service}.ctl"
+        if control.exists():
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(control))
+                    running.append(f"the {service} service")
+                except OSError:
+                    pass
+    return running
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Delete the stored data of the data directory (readings, windows, alerts, pairings, outbox)."""
+    settings = _settings()
+    db = settings.sqlite_path
+    doomed = [path for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if path.exists()]
+    if args.tokens and settings.tokens_path.exists():
+        doomed.append(settings.tokens_path)
+    if not doomed:
+        print(f"nothing stored in {settings.data_dir}")
+        return 0
+    running = _running_here(settings)
+    if running:
+        print(f"chargewatch: {', '.join(running)} still running on {settings.data_dir}; stop it first",
+              file=sys.stderr)
+        return 1
+    if not args.yes:
+        print("would delete " + ", ".join(map(str, doomed)) + " (every reading, window, alert and pairing"
+              + (", and the tokens" if args.tokens else "; the tokens stay") + "); add --yes to do it",
+              file=sys.stderr)
+        return 1
+    for path in doomed:
+        path.unlink()
+    print(f"deleted {', '.join(path.name for path in doomed)} from {settings.data_dir}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings()
     shown = settings.model_dump(mode="json")
@@ -436,13 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "does this every hour).")
     retention.set_defaults(func=cmd_retention)
 
+    reset = commands.add_parser(
+        "reset", help="delete every stored reading, window, alert and pairing (e.g. demo data)",
+        description="Delete the data directory's database: every reading, window, alert, pairing and the "
+                    "outbox. Refused while anything runs on the data directory. The tokens stay unless --tokens.")
+    reset.add_argument("--yes", action="store_true", help="really delete (without it: say what would go)")
+    reset.add_argument("--tokens", action="store_true", help="also delete the generated tokens (devices need new ones)")
+    reset.set_defaults(func=cmd_reset)
+
     config = commands.add_parser(
         "config", help="print the effective configuration (tokens masked)",
         description="Print the configuration as the CHARGEWATCH_* environment makes it, as JSON, tokens masked.")
     config.set_defaults(func=cmd_config)
 
-    from analytics.cli import add_parsers as add_analytics_parsers  # fleet, alerts
-    add_analytics_parsers(commands)
+    from chargewatch.operator_cli import add_parsers as add_operator_parsers  # fleet, alerts
+    add_operator_parsers(commands)
     from simulator.cli import add_parser as add_simulate_parser  # the simulator owns its options
     add_simulate_parser(commands)
     from chargewatch.influx.cli import add_parser as add_influx_parser  # influx setup

@@ -128,3 +128,30 @@ def test_every_command_has_a_description_and_every_argument_a_help() -> None:
 
     walk(build_parser(), "chargewatch")
     assert missing == []
+
+
+def test_reset_deletes_the_stored_data_only_when_told_and_nothing_runs(tmp_path) -> None:
+    assert chargewatch(tmp_path, "pairing", "set", "VEHICLE_901", "METER_917").returncode == 0
+    assert (tmp_path / "chargewatch.db").exists()
+    dry = chargewatch(tmp_path, "reset")
+    assert dry.returncode == 1 and "add --yes" in dry.stderr
+    assert json.loads(chargewatch(tmp_path, "pairing", "list").stdout) == {"VEHICLE_901": "METER_917"}
+    from chargewatch.locks import AlreadyRunning, hold_instance_lock
+
+    lock = hold_instance_lock(tmp_path / "task-runner.lock", AlreadyRunning())  # a runner "running"
+    try:
+        busy = chargewatch(tmp_path, "reset", "--yes")
+        assert busy.returncode == 1 and "the task runner still running" in busy.stderr
+    finally:
+        os.close(lock)
+    done = chargewatch(tmp_path, "reset", "--yes")
+    assert done.returncode == 0 and "deleted chargewatch.db" in done.stdout
+    assert json.loads(chargewatch(tmp_path, "pairing", "list").stdout) == {}
+
+
+def test_building_the_cli_does_not_import_prometheus_client() -> None:
+    # `chargewatch serve` sets PROMETHEUS_MULTIPROC_DIR after parsing; prometheus_client reads it once
+    # at import, so an import while building the parser would leave /metrics empty.
+    check = subprocess.run([sys.executable, "-c", "import sys, chargewatch.cli as c; c.build_parser(); "
+                            "sys.exit('prometheus_client' in sys.modules)"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

@@ -1,6 +1,10 @@
 """Operator commands over the analytics data: ``chargewatch fleet``, ``chargewatch alerts``
 (``list``, ``replay``). They read the store directly (no token needed: the data directory is the
-credential), on either store."""
+credential), on either store.
+
+The analytics package is imported only inside the commands: importing it builds Flask and
+prometheus_client state, and ``chargewatch serve`` must set ``PROMETHEUS_MULTIPROC_DIR`` before
+prometheus_client is first imported."""
 
 from __future__ import annotations
 
