@@ -33,3 +33,16 @@ def test_a_changed_default_shows_in_the_table(monkeypatch) -> None:
     field = Settings.model_fields["retention_days"]
     monkeypatch.setattr(field, "default", 45)
     assert "| `CHARGEWATCH_RETENTION_DAYS` | `45` |" in markdown_table("main")
+
+
+def test_the_bundle_spells_every_chargewatch_setting_as_natively() -> None:
+    import re
+
+    repo = README.parent
+    variables = {variable for sections in TABLES.values() for variable, _, _ in settings_rows(sections)}
+    in_env = re.findall(r"^(CHARGEWATCH_\w+)=", (repo / ".env.example").read_text(), re.M)
+    assert in_env and set(in_env) <= variables, sorted(set(in_env) - variables)
+    compose = (repo / "docker-compose.yml").read_text()
+    mappings = re.findall(r"(CHARGEWATCH_\w+): \$\{(CHARGEWATCH_\w+)", compose)
+    assert mappings and all(inside == outside for inside, outside in mappings), mappings
+    assert set(re.findall(r"\b(CHARGEWATCH_\w+)", compose)) <= variables
