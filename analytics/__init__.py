@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from analytics.console import install_console
 from analytics.openapi import openapi_document
 from analytics.routes import bp
 from analytics.runner import policy_from
@@ -26,11 +27,14 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
     store = store or SqliteReadingStore.from_settings(settings)
     efficiency = SqliteEfficiencyStore(store)
     checks = {"store": store.ping}
+    outbox = None
     if settings.store == "influx":  # windows come from the bucket the Flux task fills; alerts stay local
         from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
+        from chargewatch.stores.outbox import Outbox
 
         efficiency = InfluxEfficiencyStore.from_settings(settings, efficiency)
         checks["influxdb"] = efficiency.ping
+        outbox = Outbox(store, settings.influx.outbox_max_rows)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chargewatch_settings"] = settings
@@ -46,6 +50,7 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
     register_error_handlers(app)
     instrument(app, "analytics")
     app.register_blueprint(bp)
+    install_console(app, store, outbox)
     app.register_blueprint(ops_blueprint("analytics", openapi_document, checks,
                                          health_details, [RunnerCollector(efficiency)]))
     return app

@@ -246,6 +246,8 @@ def alert_labels(record: AlertRecord) -> dict[str, str]:
               "severity": "warning" if record.rule == LOW else "info", "service": "chargewatch"}
     if record.meter_id:
         labels["meter_id"] = record.meter_id
+    if record.replayed:  # found in history that arrived late; startsAt is in the past
+        labels["replayed"] = "true"
     return labels
 
 

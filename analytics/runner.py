@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from analytics import alerts
+from analytics import alerts, replay
 from analytics.notify import alertmanager_endpoint, alertmanager_outbox_row
 from chargewatch.efficiency import combine
 from chargewatch.locks import AlreadyRunning, hold_instance_lock
@@ -89,11 +89,22 @@ class TaskRunner:
         latest = self.latest_stop(now_ms)
         state = self.store.runner_state()
         previous = int(state["last_stop_ms"]) if "last_stop_ms" in state else None
+        stale = self.store.stale_hours() if self.compute_windows and previous is not None else []
         written, ranges = self.refresh_windows(latest, previous, now_ms) if self.compute_windows else (0, 0)
 
         # A new runner establishes alert state from the last span; after downtime it replays (capped).
         first_eval = latest - self.policy.span_ms + self.window_ms if previous is None else max(
             previous + self.window_ms, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
+        # History that was not there when its stops were judged live: the stored history before a new
+        # runner's first span, and hours late readings marked stale (a backfill), replayed up to the
+        # last stop already judged (capped at a day, like the catch-up).
+        replay_from = first_eval - ALERT_CATCHUP_WINDOWS * self.window_ms if previous is None else (
+            min((hour for hour, _ in stale), default=first_eval))
+        replay_from = max(replay_from, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
+        if replay_from < first_eval - self.window_ms:
+            replay.replay(self, replay_from, first_eval - self.window_ms, now_ms,
+                          notify=self.settings.alerts.replay_notify, notify_still_firing=True)
+        replay.run_queued_request(self, now_ms)
         changed = queued = 0
         for stop in range(first_eval, latest + 1, self.window_ms):
             records, notified = self.evaluate_alerts(stop, now_ms)
@@ -136,6 +147,22 @@ class TaskRunner:
         return len(windows)
 
     def evaluate_alerts(self, stop_ms: int, now_ms: int) -> tuple[int, int]:
+        verdicts = self.verdicts_at(stop_ms)
+        records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
+        notifications = [
+            (url, alerts.webhook_payload(record, status, self.policy, self.external_url))
+            for record, status in events for url in self.settings.alerts.webhook_urls
+        ] + [
+            (alertmanager_endpoint(url), alertmanager_outbox_row(record))
+            for record, _ in events for url in self.settings.alerts.alertmanager_urls
+        ]
+        for record, status in events:
+            logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)
+        self.store.save_alerts(records, notifications, now_ms)
+        return len(records), len(notifications)
+
+    def verdicts_at(self, stop_ms: int) -> dict[str, alerts.SpanVerdict]:
+        """Every vehicle's span verdict at window stop ``stop_ms``, from the stored windows."""
         # The span plus the window before it: enough to tell whether a session began inside the span.
         fetched_from = stop_ms - self.policy.span_ms - self.window_ms
         by_vehicle: dict[str, list] = {}
@@ -154,20 +181,8 @@ class TaskRunner:
                                                 reaching_back):
                 longer[window.vehicle_id].append(window)
             by_vehicle.update(longer)
-        verdicts = {vehicle_id: alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
-                    for vehicle_id, windows in by_vehicle.items()}
-        records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
-        notifications = [
-            (url, alerts.webhook_payload(record, status, self.policy, self.external_url))
-            for record, status in events for url in self.settings.alerts.webhook_urls
-        ] + [
-            (alertmanager_endpoint(url), alertmanager_outbox_row(record))
-            for record, _ in events for url in self.settings.alerts.alertmanager_urls
-        ]
-        for record, status in events:
-            logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)
-        self.store.save_alerts(records, notifications, now_ms)
-        return len(records), len(notifications)
+        return {vehicle_id: alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
+                for vehicle_id, windows in by_vehicle.items()}
 
 
 def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:

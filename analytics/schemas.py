@@ -141,13 +141,15 @@ class AlertBody(ApiModel):
     started_at: datetime = Field(description="when the condition first held")
     fired_at: datetime | None
     resolved_at: datetime | None
+    replayed: bool = Field(description="found by replaying history that arrived late (a backfill), with its real "
+                                       "times; false when the runner saw it live")
 
     @classmethod
     def of(cls, a: AlertRecord) -> "AlertBody":
         return cls(vehicle_id=a.vehicle_id, meter_id=a.meter_id, rule=a.rule, state=a.state,  # type: ignore[arg-type]
                    value=a.value, started_at=from_ms(a.started_ms),
                    fired_at=from_ms(a.fired_ms) if a.fired_ms else None,
-                   resolved_at=from_ms(a.resolved_ms) if a.resolved_ms else None)
+                   resolved_at=from_ms(a.resolved_ms) if a.resolved_ms else None, replayed=a.replayed)
 
 
 class AlertList(ApiModel):

@@ -147,15 +147,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Every service on the embedded store, in the foreground, until Ctrl-C."""
+    from chargewatch.locks import AlreadyRunning, hold_instance_lock
+
     settings = _settings()
+    lock_path = settings.data_dir / "run.lock"
+
+    def hold_run_lock() -> int:
+        try:
+            return hold_instance_lock(lock_path, AlreadyRunning())
+        except AlreadyRunning:
+            holder = lock_path.read_text().strip() or "?"
+            raise AlreadyRunning(f"already running on {settings.data_dir} (pid {holder}); stop that one first "
+                                 "(Ctrl-C in its terminal)") from None
+
+    # Held while this command runs: a second `chargewatch run` stops here, before any banner.
+    run_lock, stopping = run_once_in_foreground(hold_run_lock)
     _prepare_store(settings)
-    stopping = threading.Event()
-
-    def stop(signum=None, frame=None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     command = [sys.executable, "-m", "chargewatch"]
     children = [
         subprocess.Popen([*command, "serve", "ingest"]),
@@ -182,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+    os.close(run_lock)
     failed = [c.returncode for c in children if c.returncode and c.returncode > 0]
     return failed[0] if failed else 0
 
@@ -254,6 +262,15 @@ def _sweep_retention(settings: Settings, stopping: threading.Event) -> None:
         stopping.wait(RETENTION_SWEEP_SECONDS)
 
 
+def cli_command() -> str:
+    """How to run this CLI again from any shell: its script's absolute path (a venv's bin/ is rarely
+    on PATH), or ``python -m chargewatch`` when started that way."""
+    script = Path(sys.argv[0])
+    if script.name == "chargewatch":
+        return str(script.absolute())
+    return f"{sys.executable} -m chargewatch"
+
+
 def _banner(settings: Settings) -> str:
     ingest = f"http://{settings.ingest.host}:{settings.ingest.port}"
     analytics = f"http://{settings.analytics.host}:{settings.analytics.port}"
@@ -264,7 +281,8 @@ def _banner(settings: Settings) -> str:
         f"  devices and gateways: POST {ingest}/v1/ingest (JSON) or {ingest}/api/v2/write"
         f"?bucket={settings.telemetry_bucket} (line protocol)",
         f"  current state:        GET  {ingest}/v1/ingest/devices",
-        f"  analytics (browser):  GET  {analytics}/v1/analytics/fleet/summary",
+        f"  console (browser):    {analytics}/   (sign in with the read token)",
+        f"  analytics API:        GET  {analytics}/v1/analytics/fleet/summary",
         f"  API descriptions:     {ingest}/openapi.json  {analytics}/openapi.json   (metrics at /metrics)",
         f"  task runner: {settings.efficiency.window_seconds} s efficiency windows, alerts below "
         f"{settings.alerts.threshold:.0%}" + (f", webhooks to {len(settings.alerts.webhook_urls)} receiver(s)"
@@ -273,7 +291,7 @@ def _banner(settings: Settings) -> str:
            if settings.alerts.alertmanager_urls else ""),
     ]
     if settings.auth.enabled:
-        lines.append("  tokens: `chargewatch tokens` (send 'Authorization: Token <token>')")
+        lines.append(f"  tokens: {cli_command()} tokens   (send 'Authorization: Token <token>')")
     else:
         lines.append("  token auth is OFF (CHARGEWATCH_AUTH__ENABLED=false)")
     lines.append("Press Ctrl-C to stop.")
@@ -319,6 +337,12 @@ def cmd_pairing(args: argparse.Namespace) -> int:
             if not store.delete_pairing(args.vehicle_id):
                 print(f"{args.vehicle_id} has no registry pairing", file=sys.stderr)
                 return 1
+            from chargewatch.pairing import Pairings, PairingRule
+
+            now = Pairings(store.load_pairings(), PairingRule.from_strings(_settings().pairing.prefixes))
+            meter = now.meter_for(args.vehicle_id)
+            print(f"deleted the registry pairing of {args.vehicle_id}; "
+                  + (f"the default rule pairs it with {meter}" if meter else "it is unpaired now"))
         elif args.action == "import":
             pairs = read_pairing_file(Path(args.file))
             store.save_pairings(pairs, replace=args.replace)
@@ -343,6 +367,60 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_here(settings: Settings) -> list[str]:
+    """What runs on this data directory now: the one-instance locks held, the services answering
+    on their control sockets."""
+    import socket
+
+    from chargewatch.locks import AlreadyRunning, hold_instance_lock
+
+    running = []
+    locks = {"chargewatch run": settings.data_dir / "run.lock", "the task runner": settings.data_dir / "task-runner.lock",
+             "the forwarder": settings.sqlite_path.with_name(settings.sqlite_path.name + ".forwarder.lock")}
+    for what, path in locks.items():
+        if path.exists():
+            try:
+                os.close(hold_instance_lock(path, AlreadyRunning()))
+            except AlreadyRunning:
+                running.append(what)
+    for service in SERVICES:
+        control = settings.data_dir / f"{service}.ctl"
+        if control.exists():
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(control))
+                    running.append(f"the {service} service")
+                except OSError:
+                    pass
+    return running
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Delete the stored data of the data directory (readings, windows, alerts, pairings, outbox)."""
+    settings = _settings()
+    db = settings.sqlite_path
+    doomed = [path for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if path.exists()]
+    if args.tokens and settings.tokens_path.exists():
+        doomed.append(settings.tokens_path)
+    if not doomed:
+        print(f"nothing stored in {settings.data_dir}")
+        return 0
+    running = _running_here(settings)
+    if running:
+        print(f"chargewatch: {', '.join(running)} still running on {settings.data_dir}; stop it first",
+              file=sys.stderr)
+        return 1
+    if not args.yes:
+        print("would delete " + ", ".join(map(str, doomed)) + " (every reading, window, alert and pairing"
+              + (", and the tokens" if args.tokens else "; the tokens stay") + "); add --yes to do it",
+              file=sys.stderr)
+        return 1
+    for path in doomed:
+        path.unlink()
+    print(f"deleted {', '.join(path.name for path in doomed)} from {settings.data_dir}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings()
     shown = settings.model_dump(mode="json")
@@ -362,14 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chargewatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run ingest, analytics and the task runner (the main job)")
+    run = commands.add_parser(
+        "run", help="run ingest, analytics and the task runner (the main job)",
+        description="Start the ingest service, the analytics service (API and console) and the task runner "
+                    "(and, in influx mode, the forwarder) in the foreground, print where they listen, and stop "
+                    "them all on Ctrl-C or SIGTERM. One per data directory.")
     run.set_defaults(func=cmd_run)
 
-    tasks = commands.add_parser("tasks", help="run the task runner (efficiency windows, alerts and their delivery)")
+    tasks = commands.add_parser(
+        "tasks", help="run the task runner (efficiency windows, alerts and their delivery)",
+        description="Run the task runner alone in the foreground: it computes efficiency windows after each "
+                    "window closes, evaluates (and replays) the alert rules, delivers webhooks and alerts to "
+                    "Alertmanager, and drops expired days. One per data directory (`chargewatch run` starts it).")
     tasks.set_defaults(func=cmd_tasks)
 
-    serve = commands.add_parser("serve", help="run one service under gunicorn")
-    serve.add_argument("service", choices=sorted(SERVICES))
+    serve = commands.add_parser(
+        "serve", help="run one service under gunicorn",
+        description="Run one HTTP service under gunicorn in the foreground, with the settings' host, port, "
+                    "workers and threads unless given here.")
+    serve.add_argument("service", choices=sorted(SERVICES),
+                       help="ingest (devices post readings) or analytics (reports, alerts, the console)")
     serve.add_argument("--host", help="bind address (default CHARGEWATCH_<SERVICE>__HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CHARGEWATCH_<SERVICE>__PORT: ingest 8080, "
                        "analytics 8081)")
@@ -377,29 +467,55 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, help="threads per worker (default CHARGEWATCH_<SERVICE>__THREADS)")
     serve.set_defaults(func=cmd_serve)
 
-    tokens = commands.add_parser("tokens", help="show the API tokens (generated on first use)")
+    tokens = commands.add_parser(
+        "tokens", help="show the API tokens (generated on first use)",
+        description="Print the write token (devices) and the read token (queries, the console): from "
+                    "CHARGEWATCH_AUTH__*_TOKENS, else the data directory's tokens.json, generated on first use.")
     tokens.add_argument("--json", action="store_true", help="print {'write': [...], 'read': [...]}")
     tokens.set_defaults(func=cmd_tokens)
 
-    pairing = commands.add_parser("pairing", help="list and edit the vehicle<->meter registry")
+    pairing = commands.add_parser(
+        "pairing", help="list and edit the vehicle<->meter registry",
+        description="Explicit vehicle-meter pairings, which win over the default prefix rule; readings "
+                    "arriving a second after a change use it.")
     actions = pairing.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="print explicit pairings as JSON {vehicleId: meterId}")
-    set_ = actions.add_parser("set", help="pair a vehicle with a meter")
-    set_.add_argument("vehicle_id")
-    set_.add_argument("meter_id")
-    delete = actions.add_parser("delete", help="remove a vehicle's registry pairing")
-    delete.add_argument("vehicle_id")
-    load = actions.add_parser("import", help="load pairings from a JSON file {vehicleId: meterId}")
-    load.add_argument("file")
+    actions.add_parser("list", help="print explicit pairings as JSON {vehicleId: meterId}",
+                       description="Print the registry's pairings as JSON {vehicleId: meterId}.")
+    set_ = actions.add_parser("set", help="pair a vehicle with a meter",
+                              description="Pair a vehicle with a meter (a meter pairs with one vehicle at a time).")
+    set_.add_argument("vehicle_id", help="the vehicle, e.g. VEHICLE_901")
+    set_.add_argument("meter_id", help="the meter of its charger, e.g. METER_917")
+    delete = actions.add_parser("delete", help="remove a vehicle's registry pairing",
+                                description="Remove a vehicle's registry pairing; it says what the vehicle "
+                                            "pairs with afterwards (the default rule, or nothing).")
+    delete.add_argument("vehicle_id", help="the vehicle whose pairing goes")
+    load = actions.add_parser("import", help="load pairings from a JSON file {vehicleId: meterId}",
+                              description="Load pairings from a JSON file {vehicleId: meterId}, all or none.")
+    load.add_argument("file", help="the JSON file")
     load.add_argument("--replace", action="store_true", help="remove pairings that are not in the file")
     pairing.set_defaults(func=cmd_pairing)
 
-    retention = commands.add_parser("retention", help="drop stored days older than CHARGEWATCH_RETENTION_DAYS now")
+    retention = commands.add_parser(
+        "retention", help="drop stored days older than CHARGEWATCH_RETENTION_DAYS now",
+        description="Drop the whole stored days older than CHARGEWATCH_RETENTION_DAYS now (the task runner "
+                    "does this every hour).")
     retention.set_defaults(func=cmd_retention)
 
-    config = commands.add_parser("config", help="print the effective configuration (tokens masked)")
+    reset = commands.add_parser(
+        "reset", help="delete every stored reading, window, alert and pairing (e.g. demo data)",
+        description="Delete the data directory's database: every reading, window, alert, pairing and the "
+                    "outbox. Refused while anything runs on the data directory. The tokens stay unless --tokens.")
+    reset.add_argument("--yes", action="store_true", help="really delete (without it: say what would go)")
+    reset.add_argument("--tokens", action="store_true", help="also delete the generated tokens (devices need new ones)")
+    reset.set_defaults(func=cmd_reset)
+
+    config = commands.add_parser(
+        "config", help="print the effective configuration (tokens masked)",
+        description="Print the configuration as the CHARGEWATCH_* environment makes it, as JSON, tokens masked.")
     config.set_defaults(func=cmd_config)
 
+    from chargewatch.operator_cli import add_parsers as add_operator_parsers  # fleet, alerts
+    add_operator_parsers(commands)
     from simulator.cli import add_parser as add_simulate_parser  # the simulator owns its options
     add_simulate_parser(commands)
     from chargewatch.influx.cli import add_parser as add_influx_parser  # influx setup

@@ -50,12 +50,12 @@ class SqliteSettings(BaseModel):
         description="full: fsync every group commit (survives power loss); "
         "normal: survives a process crash, not a power loss.",
     )
-    busy_timeout_ms: int = Field(10_000, ge=0)
-    cache_size_mib: int = Field(64, ge=1)
+    busy_timeout_ms: int = Field(10_000, ge=0, description="How long a connection waits for another's write lock.")
+    cache_size_mib: int = Field(64, ge=1, description="SQLite page cache per connection.")
 
 
 class AuthSettings(BaseModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Token auth; false lets anyone read and write (logged loudly).")
     write_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated device tokens (write scope)."
     )
@@ -67,8 +67,8 @@ class AuthSettings(BaseModel):
 
 
 class ServiceSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8080, ge=0, le=65535, description="Port.")
     workers: int = Field(2, ge=1, description="gunicorn worker processes (default: one per core).")
     threads: int = Field(8, ge=1, description="Threads per worker; concurrent requests share commits.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body on the wire.")
@@ -82,7 +82,7 @@ class ServiceSettings(BaseModel):
 
 
 class AnalyticsServiceSettings(ServiceSettings):
-    port: int = Field(8081, ge=0, le=65535)
+    port: int = Field(8081, ge=0, le=65535, description="Port (the console and the API).")
 
 
 class PairingSettings(BaseModel):
@@ -139,7 +139,7 @@ class AlertSettings(BaseModel):
     webhook_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated URLs that get Alertmanager-style webhook POSTs."
     )
-    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one webhook delivery.")
     webhook_max_attempts: int = Field(8, ge=1, description="Deliveries are retried with exponential backoff.")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles up to 5 minutes.")
     alertmanager_urls: Annotated[list[str], NoDecode] = Field(
@@ -150,6 +150,10 @@ class AlertSettings(BaseModel):
     alertmanager_resend_seconds: float = Field(
         60.0, ge=1, description="While an alert fires it is re-sent to every Alertmanager this often, with endsAt "
         "4 intervals ahead (as Prometheus does): Alertmanager resolves an alert that stops arriving.",
+    )
+    replay_notify: bool = Field(
+        False, description="Webhooks for every alert the task runner finds when it replays backfilled hours "
+        "(default: only for those still firing)."
     )
 
     _split = field_validator("webhook_urls", "alertmanager_urls", mode="before")(_split_csv)
@@ -215,7 +219,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
     )
 
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="Database, tokens, locks and metrics files; every process shares it.")
     store: Literal["sqlite", "influx"] = Field(
         "sqlite", description="sqlite: embedded store; influx: history goes to InfluxDB through the outbox."
     )
@@ -223,7 +228,7 @@ class Settings(BaseSettings):
     telemetry_bucket: str = Field(
         "telemetry", description="Bucket name line-protocol writers must use (POST /api/v2/write?bucket=...)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     limits: ReadingLimits = Field(default_factory=ReadingLimits)
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -97,14 +98,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on stderr (default: when stderr is a terminal)")
 
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
-    live = modes.add_parser("live", parents=[common], help="real time: every device posts every 60 s")
+    live = modes.add_parser("live", parents=[common], help="real time: every device posts every 60 s",
+                            description="Post in real time: every device every 60 s, until --duration or "
+                                        "Ctrl-C/SIGTERM, then print a summary.")
     live.add_argument("--duration", type=duration_seconds, help="stop after this long (default: until Ctrl-C)")
     accelerated = modes.add_parser("accelerated", parents=[common],
-                                   help="simulated time runs --speed times as fast, ending now")
+                                   help="simulated time runs --speed times as fast, ending now",
+                                   description="Simulate speed x duration of history ending now, compressed into "
+                                               "--duration of real time.")
     accelerated.add_argument("--speed", type=float, default=60.0, help="time factor (default 60: an hour a minute)")
     accelerated.add_argument("--duration", type=duration_seconds, default=60.0,
                              help="real time to run (default 60s); simulates speed*duration ending now")
-    backfill = modes.add_parser("backfill", parents=[common], help="N hours of history ending now, as lists")
+    backfill = modes.add_parser("backfill", parents=[common], help="N hours of history ending now, as lists",
+                                description="Post --hours of history ending now as fast as ingest takes it, "
+                                            "in lists of --batch-size readings.")
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history (default 24)")
     backfill.add_argument("--batch-size", type=_positive_int, default=500, help="readings per request (default 500)")
     parser.set_defaults(func=run_simulate)
@@ -196,10 +203,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     backfill = args.mode == "backfill"
     steps = -(-(end - fleet.start) // config.interval)
     progress = ProgressBar(args.mode, total=steps * args.pairs * 2 if backfill else None, enabled=args.progress)
+    until = "until stopped (Ctrl-C)" if args.mode == "live" and not args.duration else f"to {end:%Y-%m-%d %H:%M:%S} UTC"
     print(f"chargewatch simulate {args.mode}: {args.pairs} pairs, seed {args.seed}, simulated "
-          f"{fleet.start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S} UTC -> {url}", file=sys.stderr)
+          f"{fleet.start:%Y-%m-%d %H:%M:%S} UTC {until} -> {url}", file=sys.stderr)
     status, interrupted, timing = 0, False, None
     started = time.monotonic()
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a service manager, kill) ends the run like Ctrl-C: with the summary
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if backfill:
             timing = run_backfill(deliveries, sender.send_many, truth, batch_size=args.batch_size,

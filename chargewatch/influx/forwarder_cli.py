@@ -24,11 +24,14 @@ def add_parser(subparsers: Any) -> None:
     )
     forward.set_defaults(func=cmd_forward)
 
-    outbox = subparsers.add_parser("outbox", help="the InfluxDB outbox: status and dead letters")
+    outbox = subparsers.add_parser("outbox", help="the InfluxDB outbox: status and dead letters",
+                                   description="Inspect the local outbox of lines waiting for InfluxDB.")
     actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
-    status = actions.add_parser("status", help="queue depth, lag, dead letters, forwarder state")
+    status = actions.add_parser("status", help="queue depth, lag, dead letters, forwarder state",
+                                description="Print the queue depth, its lag, dead letters and the forwarder's state.")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    dead = actions.add_parser("dead-letters", help="list lines InfluxDB refused; requeue or purge them")
+    dead = actions.add_parser("dead-letters", help="list lines InfluxDB refused; requeue or purge them",
+                              description="List the lines InfluxDB refused (400/422); --requeue or --purge them.")
     dead.add_argument("--json", action="store_true", help="print a JSON list")
     dead.add_argument("--limit", type=int, default=None, help="list at most this many (oldest first)")
     repair = dead.add_mutually_exclusive_group()

@@ -13,6 +13,7 @@ influxdb-client (the ``influx`` extra) is imported only when a store is built.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -149,6 +150,19 @@ class InfluxEfficiencyStore:
         totals = {values["vehicle_id"]: totals_from_record(values) for values in records}
         return dict(sorted(totals.items()))
 
+    def fleet_hourly_energy(self, window_ms: int, start_ms: int, end_ms: int) -> list[tuple[int, float, float]]:
+        """As the SQLite store's: one fleet-totals query per hour of the period."""
+        result = []
+        cursor = start_ms
+        while cursor < end_ms:
+            stop = min((cursor // 3_600_000 + 1) * 3_600_000, end_ms)
+            totals = self.vehicle_totals(window_ms, cursor, stop)
+            if totals:
+                result.append((stop, math.fsum(t.ac_kwh for t in totals.values()),
+                               math.fsum(t.dc_kwh for t in totals.values())))
+            cursor = stop
+        return result
+
     def ping(self) -> None:
         """Raise StorageUnavailable unless InfluxDB answers its ping."""
         if not self._call("ping", self.client.ping):
@@ -203,6 +217,10 @@ class InfluxEfficiencyStore:
     def save_alerts(self, records: Sequence[AlertRecord], notifications: Sequence[tuple[str, dict[str, Any]]],
                     now_ms: int) -> None:
         self.local.save_alerts(records, notifications, now_ms)
+
+    def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
+                       notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int) -> int:
+        return self.local.replace_alerts(since_ms, until_ms, records, notifications, now_ms)
 
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
         return self.local.due_notifications(now_ms, limit)

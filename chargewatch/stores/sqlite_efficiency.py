@@ -51,6 +51,7 @@ _SCHEMA = [
         vehicle_id TEXT NOT NULL, rule TEXT NOT NULL, started_ms INTEGER NOT NULL,
         state TEXT NOT NULL CHECK (state IN ('pending', 'firing', 'resolved', 'cancelled')),
         meter_id TEXT, value REAL, fired_ms INTEGER, resolved_ms INTEGER, updated_ms INTEGER NOT NULL,
+        replayed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (vehicle_id, rule, started_ms)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state)",
@@ -91,6 +92,16 @@ class AlertRecord:
     fired_ms: int | None
     resolved_ms: int | None
     updated_ms: int
+    replayed: bool = False  # found by ``chargewatch alerts replay`` (or the runner's replay of backfilled hours)
+
+
+_ALERT_COLUMNS = ("vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms, "
+                  "replayed")
+
+
+def _alert(row: Sequence) -> AlertRecord:
+    *fields, replayed = row
+    return AlertRecord(*fields, replayed=bool(replayed))
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,16 @@ class SqliteEfficiencyStore:
     def __init__(self, readings: SqliteReadingStore) -> None:
         self.readings = readings
         readings.ensure_tables(_SCHEMA, "efficiency")
+        if not self._alerts_have_replayed():
+            # A file from before alert replay: the column every record now carries.
+            try:
+                self._write([("ALTER TABLE alerts ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0", ())])
+            except StorageUnavailable:
+                if not self._alerts_have_replayed():  # not another process adding it at the same moment
+                    raise
+
+    def _alerts_have_replayed(self) -> bool:
+        return "replayed" in {row[1] for row in self._read("PRAGMA table_info(alerts)")}
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         return self.readings.read(sql, params)
@@ -283,6 +304,26 @@ class SqliteEfficiencyStore:
             for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in rows
         }
 
+    def fleet_hourly_energy(self, window_ms: int, start_ms: int, end_ms: int) -> list[tuple[int, float, float]]:
+        """The whole fleet's (hour stop, AC kWh, DC kWh) per hour over windows with stop in
+        (start_ms, end_ms], oldest first: whole hours from the rollup, the partial hours at either end
+        from the windows (labelled by the hour's stop, or ``end_ms`` for the last partial hour)."""
+        hour_lo = -(-start_ms // MS_PER_HOUR) * MS_PER_HOUR
+        hour_hi = (end_ms // MS_PER_HOUR) * MS_PER_HOUR
+        if hour_lo >= hour_hi:
+            hour_lo = hour_hi = end_ms
+        rows = self._read(
+            f"""SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
+                SELECT hour_stop_ms AS hour_stop, ac_kwh, dc_kwh FROM efficiency_hourly
+                WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
+                UNION ALL SELECT :hlo, ac_kwh, dc_kwh FROM efficiency
+                WHERE window_ms = :w AND stop_ms > :lo AND stop_ms <= :hlo
+                UNION ALL SELECT :hi, ac_kwh, dc_kwh FROM efficiency
+                WHERE window_ms = :w AND stop_ms > :hhi AND stop_ms <= :hi
+            ) GROUP BY hour_stop ORDER BY hour_stop""",
+            {"w": window_ms, "lo": start_ms, "hi": end_ms, "hlo": hour_lo, "hhi": hour_hi})
+        return [(int(stop), ac, dc) for stop, ac, dc in rows]
+
     def refresh_fleet_latest(self, window_ms: int, start_ms: int, end_ms: int) -> None:
         """Materialise per-vehicle totals of (start_ms, end_ms] (the fleet summary's default span)."""
         sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
@@ -305,9 +346,8 @@ class SqliteEfficiencyStore:
 
     def open_alerts(self) -> list[AlertRecord]:
         """Alerts in state pending or firing."""
-        return [AlertRecord(*row) for row in self._read(
-            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
-            "FROM alerts WHERE state IN ('pending', 'firing') ORDER BY vehicle_id, rule")]
+        return [_alert(row) for row in self._read(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state IN ('pending', 'firing') ORDER BY vehicle_id, rule")]
 
     def alert(self, vehicle_id: str, rule: str, started_ms: int) -> AlertRecord | None:
         """One alert as it is stored now, or None."""
@@ -324,29 +364,27 @@ class SqliteEfficiencyStore:
 
     def recent_alerts(self, since_ms: int, limit: int = 500) -> list[AlertRecord]:
         """Firing, and fired-then-resolved since ``since_ms``; newest first."""
-        return [AlertRecord(*row) for row in self._read(
-            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
-            "FROM alerts WHERE state = 'firing' OR (state = 'resolved' AND resolved_ms >= ?) "
+        return [_alert(row) for row in self._read(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state = 'firing' OR (state = 'resolved' AND resolved_ms >= ?) "
             "ORDER BY coalesce(fired_ms, started_ms) DESC LIMIT ?", (since_ms, limit))]
 
     def save_alerts(self, records: Sequence[AlertRecord], notifications: Sequence[tuple[str, dict[str, Any]]],
                     now_ms: int) -> None:
         """Upsert alert records and enqueue their notifications in one transaction."""
-        statements: list[tuple[str, Sequence]] = [
-            ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
-             "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
-             "fired_ms = excluded.fired_ms, resolved_ms = excluded.resolved_ms, updated_ms = excluded.updated_ms",
-             (r.vehicle_id, r.rule, r.started_ms, r.state, r.meter_id, r.value, r.fired_ms, r.resolved_ms,
-              r.updated_ms))
-            for r in records
-        ]
-        statements += [
-            ("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
-             (url, json.dumps(payload), now_ms, now_ms))
-            for url, payload in notifications
-        ]
+        statements = _alert_upserts(records) + _notification_inserts(notifications, now_ms)
         if statements:
             self._write(statements)
+
+    def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
+                       notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int) -> int:
+        """Make the alerts that started in (since_ms, until_ms] exactly ``records`` (a replay's
+        result; records that started earlier are upserted too), and enqueue ``notifications``, in
+        one transaction. Returns how many stored alerts it removed."""
+        removed = self._read("SELECT count(*) FROM alerts WHERE started_ms > ? AND started_ms <= ?",
+                             (since_ms, until_ms))[0][0]
+        self._write([("DELETE FROM alerts WHERE started_ms > ? AND started_ms <= ?", (since_ms, until_ms)),
+                     *_alert_upserts(records), *_notification_inserts(notifications, now_ms)])
+        return removed
 
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
         """Undelivered notifications whose next attempt is due, oldest first."""
@@ -374,6 +412,24 @@ class SqliteEfficiencyStore:
             "SELECT total(delivered_ms IS NULL AND failed_ms IS NULL), total(delivered_ms IS NOT NULL), "
             "total(failed_ms IS NOT NULL) FROM notifications")
         return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
+
+
+def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]:
+    return [
+        ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
+         "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
+         "fired_ms = excluded.fired_ms, resolved_ms = excluded.resolved_ms, updated_ms = excluded.updated_ms, "
+         "replayed = excluded.replayed",
+         (r.vehicle_id, r.rule, r.started_ms, r.state, r.meter_id, r.value, r.fired_ms, r.resolved_ms,
+          r.updated_ms, int(r.replayed)))
+        for r in records
+    ]
+
+
+def _notification_inserts(notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int
+                          ) -> list[tuple[str, Sequence]]:
+    return [("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
+             (url, json.dumps(payload), now_ms, now_ms)) for url, payload in notifications]
 
 
 def _vehicle_totals_query(window_ms: int, start_ms: int, end_ms: int) -> tuple[str, dict[str, int]]:

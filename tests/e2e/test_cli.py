@@ -41,7 +41,9 @@ def test_pairings_are_imported_listed_set_and_deleted(tmp_path) -> None:
     pairing_file.write_text(json.dumps({"VEHICLE_001": "GRID-1", "VEHICLE_002": "GRID-2"}))
     assert chargewatch(tmp_path, "pairing", "import", str(pairing_file)).returncode == 0
     assert chargewatch(tmp_path, "pairing", "set", "VEHICLE_003", "GRID-3").returncode == 0
-    assert chargewatch(tmp_path, "pairing", "delete", "VEHICLE_001").returncode == 0
+    deleted = chargewatch(tmp_path, "pairing", "delete", "VEHICLE_001")
+    assert deleted.returncode == 0
+    assert deleted.stdout.strip() == "deleted the registry pairing of VEHICLE_001; the default rule pairs it with METER_001"
     listed = json.loads(chargewatch(tmp_path, "pairing", "list").stdout)
     assert listed == {"VEHICLE_002": "GRID-2", "VEHICLE_003": "GRID-3"}
     conflict = chargewatch(tmp_path, "pairing", "set", "VEHICLE_009", "GRID-2")
@@ -90,6 +92,16 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
                 assert time.monotonic() < deadline, "ingest never came up"
                 time.sleep(0.2)
         assert response.status_code == 200
+        rest = []
+        while not rest or not rest[-1].startswith("Press Ctrl-C"):
+            rest.append(process.stdout.readline())
+        # the banner tells a command that works from any shell, and where the browser goes
+        assert any(f"{sys.executable} -m chargewatch tokens" in line for line in rest), rest
+        assert any("console (browser):    http://127.0.0.1:" in line for line in rest), rest
+        second = subprocess.run([sys.executable, "-m", "chargewatch", "run"], env=environment,
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1 and second.stdout == ""  # no banner
+        assert f"already running on {tmp_path} (pid {process.pid})" in second.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0
     finally:
@@ -97,3 +109,51 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         process.stdout.close()
+
+
+def test_every_command_has_a_description_and_every_argument_a_help() -> None:
+    import argparse
+
+    from chargewatch.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        if not parser.description:
+            missing.append(f"{path}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)) and not action.help:
+                missing.append(f"{path}: {action.dest} has no help")
+
+    walk(build_parser(), "chargewatch")
+    assert missing == []
+
+
+def test_reset_deletes_the_stored_data_only_when_told_and_nothing_runs(tmp_path) -> None:
+    assert chargewatch(tmp_path, "pairing", "set", "VEHICLE_901", "METER_917").returncode == 0
+    assert (tmp_path / "chargewatch.db").exists()
+    dry = chargewatch(tmp_path, "reset")
+    assert dry.returncode == 1 and "add --yes" in dry.stderr
+    assert json.loads(chargewatch(tmp_path, "pairing", "list").stdout) == {"VEHICLE_901": "METER_917"}
+    from chargewatch.locks import AlreadyRunning, hold_instance_lock
+
+    lock = hold_instance_lock(tmp_path / "task-runner.lock", AlreadyRunning())  # a runner "running"
+    try:
+        busy = chargewatch(tmp_path, "reset", "--yes")
+        assert busy.returncode == 1 and "the task runner still running" in busy.stderr
+    finally:
+        os.close(lock)
+    done = chargewatch(tmp_path, "reset", "--yes")
+    assert done.returncode == 0 and "deleted chargewatch.db" in done.stdout
+    assert json.loads(chargewatch(tmp_path, "pairing", "list").stdout) == {}
+
+
+def test_building_the_cli_does_not_import_prometheus_client() -> None:
+    # `chargewatch serve` sets PROMETHEUS_MULTIPROC_DIR after parsing; prometheus_client reads it once
+    # at import, so an import while building the parser would leave /metrics empty.
+    check = subprocess.run([sys.executable, "-c", "import sys, chargewatch.cli as c; c.build_parser(); "
+                            "sys.exit('prometheus_client' in sys.modules)"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

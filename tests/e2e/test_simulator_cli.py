@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
@@ -108,3 +109,24 @@ def test_a_wrong_token_stops_the_run_with_status_2(fresh_server) -> None:
     assert result.returncode == 2
     assert "refused the token (HTTP 401)" in result.stderr
     assert fresh_server.total_rows() == 0
+
+
+def test_live_ends_on_sigterm_with_its_summary(fresh_server: IngestServer) -> None:
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-m", "chargewatch", "simulate", "live", "--pairs", "3", "--json"],
+                               env=fresh_server.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stderr.readline()
+        assert "until stopped (Ctrl-C)" in banner, banner
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and summary["mode"] == "live"
+    assert summary["sent"] == summary["accepted"] and summary["failed"] == 0

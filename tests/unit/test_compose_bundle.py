@@ -296,7 +296,7 @@ def test_the_tasks_service_sends_its_alerts_to_the_bundled_alertmanager():
     tasks = all_services["tasks"]
     settings = Settings(alerts={"alertmanager_urls": tasks["environment"]["CHARGEWATCH_ALERTS__ALERTMANAGER_URLS"]})
     assert settings.alerts.alertmanager_urls == [f"http://alertmanager:{port}"]
-    without = interpolate(raw(COMPOSE_FILES[0]), {**env_example(), "CHARGEWATCH_ALERTMANAGER_URLS": ""})
+    without = interpolate(raw(COMPOSE_FILES[0]), {**env_example(), "CHARGEWATCH_ALERTS__ALERTMANAGER_URLS": ""})
     assert without["services"]["tasks"]["environment"]["CHARGEWATCH_ALERTS__ALERTMANAGER_URLS"] == ""  # none
     assert tasks["depends_on"]["alertmanager"]["condition"] == "service_started"
     assert [p.split(":")[-1] for p in alertmanager["ports"]] == [port]
