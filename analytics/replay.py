@@ -88,10 +88,7 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
                   if notify_still_firing and status == "firing" and r.replayed
                   and open_now.get((r.vehicle_id, r.rule), r).started_ms == r.started_ms
                   and open_now[(r.vehicle_id, r.rule)].state == "firing"]
-    notifications = [
-        (url, alerts.webhook_payload(record, status, policy, runner.external_url))
-        for record, status in events for url in runner.settings.alerts.webhook_urls
-    ]
+    notifications = runner.notifications(events)
     removed = store.replace_alerts(since_ms, until_ms, kept, notifications, now_ms)
     report = ReplayReport(since_ms, until_ms, stops, sorted(kept, key=lambda r: (r.started_ms, r.vehicle_id)),
                           removed, len(notifications), time.perf_counter() - started)

@@ -149,17 +149,21 @@ class TaskRunner:
     def evaluate_alerts(self, stop_ms: int, now_ms: int) -> tuple[int, int]:
         verdicts = self.verdicts_at(stop_ms)
         records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
-        notifications = [
+        notifications = self.notifications(events)
+        for record, status in events:
+            logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)
+        self.store.save_alerts(records, notifications, now_ms)
+        return len(records), len(notifications)
+
+    def notifications(self, events: list[tuple[alerts.AlertRecord, str]]) -> list[tuple[str, dict]]:
+        """Outbox rows for alert events: a webhook body per webhook URL, an Alertmanager row per Alertmanager."""
+        return [
             (url, alerts.webhook_payload(record, status, self.policy, self.external_url))
             for record, status in events for url in self.settings.alerts.webhook_urls
         ] + [
             (alertmanager_endpoint(url), alertmanager_outbox_row(record))
             for record, _ in events for url in self.settings.alerts.alertmanager_urls
         ]
-        for record, status in events:
-            logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)
-        self.store.save_alerts(records, notifications, now_ms)
-        return len(records), len(notifications)
 
     def verdicts_at(self, stop_ms: int) -> dict[str, alerts.SpanVerdict]:
         """Every vehicle's span verdict at window stop ``stop_ms``, from the stored windows."""
