@@ -26,6 +26,7 @@ class IngestResult:
     accepted: int
     stored: int
     duplicates: int
+    conflicts: int
     unpaired: int
     accepted_by_kind: dict[str, int]
     unpaired_by_kind: dict[str, int]
@@ -58,7 +59,7 @@ def ingest_readings(
         if item.vehicle_id is None or item.meter_id is None:
             unpaired_by_kind[kind] = unpaired_by_kind.get(kind, 0) + 1
     return IngestResult(
-        accepted=len(paired), stored=written.stored, duplicates=written.duplicates,
+        accepted=len(paired), stored=written.stored, duplicates=written.duplicates, conflicts=written.conflicts,
         unpaired=sum(unpaired_by_kind.values()), accepted_by_kind=accepted_by_kind,
         unpaired_by_kind=unpaired_by_kind,
     )

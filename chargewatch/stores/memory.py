@@ -63,19 +63,21 @@ class InMemoryReadingStore:
         return cls()
 
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
-        stored = 0
+        stored = conflicts = 0
         with self._lock:
             for paired in readings:
                 r = paired.reading
                 key = (r.kind, r.device_id, r.time_ms)
-                if key in self._history:
+                first = self._history.get(key)
+                if first is not None:
+                    conflicts += first.values != _cache_entry(paired).values
                     continue
                 self._history[key] = _history_entry(paired)
                 stored += 1
                 latest = self._current.get((r.kind, r.device_id))
                 if latest is None or r.time_ms > latest.time_ms:
                     self._current[(r.kind, r.device_id)] = _cache_entry(paired)
-        return WriteResult(stored=stored, duplicates=len(readings) - stored)
+        return WriteResult(stored=stored, duplicates=len(readings) - stored - conflicts, conflicts=conflicts)
 
     def current(self, kind: Kind, device_id: str) -> StoredReading | None:
         with self._lock:

@@ -8,11 +8,14 @@ own history (``history``) scans its day by time: only tools use it; reports read
 Retention drops whole day tables, which takes milliseconds however large the day was, instead of a
 long DELETE that would hold the write lock. ``current_state`` is the last-value cache.
 
-Writes use group commit: the first request thread to arrive becomes the leader and commits the
-readings of every thread that queued behind it in one transaction (one fsync), then wakes them.
-Processes serialise their transactions with an ``flock`` on a lock file beside the database,
-which wakes a waiter the moment the lock is free (SQLite's own busy handler polls with sleeps of
-up to 100 ms).
+Writes go through one writer shared by every process on the file: the first process to write
+takes ``<db>.writer.lock`` and runs a writer thread listening on a Unix socket; every request
+thread of every process (its own included) sends the rows it built to that socket and blocks on
+its own connection. The writer reads every request waiting on any connection, commits them all in
+one transaction (one fsync) and answers each connection, so the kernel wakes exactly the finished
+requests. When the writer's process ends, the next request to find the socket gone takes the lock
+and starts a writer of its own. Other transactions on the file (task runner, pairings, retention)
+serialise with it through an ``flock`` on ``<db>.lock``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Ty
 from chargewatch.pairing import PairingConflict, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StorageUnavailable, StoredReading, WriteResult
+from chargewatch.stores.sqlite_writer import SharedWriter
 
 if TYPE_CHECKING:
     from chargewatch.settings import Settings
@@ -150,21 +154,33 @@ def _execute_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def _history_row(reading: PairedReading) -> tuple:
-    r = reading.reading
-    if isinstance(r, MeterReading):
-        return (r.meter_id, r.time_ms, reading.vehicle_id, r.kwh_consumed_ac, r.voltage, reading.received_ms)
-    return (r.vehicle_id, r.time_ms, reading.meter_id, r.soc, r.kwh_delivered_dc, r.battery_temp,
-            reading.received_ms)
-
-
-def _current_row(reading: PairedReading) -> tuple:
+def wire_row(reading: PairedReading) -> tuple:
+    """The row a request sends the writer: the last-value cache's columns, from which the writer
+    also takes the history row (``_history_row``)."""
     r = reading.reading
     if isinstance(r, MeterReading):
         return ("meter", r.meter_id, r.time_ms, reading.received_ms, reading.vehicle_id, reading.meter_id,
                 r.kwh_consumed_ac, r.voltage, None, None)
     return ("vehicle", r.vehicle_id, r.time_ms, reading.received_ms, reading.vehicle_id, reading.meter_id,
             r.kwh_delivered_dc, None, r.soc, r.battery_temp)
+
+
+def _history_row(row: Sequence) -> tuple:
+    kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp = row[:10]
+    if kind == "meter":
+        return (device_id, time_ms, vehicle_id, kwh, voltage, received_ms)
+    return (device_id, time_ms, meter_id, soc, kwh, battery_temp, received_ms)
+
+
+# The stored values a duplicate is compared with, and the same values in a wire row.
+_STORED_VALUES = {
+    "meter": "SELECT kwh_consumed_ac, voltage FROM {table} WHERE time_ms = ? AND meter_id = ?",
+    "vehicle": "SELECT soc, kwh_delivered_dc, battery_temp FROM {table} WHERE time_ms = ? AND vehicle_id = ?",
+}
+
+
+def _values(row: Sequence) -> tuple:
+    return (row[6], row[7]) if row[0] == "meter" else (row[8], row[6], row[9])
 
 
 def _stored(row: Sequence) -> StoredReading:
@@ -176,14 +192,11 @@ def _stored(row: Sequence) -> StoredReading:
     return StoredReading(kind, device_id, time_ms, received_ms, vehicle_id, meter_id, values)
 
 
-class _Ticket:
-    __slots__ = ("readings", "done", "result", "error")
-
-    def __init__(self, readings: Sequence[PairedReading]) -> None:
-        self.readings = readings
-        self.done = False
-        self.result: WriteResult | None = None
-        self.error: BaseException | None = None
+def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+    """Rows whose (device, timestamp) is stored with other values (the stored copy, the first, is
+    kept). Run only when an insert found duplicates; a row just inserted matches itself."""
+    sql = _STORED_VALUES[rows[0][0]].format(table=table)
+    return sum(conn.execute(sql, (row[2], row[1])).fetchone() != _values(row) for row in rows)
 
 
 class SqliteReadingStore:
@@ -206,9 +219,7 @@ class SqliteReadingStore:
             f"PRAGMA cache_size = {-1024 * int(cache_size_mib)}",
             "PRAGMA temp_store = MEMORY",
         )
-        self._cond = threading.Condition()
-        self._pending: list[_Ticket] = []
-        self._leading = False
+        self._shared: SharedWriter | None = None
         self._local = threading.local()
         self._owner_pid = -1
         self._writer: sqlite3.Connection | None = None
@@ -265,9 +276,9 @@ class SqliteReadingStore:
             self._local = threading.local()
             self._writer = None
             self._tables = set()
-            self._cond = threading.Condition()
-            self._pending = []
-            self._leading = False
+            if self._shared is not None:
+                self._shared.abandon()
+            self._shared = SharedWriter(self.path, self._commit_requests, self._busy_timeout_s)
             self._owner_pid = os.getpid()
 
     def reader(self) -> sqlite3.Connection:
@@ -326,94 +337,76 @@ class SqliteReadingStore:
                     raise
                 time.sleep(0.02)
 
-    # -- writes (group commit) ---------------------------------------------------------------
+    # -- writes (one writer shared by every process) -------------------------------------------
 
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
         if not readings:
             return WriteResult(0, 0)
         self._reset_after_fork()
-        ticket = _Ticket(readings)
-        with self._cond:
-            self._pending.append(ticket)
-            while self._leading and not ticket.done:
-                self._cond.wait()
-            if not ticket.done:
-                self._leading = True
-                batch, self._pending = self._pending, []
-            else:
-                batch = None
-        if batch is not None:
-            try:
-                self._commit_group(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
-        if ticket.error is not None:
-            raise ticket.error
-        assert ticket.result is not None
-        return ticket.result
+        rows = [self._wire_row(p) for p in readings]  # built here, outside the writer and its lock
+        assert self._shared is not None
+        return WriteResult(*self._shared.send(rows))
 
-    def _commit_group(self, tickets: list[_Ticket]) -> None:
+    def _wire_row(self, paired: PairedReading) -> tuple:
+        return wire_row(paired)
+
+    def _commit_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
+        """The writer's side: commit every request's rows in one transaction; returns
+        (stored, duplicates, conflicts) per request."""
         try:
             try:
-                self._patiently(lambda: self._write_tickets(tickets))
+                return self._patiently(lambda: self._write_requests(requests))
             except sqlite3.OperationalError as err:
                 if "no such table" not in str(err):
                     raise
                 self._tables.clear()  # another process dropped a day we had cached; recreate
-                self._patiently(lambda: self._write_tickets(tickets))
+                return self._patiently(lambda: self._write_requests(requests))
         except sqlite3.Error as err:
-            logger.error("group commit of %d requests failed: %s", len(tickets), err)
-            failure = StorageUnavailable(f"writing to {self.path.name} failed: {err}")
-            for ticket in tickets:
-                ticket.error = failure
-        except BaseException as err:  # never leave a waiting request thread hanging
-            for ticket in tickets:
-                ticket.error = err
-            raise
-        finally:
-            for ticket in tickets:
-                ticket.done = True
+            logger.error("group commit of %d requests failed: %s", len(requests), err)
+            raise StorageUnavailable(f"writing to {self.path.name} failed: {err}") from err
 
-    def _write_tickets(self, tickets: list[_Ticket]) -> None:
-        self._reset_after_fork()
+    def _write_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
         if self._writer is None:
             self._writer = self._connect()
         conn = self._writer
-        newest: dict[tuple[str, str], PairedReading] = {}
+        newest: dict[tuple[str, str], tuple] = {}
         late_hours: set[int] = set()
+        results = []
         with self.write_transaction(conn):
-            for ticket in tickets:
-                stored = 0
-                groups: dict[str, list[PairedReading]] = {}
-                for paired in ticket.readings:
-                    r = paired.reading
-                    table = day_table(r.kind, r.time_ms // MS_PER_DAY)
-                    groups.setdefault(table, []).append(paired)
-                    key = (r.kind, r.device_id)
+            for rows in requests:
+                stored = conflicts = 0
+                groups: dict[str, list[tuple]] = {}
+                for row in rows:
+                    kind, device_id, time_ms, received_ms = row[:4]
+                    table = day_table(kind, time_ms // MS_PER_DAY)
+                    groups.setdefault(table, []).append(row)
+                    key = (kind, device_id)
                     seen = newest.get(key)
-                    if seen is None or r.time_ms > seen.reading.time_ms:
-                        newest[key] = paired
-                    if r.time_ms < paired.received_ms - self._late_after_ms:
-                        late_hours.add(r.time_ms - r.time_ms % MS_PER_HOUR)
+                    if seen is None or time_ms > seen[2]:
+                        newest[key] = row
+                    if time_ms < received_ms - self._late_after_ms:
+                        late_hours.add(time_ms - time_ms % MS_PER_HOUR)
                 for table, group in groups.items():
                     kind = table.split("_", 1)[0]
                     if table not in self._tables:
                         _execute_script(conn, _DAY_SCHEMA[kind].format(table=table))
                         self._tables.add(table)
-                    stored += self._insert_history(conn, table, group)
-                ticket.result = WriteResult(stored=stored, duplicates=len(ticket.readings) - stored)
-            conn.executemany(_UPSERT_CURRENT, [_current_row(p) for p in newest.values()])
+                    new = self._insert_history(conn, table, group)
+                    stored += new
+                    if new < len(group):
+                        conflicts += _count_conflicts(conn, table, group)
+                results.append((stored, len(rows) - stored - conflicts, conflicts))
+            conn.executemany(_UPSERT_CURRENT, [row[:10] for row in newest.values()])
             if late_hours:
                 # Late readings: the task runner recomputes these hours beyond its trailing windows.
-                marked_ms = max(p.received_ms for t in tickets for p in t.readings)
+                marked_ms = max(row[3] for rows in requests for row in rows)
                 conn.executemany(_MARK_STALE, [(hour, marked_ms) for hour in late_hours])
+        return results
 
-    def _insert_history(self, conn: sqlite3.Connection, table: str, readings: list[PairedReading]) -> int:
-        """Insert one day table's readings inside the group commit; returns how many were new."""
+    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+        """Insert one day table's rows inside the group commit; returns how many were new."""
         kind = table.split("_", 1)[0]
-        return conn.executemany(_INSERT[kind].format(table=table), [_history_row(p) for p in readings]).rowcount
+        return conn.executemany(_INSERT[kind].format(table=table), [_history_row(r) for r in rows]).rowcount
 
     # -- the last-value cache ----------------------------------------------------------------
 
@@ -523,6 +516,8 @@ class SqliteReadingStore:
     def close(self) -> None:
         if self._owner_pid != os.getpid():
             return
+        if self._shared is not None:
+            self._shared.close()  # the writer thread, if it runs here, finishes before its connection closes
         for conn in (self._writer, getattr(self._local, "conn", None)):
             if conn is not None:
                 conn.close()

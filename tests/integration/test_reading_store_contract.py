@@ -61,9 +61,23 @@ def test_a_resent_reading_is_never_stored_twice_and_the_first_copy_is_kept(
 ):
     store.write([paired(make_meter(kwh_consumed_ac=1.0))])
 
-    resent = store.write([paired(make_meter(kwh_consumed_ac=9.0, voltage=230.0))])
+    resent = store.write([paired(make_meter(kwh_consumed_ac=1.0))])
 
-    assert resent == WriteResult(stored=0, duplicates=1)
+    assert resent == WriteResult(stored=0, duplicates=1, conflicts=0)
+    [kept] = store.history("meter", "METER_001", ms(reading_time), ms(reading_time) + 1)
+    assert kept.values == {"kwhConsumedAc": 1.0, "voltage": 400.0}
+
+
+def test_a_copy_with_other_values_is_a_conflict_not_a_duplicate_and_the_first_copy_is_kept(
+    store, make_meter, paired, reading_time
+):
+    store.write([paired(make_meter(kwh_consumed_ac=1.0))])
+
+    resent = store.write([paired(make_meter(kwh_consumed_ac=9.0, voltage=230.0)),
+                          paired(make_meter(kwh_consumed_ac=1.0)),
+                          paired(make_meter(kwh_consumed_ac=1.0, voltage=230.0))])
+
+    assert resent == WriteResult(stored=0, duplicates=1, conflicts=2)
     [kept] = store.history("meter", "METER_001", ms(reading_time), ms(reading_time) + 1)
     assert kept.values == {"kwhConsumedAc": 1.0, "voltage": 400.0}
     assert store.current("meter", "METER_001").values == {"kwhConsumedAc": 1.0, "voltage": 400.0}
@@ -72,9 +86,9 @@ def test_a_resent_reading_is_never_stored_twice_and_the_first_copy_is_kept(
 def test_copies_of_one_reading_within_a_batch_are_stored_once_keeping_the_first(
     store, make_vehicle, paired, reading_time
 ):
-    batch = [paired(make_vehicle(soc=10.0)), paired(make_vehicle(soc=20.0)), paired(make_vehicle(soc=30.0))]
+    batch = [paired(make_vehicle(soc=10.0)), paired(make_vehicle(soc=20.0)), paired(make_vehicle(soc=10.0))]
 
-    assert store.write(batch) == WriteResult(stored=1, duplicates=2)
+    assert store.write(batch) == WriteResult(stored=1, duplicates=1, conflicts=1)
     [kept] = store.history("vehicle", "VEHICLE_001", ms(reading_time), ms(reading_time) + 1)
     assert kept.values["soc"] == 10.0
     assert store.current("vehicle", "VEHICLE_001").values["soc"] == 10.0

@@ -76,28 +76,31 @@ def test_wal_mode_is_on_for_every_connection_to_the_file(store, db_path):
 class GroupCountingStore(SqliteReadingStore):
     """Counts SQLite write transactions and the requests each one committed.
 
-    Only the group's leader calls ``_write_tickets``, once per transaction. The first transaction is
-    held until every writer has a request queued, so the test does not depend on thread timing.
+    Only the writer calls ``_write_requests``, once per transaction. The first transaction is held
+    until every writer thread has built its request (and a moment more, to send it), so the test
+    does not depend on thread timing.
     """
 
     def __init__(self, path: Path, *, writers: int) -> None:
         super().__init__(path)
         self.writers = writers
         self.group_sizes: list[int] = []
+        self.built = 0
+        self._built_lock = threading.Lock()
 
-    def _write_tickets(self, tickets) -> None:
+    def _wire_row(self, paired):
+        with self._built_lock:
+            self.built += 1
+        return super()._wire_row(paired)
+
+    def _write_requests(self, requests):
         if not self.group_sizes:
-            self._wait_until_every_writer_is_queued(len(tickets))
-        self.group_sizes.append(len(tickets))
-        super()._write_tickets(tickets)
-
-    def _wait_until_every_writer_is_queued(self, in_this_group: int) -> None:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with self._cond:
-                if in_this_group + len(self._pending) >= self.writers:
-                    return
-            time.sleep(0.001)
+            deadline = time.monotonic() + 5
+            while self.built < self.writers and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.05)
+        self.group_sizes.append(len(requests))
+        return super()._write_requests(requests)
 
 
 def test_concurrent_writer_threads_share_commits_and_store_every_reading_exactly_once(

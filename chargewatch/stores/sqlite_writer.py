@@ -1,0 +1,335 @@
+"""The one writer that every process on an SQLite file shares, and the connection to it.
+
+Why: each commit ends in an fsync, and with one group commit per process the processes took turns
+on the file, each turn covering only the few requests of one process. One writer per file sees
+the requests of every process at once and covers all of them with one transaction and one fsync.
+
+How:
+- The first process to write takes an exclusive ``flock`` on ``<db>.writer.lock`` (held while its
+  writer runs; the kernel drops it when the process dies) and starts a writer thread listening on
+  a Unix socket in the abstract namespace (no file to clean up, no path-length limit), named after
+  the database's real path. Only processes of the same user may connect (``SO_PEERCRED``).
+- Each request thread has its own connection. It sends one frame (the rows it built before any
+  lock, ``marshal``-encoded) and blocks reading the answer, so the kernel wakes exactly the
+  threads whose requests were committed; nothing wakes threads that have to keep waiting.
+- The writer reads every complete frame waiting on any connection, hands them all to ``commit``
+  (one transaction) and answers each. While it commits, new frames queue in the sockets.
+- An answer is ``("ok", result)`` or ``("error", StorageUnavailable subclass name, message)``. A writer that stops in order answers
+  every frame it has read and then says ``("goodbye",)``: the frame the client is waiting on was
+  not read, so it is sent again to the next writer. A connection that ends without an answer
+  (the writer's process was killed) leaves the outcome unknown: that request fails with
+  StorageUnavailable (503), and a device's retry is answered as a duplicate if it had been stored.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import hashlib
+import logging
+import marshal
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from chargewatch.stores import StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<I")
+_UCRED = struct.Struct("3i")
+_RECV_BYTES = 1 << 20
+
+Commit = Callable[[list[list[tuple]]], list[Any]]  # rows of each request -> one answer each
+
+
+_RUNNING: "weakref.WeakSet[SharedWriter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_writers() -> None:
+    # A worker that exits (gunicorn's graceful stop) answers what it has read and says goodbye, so
+    # the other processes' requests in flight move to the next writer instead of failing.
+    for writer in list(_RUNNING):
+        writer.close()
+
+
+def writer_address(db_path: Path) -> str:
+    """The abstract socket name of a database's writer."""
+    digest = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:32]
+    return f"\0chargewatch-writer-{digest}"
+
+
+def _frame(message: Any) -> bytes:
+    payload = marshal.dumps(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class SharedWriter:
+    """One process's side of the shared writer: its connections, and the writer when it runs here."""
+
+    def __init__(self, db_path: Path, commit: Commit, timeout_s: float) -> None:
+        self._address = writer_address(db_path)
+        self._lock_path = f"{db_path}.writer.lock"
+        self._commit = commit
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+        self._clients: list[socket.socket] = []
+        self._clients_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._server: _WriterThread | None = None
+        self._start_lock = threading.Lock()
+
+    # -- client side ---------------------------------------------------------------------------
+
+    def send(self, rows: list[tuple]) -> Any:
+        """Have ``rows`` committed by the writer; returns its answer once they are durable."""
+        frame = _frame(rows)
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            sock = self._connection(deadline)
+            try:
+                sock.sendall(frame)
+            except OSError:
+                # Not wholly sent, so never committed (the writer commits only complete frames).
+                self._drop(sock)
+                if time.monotonic() > deadline:
+                    raise StorageUnavailable("the store's writer is not taking requests") from None
+                continue
+            answer = self._answer(sock)
+            if answer[0] == "ok":
+                return answer[1]
+            if answer[0] == "error":
+                raise _error_class(answer[1])(answer[2])
+            self._drop(sock)  # goodbye: this frame was not read; send it to the next writer
+
+    def _answer(self, sock: socket.socket) -> tuple:
+        try:
+            header = _receive(sock, _HEADER.size)
+            return marshal.loads(_receive(sock, _HEADER.unpack(header)[0]))
+        except (OSError, EOFError, ValueError) as err:
+            self._drop(sock)
+            raise StorageUnavailable(
+                f"the store's writer stopped before answering ({err}); the readings may or may not be "
+                "stored, and sending them again is safe") from None
+
+    def _connection(self, deadline: float) -> socket.socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            return sock
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self._address)
+            except OSError as err:
+                sock.close()
+                if err.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN):
+                    raise StorageUnavailable(f"cannot reach the store's writer: {err}") from None
+                if not self._start_writer() and time.monotonic() > deadline:
+                    raise StorageUnavailable("no writer took the store's writes in time") from None
+                time.sleep(0.001)
+                continue
+            sock.settimeout(self._timeout_s + 30)
+            self._local.sock = sock
+            with self._clients_lock:
+                self._clients.append(sock)
+            return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._local.sock = None
+        with self._clients_lock:
+            if sock in self._clients:
+                self._clients.remove(sock)
+        sock.close()
+
+    # -- the writer, when this process holds the lock -------------------------------------------
+
+    def _start_writer(self) -> bool:
+        """Become the writer if no process is; True when a writer now runs here."""
+        with self._start_lock:
+            if self._server is not None:
+                return True
+            if self._lock_fd is None:
+                try:
+                    self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError as err:
+                    raise StorageUnavailable(f"cannot open the writer lock {self._lock_path}: {err}") from err
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process's writer runs (or is starting)
+            try:
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(self._address)
+                listener.listen(256)
+            except OSError as err:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                raise StorageUnavailable(f"cannot start the store's writer: {err}") from err
+            self._server = _WriterThread(listener, self._commit)
+            self._server.start()
+            _RUNNING.add(self)
+            return True
+
+    def close(self) -> None:
+        """Stop the writer if it runs here (answering what it has read), and close connections."""
+        with self._start_lock:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the writer lock
+                self._lock_fd = None
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for sock in clients:
+            sock.close()
+        self._local = threading.local()
+
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's connections and writer without touching them."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the child's copy only; the parent keeps its lock
+        self._lock_fd = None
+        self._server = None
+        self._clients = []
+        self._clients_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._local = threading.local()
+
+
+def _error_class(name: str) -> type[StorageUnavailable]:
+    """The StorageUnavailable subclass the writer raised (OutboxFull, say), by name."""
+    classes = [StorageUnavailable]
+    while classes:
+        cls = classes.pop()
+        if cls.__name__ == name:
+            return cls
+        classes.extend(cls.__subclasses__())
+    return StorageUnavailable
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = sock.recv(size, socket.MSG_WAITALL)
+    if len(data) < size:
+        raise EOFError("connection closed")
+    return data
+
+
+class _WriterThread(threading.Thread):
+    def __init__(self, listener: socket.socket, commit: Commit) -> None:
+        super().__init__(name="chargewatch-sqlite-writer", daemon=True)
+        self._listener = listener
+        self._commit = commit
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._buffers: dict[socket.socket, bytearray] = {}
+        self._selector = selectors.DefaultSelector()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake_w.send(b"x")
+        self.join(timeout=60)
+        self._wake_w.close()
+
+    def run(self) -> None:
+        sel = self._selector
+        sel.register(self._listener, selectors.EVENT_READ, "accept")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stopping:
+                requests: list[tuple[socket.socket, list[tuple]]] = []
+                for key, _ in sel.select():
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "conn":
+                        self._read(key.fileobj, requests)  # type: ignore[arg-type]
+                if requests:
+                    self._answer(requests)
+            self._finish()
+        except BaseException:  # never leave clients waiting for a writer that died
+            logger.exception("the SQLite writer thread failed")
+            for conn in list(self._buffers):
+                self._close(conn)
+            raise
+        finally:
+            sel.close()
+            self._listener.close()
+            self._wake_r.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if uid != os.getuid():
+            logger.warning("refused a writer connection from uid %d", uid)
+            conn.close()
+            return
+        self._buffers[conn] = bytearray()
+        self._selector.register(conn, selectors.EVENT_READ, "conn")
+
+    def _read(self, conn: socket.socket, requests: list[tuple[socket.socket, list[tuple]]]) -> None:
+        try:
+            data = conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        buffer = self._buffers[conn]
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer)
+            if len(buffer) < _HEADER.size + size:
+                break
+            try:
+                rows = marshal.loads(bytes(buffer[_HEADER.size:_HEADER.size + size]))
+            except (EOFError, ValueError, TypeError):
+                logger.error("dropped a writer connection that sent an unreadable frame")
+                self._close(conn)
+                return
+            del buffer[:_HEADER.size + size]
+            requests.append((conn, rows))
+
+    def _answer(self, requests: Sequence[tuple[socket.socket, list[tuple]]]) -> None:
+        try:
+            answers = [("ok", result) for result in self._commit([rows for _, rows in requests])]
+        except StorageUnavailable as err:
+            answers = [("error", type(err).__name__, str(err))] * len(requests)
+        for (conn, _), answer in zip(requests, answers):
+            if conn in self._buffers:
+                try:
+                    conn.sendall(_frame(answer))
+                except OSError:
+                    self._close(conn)
+
+    def _finish(self) -> None:
+        """Stopping in order: answer every complete frame already here, then say goodbye."""
+        self._selector.unregister(self._listener)
+        self._listener.close()
+        requests: list[tuple[socket.socket, list[tuple]]] = []
+        for conn in list(self._buffers):
+            self._read(conn, requests)
+        if requests:
+            self._answer(requests)
+        for conn in list(self._buffers):
+            try:
+                conn.sendall(_frame(("goodbye",)))
+            except OSError:
+                pass
+            self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        if self._buffers.pop(conn, None) is not None:
+            self._selector.unregister(conn)
+        conn.close()
