@@ -104,10 +104,9 @@ class EfficiencySettings(BaseModel):
 
     window_seconds: int = Field(300, ge=60, le=3600, description="Window length W; windows align to the epoch.")
     offset_seconds: int = Field(30, ge=0, description="Run this long after each window closes, so stragglers land.")
-    recompute_windows: int = Field(6, ge=1, description="Trailing windows recomputed on every run (late data).")
-    late_after_seconds: int = Field(
-        900, ge=60, description="A reading this much older than its arrival marks its hour for recomputation."
-    )
+    recompute_windows: int = Field(
+        6, ge=1, description="Influx mode: trailing windows the Flux task recomputes on every run (late data). "
+        "The embedded runner recomputes only the windows late readings marked.")
     min_energy_kwh: float = Field(0.1, ge=0, description="Below this AC energy a window has no efficiency (idle).")
 
     @field_validator("window_seconds")

@@ -25,7 +25,7 @@ class StorageUnavailable(RuntimeError):
 
 
 class PairedReading(NamedTuple):
-    """A validated reading with the pairing that held when it arrived."""
+    """A validated reading with the pairing that held at its timestamp."""
 
     reading: AnyReading
     vehicle_id: str | None

@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from chargewatch.pairing import PairingConflict, check_one_to_one
+from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StorageUnavailable, StoredReading, WriteResult
 from chargewatch.stores.sqlite_writer import SharedWriter
@@ -52,15 +52,28 @@ _KINDS: tuple[Kind, ...] = ("meter", "vehicle")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('pairings_version', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('stale_sequence', 0);
 CREATE TABLE IF NOT EXISTS pairings (
     vehicle_id TEXT PRIMARY KEY,
     meter_id TEXT NOT NULL UNIQUE,
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stale_hours (
-    hour_ms INTEGER PRIMARY KEY,
-    marked_ms INTEGER NOT NULL
-);
+CREATE TABLE IF NOT EXISTS pairing_history (
+    vehicle_id TEXT NOT NULL,
+    meter_id TEXT NOT NULL,
+    valid_from_ms INTEGER NOT NULL,
+    valid_to_ms INTEGER,
+    PRIMARY KEY (vehicle_id, valid_from_ms)
+) WITHOUT ROWID;
+INSERT INTO pairing_history SELECT vehicle_id, meter_id, updated_ms, NULL FROM pairings
+    WHERE NOT EXISTS (SELECT 1 FROM pairing_history);
+CREATE TABLE IF NOT EXISTS stale_windows (
+    window_ms INTEGER NOT NULL,
+    stop_ms INTEGER NOT NULL,
+    vehicle_id TEXT NOT NULL,
+    marked INTEGER NOT NULL,
+    PRIMARY KEY (window_ms, stop_ms, vehicle_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS current_state (
     kind TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -126,9 +139,13 @@ WHERE excluded.time_ms > current_state.time_ms
 """
 
 _MARK_STALE = (
-    "INSERT INTO stale_hours (hour_ms, marked_ms) VALUES (?, ?) "
-    "ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = max(marked_ms, excluded.marked_ms)"
+    "INSERT INTO stale_windows (window_ms, stop_ms, vehicle_id, marked) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT DO UPDATE SET marked = excluded.marked"
 )
+# Set by the task runner before it reads the readings of a run: windows with a stop up to here are
+# computed (or being computed), so a reading for one of them that commits later marks it stale.
+_COMPUTED_THROUGH = "SELECT (SELECT value FROM meta WHERE key = 'windows_computed_through_ms'), " \
+    "(SELECT value FROM meta WHERE key = 'window_ms')"
 
 _CURRENT_COLUMNS = "kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp"
 
@@ -192,6 +209,20 @@ def _stored(row: Sequence) -> StoredReading:
     return StoredReading(kind, device_id, time_ms, received_ms, vehicle_id, meter_id, values)
 
 
+def _record_history(conn: sqlite3.Connection, before: Mapping[str, str], after: Mapping[str, str],
+                    now_ms: int) -> None:
+    """End the intervals of the pairings that changed at ``now_ms`` and open the new ones."""
+    for vehicle in before.keys() | after.keys():
+        if before.get(vehicle) == after.get(vehicle):
+            continue
+        conn.execute("UPDATE pairing_history SET valid_to_ms = ? WHERE vehicle_id = ? AND valid_to_ms IS NULL",
+                     (now_ms, vehicle))
+        # Changed twice within a millisecond: the first change held for no time at all.
+        conn.execute("DELETE FROM pairing_history WHERE vehicle_id = ? AND valid_from_ms >= valid_to_ms", (vehicle,))
+        if vehicle in after:
+            conn.execute("INSERT INTO pairing_history VALUES (?, ?, ?, NULL)", (vehicle, after[vehicle], now_ms))
+
+
 def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
     """Rows whose (device, timestamp) is stored with other values (the stored copy, the first, is
     kept). Run only when an insert found duplicates; a row just inserted matches itself."""
@@ -209,10 +240,8 @@ class SqliteReadingStore:
         synchronous: str = "full",
         busy_timeout_ms: int = 10_000,
         cache_size_mib: int = 64,
-        late_after_ms: int = 15 * 60 * 1000,
     ) -> None:
         self.path = Path(path)
-        self._late_after_ms = late_after_ms
         self._pragmas = (
             f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}",
             f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
@@ -253,7 +282,6 @@ class SqliteReadingStore:
             "synchronous": settings.sqlite.synchronous,
             "busy_timeout_ms": settings.sqlite.busy_timeout_ms,
             "cache_size_mib": settings.sqlite.cache_size_mib,
-            "late_after_ms": settings.efficiency.late_after_seconds * 1000,
         }
 
     # -- connections -------------------------------------------------------------------------
@@ -370,9 +398,10 @@ class SqliteReadingStore:
             self._writer = self._connect()
         conn = self._writer
         newest: dict[tuple[str, str], tuple] = {}
-        late_hours: set[int] = set()
         results = []
         with self.write_transaction(conn):
+            computed_through_ms, window_ms = conn.execute(_COMPUTED_THROUGH).fetchone()
+            stale: set[tuple[int, int, str]] = set()
             for rows in requests:
                 stored = conflicts = 0
                 groups: dict[str, list[tuple]] = {}
@@ -384,8 +413,10 @@ class SqliteReadingStore:
                     seen = newest.get(key)
                     if seen is None or time_ms > seen[2]:
                         newest[key] = row
-                    if time_ms < received_ms - self._late_after_ms:
-                        late_hours.add(time_ms - time_ms % MS_PER_HOUR)
+                    if computed_through_ms is not None and row[4] is not None:
+                        stop_ms = (time_ms // window_ms + 1) * window_ms
+                        if stop_ms <= computed_through_ms:  # its window was computed without it
+                            stale.add((window_ms, stop_ms, row[4]))
                 for table, group in groups.items():
                     kind = table.split("_", 1)[0]
                     if table not in self._tables:
@@ -397,10 +428,13 @@ class SqliteReadingStore:
                         conflicts += _count_conflicts(conn, table, group)
                 results.append((stored, len(rows) - stored - conflicts, conflicts))
             conn.executemany(_UPSERT_CURRENT, [row[:10] for row in newest.values()])
-            if late_hours:
-                # Late readings: the task runner recomputes these hours beyond its trailing windows.
-                marked_ms = max(row[3] for rows in requests for row in rows)
-                conn.executemany(_MARK_STALE, [(hour, marked_ms) for hour in late_hours])
+            if stale:
+                # Late readings: the task runner recomputes these vehicles' windows at its next run.
+                # A sequence, not a clock: the runner clears only the marks it has seen (see
+                # SqliteEfficiencyStore.clear_stale_windows), whatever the order requests arrived in.
+                (sequence,) = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'stale_sequence' "
+                                           "RETURNING value").fetchone()
+                conn.executemany(_MARK_STALE, [(*key, sequence) for key in stale])
         return results
 
     def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
@@ -466,6 +500,15 @@ class SqliteReadingStore:
                     except sqlite3.Error as err:
                         raise StorageUnavailable(f"dropping {table} failed: {err}") from err
                     dropped.append(table)
+        cutoff_ms = cutoff_day * MS_PER_DAY
+        if self.read("SELECT 1 FROM pairing_history WHERE valid_to_ms < ? LIMIT 1", (cutoff_ms,)):
+            conn = self.reader()
+            try:
+                with self.write_transaction(conn):  # no reading that old is stored or accepted any more
+                    conn.execute("DELETE FROM pairing_history WHERE valid_to_ms < ?", (cutoff_ms,))
+                    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
+            except sqlite3.Error as err:
+                raise StorageUnavailable(f"pruning the pairing history failed: {err}") from err
         if dropped:
             logger.info("retention: dropped %s", ", ".join(dropped))
         return dropped
@@ -478,12 +521,17 @@ class SqliteReadingStore:
     def load_pairings(self) -> dict[str, str]:
         return dict(self.read("SELECT vehicle_id, meter_id FROM pairings"))
 
+    def load_pairing_history(self) -> list[PairingInterval]:
+        return [PairingInterval(*row) for row in self.read(
+            "SELECT vehicle_id, meter_id, valid_from_ms, valid_to_ms FROM pairing_history ORDER BY valid_from_ms")]
+
     def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
         check_one_to_one(pairs)
         now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
         conn = self.reader()
         try:
             with self.write_transaction(conn):
+                before = dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings"))
                 if replace:
                     conn.execute("DELETE FROM pairings")
                 for vehicle, meter in pairs.items():
@@ -493,6 +541,7 @@ class SqliteReadingStore:
                     if holder is not None:
                         raise PairingConflict(f"meter {meter} is already paired with {holder[0]}")
                     conn.execute("INSERT INTO pairings VALUES (?, ?, ?)", (vehicle, meter, now_ms))
+                _record_history(conn, before, dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings")), now_ms)
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
         except sqlite3.Error as err:
             raise StorageUnavailable(f"saving pairings failed: {err}") from err
@@ -503,6 +552,8 @@ class SqliteReadingStore:
             with self.write_transaction(conn):
                 deleted = conn.execute("DELETE FROM pairings WHERE vehicle_id = ?", (vehicle_id,)).rowcount
                 if deleted:
+                    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+                    _record_history(conn, {vehicle_id: ""}, {}, now_ms)
                     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
         except sqlite3.Error as err:
             raise StorageUnavailable(f"deleting a pairing failed: {err}") from err

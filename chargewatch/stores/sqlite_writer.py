@@ -81,8 +81,7 @@ class SharedWriter:
         self._commit = commit
         self._timeout_s = timeout_s
         self._local = threading.local()
-        self._clients: list[socket.socket] = []
-        self._clients_lock = threading.Lock()
+        self._clients: "weakref.WeakSet[_Connection]" = weakref.WeakSet()
         self._lock_fd: int | None = None
         self._server: _WriterThread | None = None
         self._start_lock = threading.Lock()
@@ -121,9 +120,9 @@ class SharedWriter:
                 "stored, and sending them again is safe") from None
 
     def _connection(self, deadline: float) -> socket.socket:
-        sock = getattr(self._local, "sock", None)
-        if sock is not None:
-            return sock
+        held = getattr(self._local, "connection", None)
+        if held is not None:
+            return held.sock
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -137,16 +136,12 @@ class SharedWriter:
                 time.sleep(0.001)
                 continue
             sock.settimeout(self._timeout_s + 30)
-            self._local.sock = sock
-            with self._clients_lock:
-                self._clients.append(sock)
+            held = self._local.connection = _Connection(sock)
+            self._clients.add(held)
             return sock
 
     def _drop(self, sock: socket.socket) -> None:
-        self._local.sock = None
-        with self._clients_lock:
-            if sock in self._clients:
-                self._clients.remove(sock)
+        self._local.connection = None
         sock.close()
 
     # -- the writer, when this process holds the lock -------------------------------------------
@@ -186,10 +181,8 @@ class SharedWriter:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the writer lock
                 self._lock_fd = None
-        with self._clients_lock:
-            clients, self._clients = self._clients, []
-        for sock in clients:
-            sock.close()
+        for held in list(self._clients):
+            held.sock.close()
         self._local = threading.local()
 
     def abandon(self) -> None:
@@ -198,10 +191,21 @@ class SharedWriter:
             os.close(self._lock_fd)  # the child's copy only; the parent keeps its lock
         self._lock_fd = None
         self._server = None
-        self._clients = []
-        self._clients_lock = threading.Lock()
+        self._clients = weakref.WeakSet()
         self._start_lock = threading.Lock()
         self._local = threading.local()
+
+
+class _Connection:
+    """A request thread's connection to the writer, closed when the thread (its only holder) ends."""
+
+    __slots__ = ("sock", "__weakref__")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __del__(self) -> None:
+        self.sock.close()
 
 
 def _error_class(name: str) -> type[StorageUnavailable]:

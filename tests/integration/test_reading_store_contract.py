@@ -3,6 +3,8 @@ the real store (shared/STYLE.md section 3)."""
 
 from __future__ import annotations
 
+import time
+
 import random
 from datetime import datetime, timedelta, timezone
 
@@ -390,6 +392,24 @@ def test_saved_pairings_are_merged_and_each_save_changes_the_version(store):
     assert store.load_pairings() == {"VEHICLE_001": "METER_020", "VEHICLE_002": "METER_018",
                                      "VEHICLE_003": "METER_019"}
     assert len({v0, v1, store.pairings_version()}) == 3
+
+
+def test_pairing_history_ends_an_interval_only_when_a_pairing_changes(store):
+    store.save_pairings({"VEHICLE_001": "METER_017", "VEHICLE_002": "METER_018"})
+    store.save_pairings({"VEHICLE_001": "METER_017"})  # saving what holds changes nothing
+    time.sleep(0.002)
+    store.save_pairings({"VEHICLE_001": "METER_020"})
+    time.sleep(0.002)
+    store.delete_pairing("VEHICLE_002")
+
+    history = store.load_pairing_history()
+    by_vehicle = {v: [(m, start, stop) for vehicle, m, start, stop in history if vehicle == v]
+                  for v in ("VEHICLE_001", "VEHICLE_002")}
+    [(m17, first, changed), (m20, started, still_open)] = by_vehicle["VEHICLE_001"]
+    assert (m17, m20, still_open) == ("METER_017", "METER_020", None)
+    assert first < changed == started
+    [(m18, _, deleted)] = by_vehicle["VEHICLE_002"]
+    assert m18 == "METER_018" and deleted > changed
 
 
 def test_replace_removes_every_pairing_not_saved(store):
