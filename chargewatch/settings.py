@@ -51,6 +51,11 @@ class SqliteSettings(BaseModel):
     )
     busy_timeout_ms: int = Field(10_000, ge=0)
     cache_size_mib: int = Field(64, ge=1)
+    writer: Literal["process", "thread"] = Field(
+        "process",
+        description="process: the writer every process on the file shares runs as a process of its own (no "
+        "GIL shared with request threads); thread: in a thread of the first process that writes.",
+    )
 
 
 class AuthSettings(BaseModel):

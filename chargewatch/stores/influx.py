@@ -56,6 +56,7 @@ class InfluxReadingStore(SqliteReadingStore):
 
     def __init__(self, path: Path, *, outbox_max_rows: int = 5_000_000, **sqlite_options: Any) -> None:
         super().__init__(path, **sqlite_options)
+        self._options["outbox_max_rows"] = outbox_max_rows
         self.outbox = Outbox(self, max_rows=outbox_max_rows)
 
     @classmethod

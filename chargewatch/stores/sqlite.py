@@ -240,8 +240,12 @@ class SqliteReadingStore:
         synchronous: str = "full",
         busy_timeout_ms: int = 10_000,
         cache_size_mib: int = 64,
+        writer: str = "thread",
     ) -> None:
         self.path = Path(path)
+        self._options = {"synchronous": synchronous, "busy_timeout_ms": busy_timeout_ms,
+                         "cache_size_mib": cache_size_mib}
+        self._writer_mode = writer
         self._pragmas = (
             f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}",
             f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
@@ -282,6 +286,7 @@ class SqliteReadingStore:
             "synchronous": settings.sqlite.synchronous,
             "busy_timeout_ms": settings.sqlite.busy_timeout_ms,
             "cache_size_mib": settings.sqlite.cache_size_mib,
+            "writer": settings.sqlite.writer,
         }
 
     # -- connections -------------------------------------------------------------------------
@@ -306,7 +311,8 @@ class SqliteReadingStore:
             self._tables = set()
             if self._shared is not None:
                 self._shared.abandon()
-            self._shared = SharedWriter(self.path, self._commit_requests, self._busy_timeout_s)
+            self._shared = SharedWriter(self.path, self._commit_requests, self._busy_timeout_s,
+                                        spawn=self._writer_spec() if self._writer_mode == "process" else None)
             self._owner_pid = os.getpid()
 
     def reader(self) -> sqlite3.Connection:
@@ -377,6 +383,11 @@ class SqliteReadingStore:
 
     def _wire_row(self, paired: PairedReading) -> tuple:
         return wire_row(paired)
+
+    def _writer_spec(self) -> dict[str, Any]:
+        """How a writer process builds this store (``chargewatch.stores.sqlite_writer``)."""
+        cls = type(self)
+        return {"store": f"{cls.__module__}:{cls.__qualname__}", "path": str(self.path), "options": self._options}
 
     def _commit_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
         """The writer's side: commit every request's rows in one transaction; returns

@@ -5,10 +5,15 @@ on the file, each turn covering only the few requests of one process. One writer
 the requests of every process at once and covers all of them with one transaction and one fsync.
 
 How:
-- The first process to write takes an exclusive ``flock`` on ``<db>.writer.lock`` (held while its
-  writer runs; the kernel drops it when the process dies) and starts a writer thread listening on
-  a Unix socket in the abstract namespace (no file to clean up, no path-length limit), named after
-  the database's real path. Only processes of the same user may connect (``SO_PEERCRED``).
+- The writer holds an exclusive ``flock`` on ``<db>.writer.lock`` while it runs (the kernel drops
+  it when its process dies) and listens on a Unix socket in the abstract namespace (no file to
+  clean up, no path-length limit), named after the database's real path. Only processes of the
+  same user may connect (``SO_PEERCRED``).
+- Where it runs: with ``spawn`` (the services: ``CHARGEWATCH_SQLITE__WRITER=process``) the first
+  request to find no writer starts one as a process of its own (``python -m
+  chargewatch.stores.sqlite_writer``, in the caller's process group), so it never waits for the
+  GIL behind request threads; it exits once no process has been connected for a few seconds.
+  Without (``thread``: tools, tests) the first process to write runs it in a thread.
 - Each request thread has its own connection. It sends one frame (the rows it built before any
   lock, ``marshal``-encoded) and blocks reading the answer, so the kernel wakes exactly the
   threads whose requests were committed; nothing wakes threads that have to keep waiting.
@@ -27,12 +32,16 @@ import atexit
 import errno
 import fcntl
 import hashlib
+import importlib
+import json
 import logging
 import marshal
 import os
 import selectors
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -46,11 +55,14 @@ logger = logging.getLogger(__name__)
 _HEADER = struct.Struct("<I")
 _UCRED = struct.Struct("3i")
 _RECV_BYTES = 1 << 20
+IDLE_EXIT_SECONDS = 5.0  # a writer process with no connection for this long exits
+_RESPAWN_SECONDS = 2.0
 
 Commit = Callable[[list[list[tuple]]], list[Any]]  # rows of each request -> one answer each
 
 
 _RUNNING: "weakref.WeakSet[SharedWriter]" = weakref.WeakSet()
+_INHERITED: list[Any] = []  # a forked child's copy of its parent's writer thread object, never used
 
 
 @atexit.register
@@ -75,13 +87,19 @@ def _frame(message: Any) -> bytes:
 class SharedWriter:
     """One process's side of the shared writer: its connections, and the writer when it runs here."""
 
-    def __init__(self, db_path: Path, commit: Commit, timeout_s: float) -> None:
+    def __init__(self, db_path: Path, commit: Commit, timeout_s: float,
+                 spawn: dict[str, Any] | None = None) -> None:
         self._address = writer_address(db_path)
+        self._spawn = spawn
+        self._spawned_at = float("-inf")
         self._lock_path = f"{db_path}.writer.lock"
         self._commit = commit
         self._timeout_s = timeout_s
         self._local = threading.local()
-        self._clients: "weakref.WeakSet[_Connection]" = weakref.WeakSet()
+        # Every open connection, closed when this object goes (even collected in a reference cycle,
+        # where the sockets' own finalizers would run first and warn) or when a thread ends.
+        self._open: set[socket.socket] = set()
+        weakref.finalize(self, _close_all, self._open)
         self._lock_fd: int | None = None
         self._server: _WriterThread | None = None
         self._start_lock = threading.Lock()
@@ -131,18 +149,34 @@ class SharedWriter:
                 sock.close()
                 if err.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN):
                     raise StorageUnavailable(f"cannot reach the store's writer: {err}") from None
-                if not self._start_writer() and time.monotonic() > deadline:
+                started = self._spawn_writer() if self._spawn is not None else self._start_writer()
+                if not started and time.monotonic() > deadline:
                     raise StorageUnavailable("no writer took the store's writes in time") from None
-                time.sleep(0.001)
+                time.sleep(0.002)
                 continue
             sock.settimeout(self._timeout_s + 30)
-            held = self._local.connection = _Connection(sock)
-            self._clients.add(held)
+            self._local.connection = _Connection(sock, self._open)
             return sock
 
     def _drop(self, sock: socket.socket) -> None:
         self._local.connection = None
+        self._open.discard(sock)
         sock.close()
+
+    # -- the writer, in a process of its own ----------------------------------------------------
+
+    def _spawn_writer(self) -> bool:
+        """Start a writer process unless this process started one moments ago; False meanwhile."""
+        with self._start_lock:
+            if time.monotonic() - self._spawned_at < _RESPAWN_SECONDS:
+                return False
+            self._spawned_at = time.monotonic()
+            # It forks at once and the intermediate exits, so this returns as soon as the writer
+            # is on its way and leaves no child to reap. Two processes may start one each: the
+            # second finds the lock taken and exits.
+            subprocess.run([sys.executable, "-m", "chargewatch.stores.sqlite_writer", json.dumps(self._spawn)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=False, timeout=60)
+            return False
 
     # -- the writer, when this process holds the lock -------------------------------------------
 
@@ -160,11 +194,12 @@ class SharedWriter:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # another process's writer runs (or is starting)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listener.bind(self._address)
                 listener.listen(256)
             except OSError as err:
+                listener.close()
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 raise StorageUnavailable(f"cannot start the store's writer: {err}") from err
             self._server = _WriterThread(listener, self._commit)
@@ -181,8 +216,7 @@ class SharedWriter:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the writer lock
                 self._lock_fd = None
-        for held in list(self._clients):
-            held.sock.close()
+        _close_all(self._open)
         self._local = threading.local()
 
     def abandon(self) -> None:
@@ -190,8 +224,11 @@ class SharedWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the child's copy only; the parent keeps its lock
         self._lock_fd = None
+        if self._server is not None:
+            # The parent's writer thread does not exist here; its sockets are the parent's to close.
+            _INHERITED.append(self._server)
         self._server = None
-        self._clients = weakref.WeakSet()
+        _close_all(self._open)  # the child's copies of the parent's connections
         self._start_lock = threading.Lock()
         self._local = threading.local()
 
@@ -199,13 +236,22 @@ class SharedWriter:
 class _Connection:
     """A request thread's connection to the writer, closed when the thread (its only holder) ends."""
 
-    __slots__ = ("sock", "__weakref__")
+    __slots__ = ("sock", "_open")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, open_set: set[socket.socket]) -> None:
         self.sock = sock
+        self._open = open_set
+        open_set.add(sock)
 
     def __del__(self) -> None:
+        self._open.discard(self.sock)
         self.sock.close()
+
+
+def _close_all(sockets: set[socket.socket]) -> None:
+    for sock in list(sockets):
+        sock.close()
+    sockets.clear()
 
 
 def _error_class(name: str) -> type[StorageUnavailable]:
@@ -227,8 +273,9 @@ def _receive(sock: socket.socket, size: int) -> bytes:
 
 
 class _WriterThread(threading.Thread):
-    def __init__(self, listener: socket.socket, commit: Commit) -> None:
+    def __init__(self, listener: socket.socket, commit: Commit, idle_exit_s: float | None = None) -> None:
         super().__init__(name="chargewatch-sqlite-writer", daemon=True)
+        self._idle_exit_s = idle_exit_s
         self._listener = listener
         self._commit = commit
         self._wake_r, self._wake_w = socket.socketpair()
@@ -246,12 +293,21 @@ class _WriterThread(threading.Thread):
         sel = self._selector
         sel.register(self._listener, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        idle_since = time.monotonic()
         try:
             while not self._stopping:
                 requests: list[tuple[socket.socket, list[tuple]]] = []
-                for key, _ in sel.select():
+                if self._idle_exit_s is not None:
+                    if self._buffers:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > self._idle_exit_s:
+                        break
+                for key, _ in sel.select(None if self._idle_exit_s is None else 1.0):
                     if key.data == "accept":
-                        self._accept()
+                        try:
+                            self._accept()
+                        except BlockingIOError:
+                            pass
                     elif key.data == "conn":
                         self._read(key.fileobj, requests)  # type: ignore[arg-type]
                 if requests:
@@ -268,15 +324,13 @@ class _WriterThread(threading.Thread):
             self._wake_r.close()
 
     def _accept(self) -> None:
-        try:
-            conn, _ = self._listener.accept()
-        except BlockingIOError:
-            return
+        conn, _ = self._listener.accept()
         _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if uid != os.getuid():
             logger.warning("refused a writer connection from uid %d", uid)
             conn.close()
             return
+        conn.setblocking(True)  # answers are sent whole; reads use MSG_DONTWAIT
         self._buffers[conn] = bytearray()
         self._selector.register(conn, selectors.EVENT_READ, "conn")
 
@@ -319,6 +373,12 @@ class _WriterThread(threading.Thread):
 
     def _finish(self) -> None:
         """Stopping in order: answer every complete frame already here, then say goodbye."""
+        self._listener.setblocking(False)
+        while True:  # connections already queued are answered, not reset
+            try:
+                self._accept()
+            except OSError:
+                break
         self._selector.unregister(self._listener)
         self._listener.close()
         requests: list[tuple[socket.socket, list[tuple]]] = []
@@ -337,3 +397,31 @@ class _WriterThread(threading.Thread):
         if self._buffers.pop(conn, None) is not None:
             self._selector.unregister(conn)
         conn.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    """The writer process: ``python -m chargewatch.stores.sqlite_writer '<spec JSON>'``."""
+    spec = json.loads(argv[0])
+    if os.fork():
+        os._exit(0)  # the intermediate: the spawner waits for it, the writer carries on
+    module_name, _, class_name = spec["store"].partition(":")
+    store_class = getattr(importlib.import_module(module_name), class_name)
+    store = store_class(Path(spec["path"]), **{**spec["options"], "writer": "thread"})
+    lock_fd = os.open(f"{spec['path']}.writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another writer runs
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(writer_address(Path(spec["path"])))
+    listener.listen(256)
+    try:
+        _WriterThread(listener, store._commit_requests, idle_exit_s=IDLE_EXIT_SECONDS).run()
+    finally:
+        store.close()
+        os.close(lock_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

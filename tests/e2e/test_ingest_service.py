@@ -173,8 +173,13 @@ def test_a_registry_pairing_overrides_the_default_rule(client: IngestClient, ser
     response = client.session.put(client.base_url + "/v1/pairings/VEHICLE_55555", json={"meterId": "GRID-55"})
     assert response.status_code == 200, response.text
     time.sleep(1.1)  # the other worker rechecks the registry within a second
-    client.post_readings(vehicle_payload("VEHICLE_55555"))
-    assert server.rows("vehicle", "vehicle_id = ?", ("VEHICLE_55555",))[0][2] == "GRID-55"
+    before_the_change = now_minute() - timedelta(minutes=10)
+    client.post_readings([vehicle_payload("VEHICLE_55555", at=before_the_change),
+                          vehicle_payload("VEHICLE_55555", at=datetime.now(timezone.utc))])
+    # Each reading is paired by the pairing of its own time: a late one from before the change
+    # keeps the rule's meter.
+    rows = server.rows("vehicle", "vehicle_id = ?", ("VEHICLE_55555",))
+    assert [row[2] for row in rows] == ["METER_55555", "GRID-55"]
     assert client.get("/v1/pairings/VEHICLE_55555").json()["source"] == "registry"
     conflict = client.session.put(client.base_url + "/v1/pairings/VEHICLE_55556", json={"meterId": "GRID-55"})
     assert conflict.status_code == 409
