@@ -33,14 +33,14 @@ class IngestResult:
 
 
 def pair_readings(readings: Sequence[AnyReading], pairings: Pairings, received_ms: int) -> list[PairedReading]:
-    """Attach the vehicle and meter ids that are paired now (None where unpaired)."""
+    """Attach the vehicle and meter ids paired at each reading's own timestamp (None where unpaired)."""
     paired = []
     for reading in readings:
         if isinstance(reading, MeterReading):
-            partner = pairings.partner_of("meter", reading.meter_id)
+            partner = pairings.partner_at("meter", reading.meter_id, reading.time_ms)
             paired.append(PairedReading(reading, partner, reading.meter_id, received_ms))
         else:
-            partner = pairings.partner_of("vehicle", reading.vehicle_id)
+            partner = pairings.partner_at("vehicle", reading.vehicle_id, reading.time_ms)
             paired.append(PairedReading(reading, reading.vehicle_id, partner, received_ms))
     return paired
 
