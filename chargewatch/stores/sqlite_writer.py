@@ -276,6 +276,7 @@ class _WriterThread(threading.Thread):
     def __init__(self, listener: socket.socket, commit: Commit, idle_exit_s: float | None = None) -> None:
         super().__init__(name="chargewatch-sqlite-writer", daemon=True)
         self._idle_exit_s = idle_exit_s
+        listener.setblocking(False)
         self._listener = listener
         self._commit = commit
         self._wake_r, self._wake_w = socket.socketpair()
@@ -304,10 +305,7 @@ class _WriterThread(threading.Thread):
                         break
                 for key, _ in sel.select(None if self._idle_exit_s is None else 1.0):
                     if key.data == "accept":
-                        try:
-                            self._accept()
-                        except BlockingIOError:
-                            pass
+                        self._accept_all(requests)
                     elif key.data == "conn":
                         self._read(key.fileobj, requests)  # type: ignore[arg-type]
                 if requests:
@@ -323,16 +321,28 @@ class _WriterThread(threading.Thread):
             self._listener.close()
             self._wake_r.close()
 
-    def _accept(self) -> None:
+    def _accept_all(self, requests: list[tuple[socket.socket, list[tuple]]]) -> None:
+        """Accept every queued connection and read what each has sent already, so requests of new
+        connections join this commit rather than one per turn."""
+        while True:
+            try:
+                conn = self._accept()
+            except BlockingIOError:
+                return
+            if conn is not None:
+                self._read(conn, requests)
+
+    def _accept(self) -> socket.socket | None:
         conn, _ = self._listener.accept()
         _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if uid != os.getuid():
             logger.warning("refused a writer connection from uid %d", uid)
             conn.close()
-            return
+            return None
         conn.setblocking(True)  # answers are sent whole; reads use MSG_DONTWAIT
         self._buffers[conn] = bytearray()
         self._selector.register(conn, selectors.EVENT_READ, "conn")
+        return conn
 
     def _read(self, conn: socket.socket, requests: list[tuple[socket.socket, list[tuple]]]) -> None:
         try:
@@ -373,15 +383,10 @@ class _WriterThread(threading.Thread):
 
     def _finish(self) -> None:
         """Stopping in order: answer every complete frame already here, then say goodbye."""
-        self._listener.setblocking(False)
-        while True:  # connections already queued are answered, not reset
-            try:
-                self._accept()
-            except OSError:
-                break
+        requests: list[tuple[socket.socket, list[tuple]]] = []
+        self._accept_all(requests)  # connections already queued are answered, not reset
         self._selector.unregister(self._listener)
         self._listener.close()
-        requests: list[tuple[socket.socket, list[tuple]]] = []
         for conn in list(self._buffers):
             self._read(conn, requests)
         if requests:

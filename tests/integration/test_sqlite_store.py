@@ -307,3 +307,73 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> No
             process.join(timeout=30)
         failures += [r for r in (results.get(timeout=5) for _ in processes) if r != "ok"]
     assert failures == []
+
+
+_SENDER_PROCESS = """
+import sys, time
+from datetime import timedelta
+from pathlib import Path
+
+from conftest import READING_TIME, build_meter, build_paired
+from chargewatch.stores.sqlite import SqliteReadingStore
+
+path, go, sending = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+store = SqliteReadingStore(path)
+store.write([build_paired(build_meter(meter_id="METER_OTHER_WARMUP"))])  # connected from now on
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+sending.touch()
+print(store.write([build_paired(build_meter(meter_id="METER_OTHER_PROCESS"))]), flush=True)
+store.close()
+"""
+
+
+def test_one_commit_covers_the_requests_waiting_in_every_process(db_path, tmp_path, make_meter, paired):
+    go, sending, held = tmp_path / "go", tmp_path / "sending", threading.Event()
+
+    class HeldStore(SqliteReadingStore):
+        """The writer (a thread of this process) holds one commit until the other process has sent,
+        so requests of both processes queue behind it."""
+
+        groups: list[set[str]] = []
+
+        def _write_requests(self, requests):
+            if held.is_set():
+                held.clear()
+                deadline = time.monotonic() + 10
+                while not sending.exists() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(0.3)  # the other process's frame and the local ones reach the socket
+            self.groups.append({rows[0][1] for rows in requests})
+            return super()._write_requests(requests)
+
+    store = HeldStore(db_path)
+    store.write([paired(make_meter(meter_id="METER_WARMUP"))])  # this process runs the writer
+    project_root = Path(chargewatch.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root), str(_TESTS_DIR)])}
+    other = subprocess.Popen([sys.executable, "-c", _SENDER_PROCESS, str(db_path), str(go), str(sending)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert other.stdout.readline().strip() == "ready", other.stderr.read()
+        HeldStore.groups.clear()
+        held.set()
+        with ThreadPoolExecutor(5) as pool:
+            trigger = pool.submit(store.write, [paired(make_meter(meter_id="METER_TRIGGER"))])
+            time.sleep(0.1)  # the trigger's commit is held now
+            go.touch()
+            local = list(pool.map(lambda n: store.write([paired(make_meter(meter_id=f"METER_LOCAL_{n}"))]), range(4)))
+            assert trigger.result() == WriteResult(1, 0)
+        out, err = other.communicate(timeout=30)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.communicate()
+        store.close()
+
+    assert other.returncode == 0, err
+    assert out.strip() == "WriteResult(stored=1, duplicates=0, conflicts=0)"
+    assert local == [WriteResult(1, 0)] * 4
+    # The requests that queued behind the held commit, from both processes, shared one transaction.
+    assert {"METER_OTHER_PROCESS", "METER_LOCAL_0", "METER_LOCAL_1", "METER_LOCAL_2", "METER_LOCAL_3"} in (
+        HeldStore.groups), HeldStore.groups
