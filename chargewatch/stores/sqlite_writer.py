@@ -286,7 +286,10 @@ class _WriterThread(threading.Thread):
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake_w.send(b"x")
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the thread saw the flag between two turns and has ended already
         self.join(timeout=60)
         self._wake_w.close()
 
