@@ -381,6 +381,13 @@ class SqliteReadingStore:
         assert self._shared is not None
         return WriteResult(*self._shared.send(rows))
 
+    def start_writer(self) -> None:
+        """Connect this thread to the shared writer now, starting it if none runs (ingest workers
+        call it once at boot; the connection also keeps a writer process from idling out)."""
+        self._reset_after_fork()
+        assert self._shared is not None
+        self._shared.connect()
+
     def _wire_row(self, paired: PairedReading) -> tuple:
         return wire_row(paired)
 

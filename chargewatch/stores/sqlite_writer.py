@@ -127,6 +127,11 @@ class SharedWriter:
                 raise _error_class(answer[1])(answer[2])
             self._drop(sock)  # goodbye: this frame was not read; send it to the next writer
 
+    def connect(self) -> None:
+        """Open this thread's connection now (starting the writer if none runs), so the first
+        request does not wait for a writer process to start."""
+        self._connection(time.monotonic() + self._timeout_s)
+
     def _answer(self, sock: socket.socket) -> tuple:
         try:
             header = _receive(sock, _HEADER.size)
