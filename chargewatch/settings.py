@@ -51,10 +51,12 @@ class SqliteSettings(BaseModel):
     )
     busy_timeout_ms: int = Field(10_000, ge=0)
     cache_size_mib: int = Field(64, ge=1)
-    writer: Literal["process", "thread"] = Field(
-        "process",
-        description="process: the writer every process on the file shares runs as a process of its own (no "
-        "GIL shared with request threads); thread: in a thread of the first process that writes.",
+    writer: Literal["group", "process", "thread"] = Field(
+        "group",
+        description="group: each process commits the requests queued in it in one transaction and fsync, "
+        "processes take turns; process / thread: one writer that every process on the file shares, in a process "
+        "of its own or in a thread of the first process that writes (one fsync covers the requests of every "
+        "process; measured slower for single readings on a busy 2-core machine, see README).",
     )
 
 

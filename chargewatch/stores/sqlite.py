@@ -223,6 +223,23 @@ def _record_history(conn: sqlite3.Connection, before: Mapping[str, str], after: 
             conn.execute("INSERT INTO pairing_history VALUES (?, ?, ?, NULL)", (vehicle, after[vehicle], now_ms))
 
 
+class _Ticket:
+    __slots__ = ("rows", "wake", "lead", "result", "error")
+
+    def __init__(self, rows: list[tuple]) -> None:
+        self.rows = rows
+        self.wake = threading.Event()
+        self.lead = False
+        self.result: tuple[int, int, int] | None = None
+        self.error: BaseException | None = None
+
+    def answer(self) -> tuple[int, int, int]:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
 def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
     """Rows whose (device, timestamp) is stored with other values (the stored copy, the first, is
     kept). Run only when an insert found duplicates; a row just inserted matches itself."""
@@ -240,7 +257,7 @@ class SqliteReadingStore:
         synchronous: str = "full",
         busy_timeout_ms: int = 10_000,
         cache_size_mib: int = 64,
-        writer: str = "thread",
+        writer: str = "group",
     ) -> None:
         self.path = Path(path)
         self._options = {"synchronous": synchronous, "busy_timeout_ms": busy_timeout_ms,
@@ -253,6 +270,9 @@ class SqliteReadingStore:
             "PRAGMA temp_store = MEMORY",
         )
         self._shared: SharedWriter | None = None
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._leading = False
         self._local = threading.local()
         self._owner_pid = -1
         self._writer: sqlite3.Connection | None = None
@@ -309,6 +329,9 @@ class SqliteReadingStore:
             self._local = threading.local()
             self._writer = None
             self._tables = set()
+            self._queue_lock = threading.Lock()
+            self._queue = []
+            self._leading = False
             if self._shared is not None:
                 self._shared.abandon()
             self._shared = SharedWriter(self.path, self._commit_requests, self._busy_timeout_s,
@@ -377,13 +400,61 @@ class SqliteReadingStore:
         if not readings:
             return WriteResult(0, 0)
         self._reset_after_fork()
-        rows = [self._wire_row(p) for p in readings]  # built here, outside the writer and its lock
+        rows = [self._wire_row(p) for p in readings]  # built here, outside any lock
+        if self._writer_mode == "group":
+            return WriteResult(*self._group_commit(rows))
         assert self._shared is not None
         return WriteResult(*self._shared.send(rows))
 
+    def _group_commit(self, rows: list[tuple]) -> tuple[int, int, int]:
+        """This process's group commit: the first thread to arrive leads; it takes the file's write
+        lock first and only then the requests queued behind it (those that arrived while it waited
+        for the other processes join too), commits them in one transaction, wakes exactly those
+        requests, and hands the lead to the next waiting thread, if any."""
+        ticket = _Ticket(rows)
+        with self._queue_lock:
+            if self._leading:
+                self._queue.append(ticket)
+            else:
+                self._leading = True
+                ticket.lead = True
+        if not ticket.lead:
+            ticket.wake.wait()
+            if not ticket.lead:
+                return ticket.answer()
+        batch = [ticket]
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # held through the commit (write_transaction)
+            with self._queue_lock:
+                batch, self._queue = [ticket, *self._queue], []
+            try:
+                results = self._commit_requests([t.rows for t in batch])
+            except BaseException as err:  # never leave a waiting request thread hanging
+                for waiting in batch:
+                    waiting.error = err
+            else:
+                for waiting, result in zip(batch, results):
+                    waiting.result = result
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    successor = self._queue.pop(0)
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._leading = False
+        for waiting in batch[1:]:
+            waiting.wake.set()
+        return ticket.answer()
+
     def start_writer(self) -> None:
         """Connect this thread to the shared writer now, starting it if none runs (ingest workers
-        call it once at boot; the connection also keeps a writer process from idling out)."""
+        call it once at boot; the connection also keeps a writer process from idling out). Nothing
+        to do for the per-process group commit."""
+        if self._writer_mode == "group":
+            return
         self._reset_after_fork()
         assert self._shared is not None
         self._shared.connect()

@@ -318,7 +318,7 @@ from conftest import READING_TIME, build_meter, build_paired
 from chargewatch.stores.sqlite import SqliteReadingStore
 
 path, go, sending = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-store = SqliteReadingStore(path)
+store = SqliteReadingStore(path, writer="thread")
 store.write([build_paired(build_meter(meter_id="METER_OTHER_WARMUP"))])  # connected from now on
 print("ready", flush=True)
 while not go.exists():
@@ -329,7 +329,7 @@ store.close()
 """
 
 
-def test_one_commit_covers_the_requests_waiting_in_every_process(db_path, tmp_path, make_meter, paired):
+def test_the_shared_writer_covers_the_requests_waiting_in_every_process_with_one_commit(db_path, tmp_path, make_meter, paired):
     go, sending, held = tmp_path / "go", tmp_path / "sending", threading.Event()
 
     class HeldStore(SqliteReadingStore):
@@ -348,7 +348,7 @@ def test_one_commit_covers_the_requests_waiting_in_every_process(db_path, tmp_pa
             self.groups.append({rows[0][1] for rows in requests})
             return super()._write_requests(requests)
 
-    store = HeldStore(db_path)
+    store = HeldStore(db_path, writer="thread")
     store.write([paired(make_meter(meter_id="METER_WARMUP"))])  # this process runs the writer
     project_root = Path(chargewatch.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root), str(_TESTS_DIR)])}
