@@ -8,14 +8,14 @@ own history (``history``) scans its day by time: only tools use it; reports read
 Retention drops whole day tables, which takes milliseconds however large the day was, instead of a
 long DELETE that would hold the write lock. ``current_state`` is the last-value cache.
 
-Writes go through one writer shared by every process on the file: the first process to write
-takes ``<db>.writer.lock`` and runs a writer thread listening on a Unix socket; every request
-thread of every process (its own included) sends the rows it built to that socket and blocks on
-its own connection. The writer reads every request waiting on any connection, commits them all in
-one transaction (one fsync) and answers each connection, so the kernel wakes exactly the finished
-requests. When the writer's process ends, the next request to find the socket gone takes the lock
-and starts a writer of its own. Other transactions on the file (task runner, pairings, retention)
-serialise with it through an ``flock`` on ``<db>.lock``.
+Writes (``writer``): by default (``group``) each process group-commits: the first request thread to
+arrive leads, takes the file's write lock (an ``flock`` on ``<db>.lock``, which wakes the next
+process the moment it is free; SQLite's own busy handler polls with sleeps of up to 100 ms) and
+only then the requests queued behind it, commits them in one transaction (one fsync), wakes
+exactly those and hands the lead to the next waiting thread. With ``process`` or ``thread``, one
+writer serves every process on the file (``chargewatch.stores.sqlite_writer``): one fsync covers
+the requests waiting in all of them. Other transactions on the file (task runner, pairings,
+retention) serialise with either through the same ``flock``.
 """
 
 from __future__ import annotations
