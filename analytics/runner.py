@@ -4,8 +4,11 @@ Exactly one runs per data directory: it holds an exclusive ``flock`` on ``<data_
 for its lifetime (``chargewatch tasks`` refuses to start a second one), and gunicorn workers never run
 tasks. Each run, ``offset`` after a window closes:
 
-1. recomputes the trailing ``recompute_windows`` windows (late data lands), everything since the
-   last run after downtime (catch-up, in hour chunks), and every hour marked by a late reading;
+1. computes the window that has just closed, everything since the last run after downtime
+   (catch-up, in hour chunks), and, for late data, the windows of just the vehicles that late
+   readings marked: before reading, a run records up to which window stop it computes, and from
+   then on every reading committed for a window up to there marks (window, vehicle) stale
+   (``chargewatch.stores.sqlite``), so the next run recomputes exactly those;
 2. writes them idempotently (a window is replaced whole);
 3. evaluates the alert rules at every window stop since the last run, and queues notifications
    (webhooks, Alertmanager), which a separate thread delivers so a failing receiver never stalls
@@ -118,24 +121,37 @@ class TaskRunner:
         return RunReport(latest, written, ranges, changed, queued, duration)
 
     def refresh_windows(self, latest: int, previous: int | None, now_ms: int) -> tuple[int, int]:
-        """Recompute the trailing windows, any gap since ``previous`` and the stale hours; returns
-        (windows written, ranges computed)."""
+        """Compute the newest window, any gap since ``previous`` and the windows late readings
+        marked; returns (windows written, ranges computed)."""
         retention_start = latest - self.settings.retention_days * 86_400_000
-        trailing_start = latest - self.settings.efficiency.recompute_windows * self.window_ms
-        start = retention_start if previous is None else max(retention_start, min(previous, latest) - (
-            self.settings.efficiency.recompute_windows * self.window_ms))
-        start = min(start, trailing_start)
+        start = retention_start if previous is None else max(retention_start, min(previous, latest - self.window_ms))
+        stale = self.store.stale_windows(self.window_ms)
+        # From here on, readings for windows up to ``latest`` mark them: none falls between this
+        # run's reads and the next run.
+        self.store.mark_computing(self.window_ms, latest)
         ranges = _hour_chunks(start, latest)
-        stale = self.store.stale_hours()
-        ranges += [(hour, min(hour + MS_PER_HOUR, latest)) for hour, _ in stale if hour < start and hour < latest]
         written = 0
         for range_start, range_end in ranges:
             written += self.compute(range_start, range_end, now_ms)
-        if stale:
-            self.store.clear_stale_hours(stale)
+        by_stop: dict[int, list[str]] = {}
+        handled = [mark for mark in stale if mark[0] <= latest]  # later ones: for a later run
+        for stop, vehicle_id, _ in handled:
+            if not (start < stop <= latest or stop <= retention_start):  # else computed whole above, or expired
+                by_stop.setdefault(stop, []).append(vehicle_id)
+        for stop, vehicle_ids in by_stop.items():
+            written += self.compute_vehicles(stop, vehicle_ids, now_ms)
+        if handled:
+            self.store.clear_stale_windows(self.window_ms, handled)
         # The fleet summary's default span, ready-made for the dashboards that ask for it all day.
         self.store.refresh_fleet_latest(self.window_ms, latest - FLEET_SUMMARY_SPAN_MS, latest)
-        return written, len(ranges)
+        return written, len(ranges) + len(by_stop)
+
+    def compute_vehicles(self, stop_ms: int, vehicle_ids: list[str], now_ms: int) -> int:
+        """Recompute one window of some vehicles from the readings."""
+        ac, dc = self.store.side_totals(self.window_ms, stop_ms - self.window_ms, stop_ms, vehicle_ids)
+        windows = combine(ac, dc, self.settings.efficiency.min_energy_kwh)
+        self.store.replace_vehicle_windows(self.window_ms, stop_ms, vehicle_ids, windows, now_ms)
+        return len(windows)
 
     def compute(self, start_ms: int, end_ms: int, now_ms: int) -> int:
         """Recompute every window with stop in (start_ms, end_ms] from the readings."""

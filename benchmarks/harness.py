@@ -303,8 +303,9 @@ _GUNICORN_FLAGS = {
     "limit_request_fields": "--limit-request-fields", "limit_request_field_size": "--limit-request-field_size",
 }
 # Not mapped, on purpose: proc_name (a label), accesslog None (gunicorn's default: no access log),
-# child_exit (chargewatch's prometheus clean-up hook; the bare app has no metrics).
-_GUNICORN_IGNORED = {"proc_name", "accesslog", "child_exit"}
+# child_exit (chargewatch's prometheus clean-up hook; the bare app has no metrics), post_worker_init
+# (connects an ingest worker to the SQLite store's writer at boot; the bare app has no store).
+_GUNICORN_IGNORED = {"proc_name", "accesslog", "child_exit", "post_worker_init"}
 
 
 def gunicorn_flags(options: dict[str, Any]) -> list[str]:

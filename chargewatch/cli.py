@@ -75,7 +75,15 @@ def gunicorn_options(settings: Settings, service: str, host: str | None, port: i
         "loglevel": settings.log_level.lower(),
         "accesslog": None,
         "child_exit": _mark_worker_dead,
+        **({"post_worker_init": _start_store_writer} if service == "ingest" else {}),
     }
+
+
+def _start_store_writer(worker) -> None:
+    # Connect to the SQLite store's shared writer (starting it) before the first request arrives.
+    store = worker.wsgi.extensions.get("reading_store")
+    if hasattr(store, "start_writer"):
+        store.start_writer()
 
 
 def _mark_worker_dead(server, worker) -> None:

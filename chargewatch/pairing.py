@@ -4,16 +4,22 @@ Explicit pairings from the registry win; otherwise a default rule pairs ids that
 suffix under configured prefixes (``VEHICLE_001`` <-> ``METER_001``, ``EV-101`` <-> ``MTR-101``).
 A meter or vehicle that is explicitly paired elsewhere is never also paired by the rule, so the
 mapping stays one-to-one in both directions.
+
+Explicit pairings have validity intervals (``PairingInterval``): a change starts a new interval
+at the moment it is saved and ends the one it replaces, and a reading is paired by the pairing
+that held at its own timestamp, so a late reading from before a re-pairing still reaches the
+vehicle it was measured for, and no reading is attributed to two vehicles.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -47,19 +53,66 @@ def _swap_prefix(device_id: str, prefix_pairs: Iterable[tuple[str, str]]) -> str
     return None
 
 
+class PairingInterval(NamedTuple):
+    """An explicit pairing and when it held: ``[valid_from_ms, valid_to_ms)``, epoch ms; an open
+    interval (the pairing holds now) has ``valid_to_ms`` None."""
+
+    vehicle_id: str
+    meter_id: str
+    valid_from_ms: int
+    valid_to_ms: int | None
+
+
 @dataclass(frozen=True)
 class Pairings:
-    """An immutable view of explicit pairings plus the default rule."""
+    """An immutable view of explicit pairings plus the default rule.
+
+    ``explicit`` holds since ``since_ms``; ``earlier`` holds the views of the times before it, as
+    ``(from_ms, Pairings)`` in time order (before the first, only the rule held), for readings
+    timestamped before the last change (:meth:`at`)."""
 
     explicit: Mapping[str, str] = field(default_factory=dict)  # vehicle_id -> meter_id
     rule: PairingRule = field(default_factory=PairingRule)
+    since_ms: int | None = None
+    earlier: tuple[tuple[int, "Pairings"], ...] = field(default=(), repr=False)
     _by_meter: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _resolved: dict[tuple[str, str], str | None] = field(init=False, repr=False, compare=False)
+    _starts: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_meter", {m: v for v, m in self.explicit.items()})
         # Answers memoised per device: a fleet asks about the same few thousand ids all day.
         object.__setattr__(self, "_resolved", {})
+        object.__setattr__(self, "_starts", [start for start, _ in self.earlier])
+
+    @classmethod
+    def from_history(cls, intervals: Iterable[PairingInterval], rule: PairingRule) -> "Pairings":
+        """The view of every time the intervals cover; the returned object is the one holding now."""
+        intervals = list(intervals)
+        changes = sorted({i.valid_from_ms for i in intervals} | {i.valid_to_ms for i in intervals
+                                                                 if i.valid_to_ms is not None})
+        views: list[tuple[int, Pairings]] = []
+        for start in changes:
+            explicit = {i.vehicle_id: i.meter_id for i in intervals
+                        if i.valid_from_ms <= start and (i.valid_to_ms is None or start < i.valid_to_ms)}
+            views.append((start, cls(explicit, rule, start)))
+        if not views:
+            return cls({}, rule)
+        (since, latest), earlier = views[-1], tuple(views[:-1])
+        return cls(latest.explicit, rule, since, earlier)
+
+    def at(self, time_ms: int) -> "Pairings":
+        """The pairings that held at ``time_ms`` (epoch ms)."""
+        if self.since_ms is None or time_ms >= self.since_ms:
+            return self
+        index = bisect.bisect_right(self._starts, time_ms) - 1
+        return self.earlier[index][1] if index >= 0 else Pairings({}, self.rule)
+
+    def partner_at(self, kind: str, device_id: str, time_ms: int) -> str | None:
+        """:meth:`partner_of` by the pairings that held at ``time_ms``."""
+        if self.since_ms is None or time_ms >= self.since_ms:
+            return self.partner_of(kind, device_id)
+        return self.at(time_ms).partner_of(kind, device_id)
 
     def partner_of(self, kind: str, device_id: str) -> str | None:
         """The meter of a vehicle, or the vehicle of a meter (``kind`` is the device's own kind)."""
@@ -108,12 +161,17 @@ class PairingStore(Protocol):
         """A number that changes whenever the pairings change."""
 
     def load_pairings(self) -> dict[str, str]:
-        """All explicit pairings, vehicle id -> meter id."""
+        """All explicit pairings that hold now, vehicle id -> meter id."""
+
+    def load_pairing_history(self) -> list[PairingInterval]:
+        """Every explicit pairing with its validity interval, the current ones open."""
 
     def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
         """Set pairings atomically; ``replace`` removes every pairing not in ``pairs``.
 
-        Raises PairingConflict when a meter would end up paired with two vehicles.
+        A pairing that changes ends its interval now and starts a new one; saving a pairing that
+        already holds changes nothing. Raises PairingConflict when a meter would end up paired
+        with two vehicles.
         """
 
     def delete_pairing(self, vehicle_id: str) -> bool:
@@ -148,7 +206,7 @@ class PairingRegistry:
         if version != self._version:
             with self._lock:
                 if version != self._version:
-                    self._pairings = Pairings(self._store.load_pairings(), self._rule)
+                    self._pairings = Pairings.from_history(self._store.load_pairing_history(), self._rule)
                     self._version = version
         return self._pairings
 

@@ -26,7 +26,13 @@ from ingest.schemas import (
 from webapi.auth import require
 from webapi.body import read_body, require_content_type
 from webapi.errors import ApiError
-from webapi.metrics import READINGS_ACCEPTED, READINGS_DUPLICATE, READINGS_REJECTED, READINGS_UNPAIRED
+from webapi.metrics import (
+    READINGS_ACCEPTED,
+    READINGS_CONFLICTING,
+    READINGS_DUPLICATE,
+    READINGS_REJECTED,
+    READINGS_UNPAIRED,
+)
 
 bp = Blueprint("ingest", __name__)
 
@@ -83,7 +89,7 @@ def _json_readings(kind: str | None) -> tuple[Response, int]:
     result = service.ingest_readings(batch.readings, _store(), _pairings().current(), received_ms)
     _count_accepted(result)
     body = IngestResponse(accepted=result.accepted, stored=result.stored, duplicates=result.duplicates,
-                          unpaired=result.unpaired, rejected=rejected)
+                          conflicts=result.conflicts, unpaired=result.unpaired, rejected=rejected)
     return jsonify(body.model_dump(mode="json")), 207 if rejected else 200
 
 
@@ -94,6 +100,8 @@ def _count_accepted(result: service.IngestResult) -> None:
         READINGS_UNPAIRED.labels(kind).inc(count)
     if result.duplicates:
         READINGS_DUPLICATE.inc(result.duplicates)
+    if result.conflicts:
+        READINGS_CONFLICTING.inc(result.conflicts)
 
 
 @bp.post("/v1/ingest")

@@ -31,9 +31,11 @@ class RejectionBody(ApiModel):
 class IngestResponse(ApiModel):
     """200 when every reading was accepted, 207 when some were rejected (listed in ``rejected``)."""
 
-    accepted: int = Field(description="valid readings taken in: stored + duplicates")
+    accepted: int = Field(description="valid readings taken in: stored + duplicates + conflicts")
     stored: int = Field(description="readings stored now")
-    duplicates: int = Field(description="readings already stored earlier (same device and timestamp)")
+    duplicates: int = Field(description="readings already stored earlier with the same values (a device's retry)")
+    conflicts: int = Field(0, description="readings whose device and timestamp were already stored with other "
+                           "values: the first copy is kept, this one is not stored (a device reusing timestamps)")
     unpaired: int = Field(description="accepted readings with no paired device (kept, reported here)")
     rejected: list[RejectionBody] = Field(default_factory=list)
 

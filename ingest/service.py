@@ -26,20 +26,21 @@ class IngestResult:
     accepted: int
     stored: int
     duplicates: int
+    conflicts: int
     unpaired: int
     accepted_by_kind: dict[str, int]
     unpaired_by_kind: dict[str, int]
 
 
 def pair_readings(readings: Sequence[AnyReading], pairings: Pairings, received_ms: int) -> list[PairedReading]:
-    """Attach the vehicle and meter ids that are paired now (None where unpaired)."""
+    """Attach the vehicle and meter ids paired at each reading's own timestamp (None where unpaired)."""
     paired = []
     for reading in readings:
         if isinstance(reading, MeterReading):
-            partner = pairings.partner_of("meter", reading.meter_id)
+            partner = pairings.partner_at("meter", reading.meter_id, reading.time_ms)
             paired.append(PairedReading(reading, partner, reading.meter_id, received_ms))
         else:
-            partner = pairings.partner_of("vehicle", reading.vehicle_id)
+            partner = pairings.partner_at("vehicle", reading.vehicle_id, reading.time_ms)
             paired.append(PairedReading(reading, reading.vehicle_id, partner, received_ms))
     return paired
 
@@ -58,7 +59,7 @@ def ingest_readings(
         if item.vehicle_id is None or item.meter_id is None:
             unpaired_by_kind[kind] = unpaired_by_kind.get(kind, 0) + 1
     return IngestResult(
-        accepted=len(paired), stored=written.stored, duplicates=written.duplicates,
+        accepted=len(paired), stored=written.stored, duplicates=written.duplicates, conflicts=written.conflicts,
         unpaired=sum(unpaired_by_kind.values()), accepted_by_kind=accepted_by_kind,
         unpaired_by_kind=unpaired_by_kind,
     )

@@ -18,10 +18,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 READINGS_ACCEPTED = Counter(
-    "chargewatch_readings_accepted_total", "Valid readings taken in (stored or duplicate).", ["kind"]
+    "chargewatch_readings_accepted_total", "Valid readings taken in (stored, duplicate or conflicting).", ["kind"]
 )
 READINGS_DUPLICATE = Counter(
-    "chargewatch_readings_duplicate_total", "Valid readings already stored (device retries)."
+    "chargewatch_readings_duplicate_total", "Valid readings already stored with the same values (device retries)."
+)
+READINGS_CONFLICTING = Counter(
+    "chargewatch_readings_conflicting_total",
+    "Valid readings whose device and timestamp were already stored with other values (the first copy is kept).",
 )
 READINGS_UNPAIRED = Counter(
     "chargewatch_readings_unpaired_total", "Readings stored without a paired device.", ["kind"]

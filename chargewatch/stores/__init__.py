@@ -25,7 +25,7 @@ class StorageUnavailable(RuntimeError):
 
 
 class PairedReading(NamedTuple):
-    """A validated reading with the pairing that held when it arrived."""
+    """A validated reading with the pairing that held at its timestamp."""
 
     reading: AnyReading
     vehicle_id: str | None
@@ -36,7 +36,8 @@ class PairedReading(NamedTuple):
 @dataclass(frozen=True)
 class WriteResult:
     stored: int
-    duplicates: int
+    duplicates: int  # already stored with the same values (a device's retry)
+    conflicts: int = 0  # already stored with other values: the first copy is kept
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class ReadingStore(PairingStore, Protocol):
 
     Contract:
     - ``write`` returns only once every reading is durable; a reading whose (device, timestamp) is
-      already stored is a duplicate: it is not stored again and the first copy is kept.
+      already stored is not stored again and the first copy is kept: a duplicate when its values
+      equal the stored copy's, a conflict when they differ.
     - The cache keeps, per device, the reading with the newest device timestamp; an older reading
       arriving later never replaces it.
     - Ranges are half-open ``[start_ms, end_ms)`` in epoch milliseconds, results ordered by time.

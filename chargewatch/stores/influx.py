@@ -28,7 +28,7 @@ from chargewatch.lineprotocol import encode_point
 from chargewatch.readings import MeterReading
 from chargewatch.stores import PairedReading
 from chargewatch.stores.outbox import Outbox
-from chargewatch.stores.sqlite import _INSERT, SqliteReadingStore, _history_row
+from chargewatch.stores.sqlite import _INSERT, SqliteReadingStore, _history_row, wire_row
 
 if TYPE_CHECKING:
     from chargewatch.settings import Settings
@@ -56,6 +56,7 @@ class InfluxReadingStore(SqliteReadingStore):
 
     def __init__(self, path: Path, *, outbox_max_rows: int = 5_000_000, **sqlite_options: Any) -> None:
         super().__init__(path, **sqlite_options)
+        self._options["outbox_max_rows"] = outbox_max_rows
         self.outbox = Outbox(self, max_rows=outbox_max_rows)
 
     @classmethod
@@ -63,24 +64,29 @@ class InfluxReadingStore(SqliteReadingStore):
         return cls(settings.sqlite_path, outbox_max_rows=settings.influx.outbox_max_rows,
                    **cls.options_from(settings))
 
-    def _insert_history(self, conn: sqlite3.Connection, table: str, readings: list[PairedReading]) -> int:
-        new = _insert_new(conn, table, readings)
+    def _wire_row(self, paired: PairedReading) -> tuple:
+        # The line is encoded by the request thread, before the writer and its lock; the writer
+        # queues it only when the reading is new.
+        return (*wire_row(paired), reading_line(paired))
+
+    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+        new = _insert_new(conn, table, rows)
         if new:
-            self.outbox.append(conn, [(reading_line(p), p.received_ms) for p in new])
+            self.outbox.append(conn, [(row[10], row[3]) for row in new])
         return len(new)
 
 
-def _insert_new(conn: sqlite3.Connection, table: str, readings: list[PairedReading]) -> list[PairedReading]:
-    """Insert into a day table; returns the readings that were not there yet, in order."""
+def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> list[tuple]:
+    """Insert wire rows into a day table; returns the rows that were not there yet, in order."""
     sql = _INSERT[table.split("_", 1)[0]].format(table=table)
-    rows = [_history_row(p) for p in readings]
+    history = [_history_row(r) for r in rows]
     # One executemany in the usual case (no duplicates); only when its row count shows duplicates
     # are the rows redone one by one to learn which were new (executemany discards RETURNING rows).
     conn.execute("SAVEPOINT day_insert")
-    if conn.executemany(sql, rows).rowcount == len(rows):
-        new = readings
+    if conn.executemany(sql, history).rowcount == len(history):
+        new = rows
     else:
         conn.execute("ROLLBACK TO day_insert")
-        new = [paired for paired, row in zip(readings, rows) if conn.execute(sql, row).rowcount]
+        new = [row for row, values in zip(rows, history) if conn.execute(sql, values).rowcount]
     conn.execute("RELEASE day_insert")
     return new

@@ -5,7 +5,7 @@ scripts in ``influxdb/queries/`` with ``query_api.query(source, params=...)``: i
 the values as ``extern`` option statements, so an id never becomes Flux text. Results come back as
 the same types and values :class:`SqliteEfficiencyStore` returns for the same windows.
 
-Everything else (runner state, alerts, the webhook outbox, stale-hour marks) stays in the local
+Everything else (runner state, alerts, the webhook outbox) stays in the local
 SQLite file in every mode: those calls go to the :class:`SqliteEfficiencyStore` this wraps.
 
 influxdb-client (the ``influx`` extra) is imported only when a store is built.
@@ -195,12 +195,6 @@ class InfluxEfficiencyStore:
             raise StorageUnavailable(f"unreadable answer from InfluxDB to {action}: {err}") from err
 
     # -- everything else stays in the local SQLite file --------------------------------------------
-
-    def stale_hours(self) -> list[tuple[int, int]]:
-        return self.local.stale_hours()
-
-    def clear_stale_hours(self, hours: Sequence[tuple[int, int]]) -> None:
-        self.local.clear_stale_hours(hours)
 
     def runner_state(self) -> dict[str, float]:
         return self.local.runner_state()

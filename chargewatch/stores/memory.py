@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from chargewatch.pairing import PairingConflict, check_one_to_one
+from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StoredReading, WriteResult
 
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from chargewatch.settings import Settings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _now_ms() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1000)
 
 
 def _day_of(time_ms: int) -> date:
@@ -56,6 +60,7 @@ class InMemoryReadingStore:
         self._history: dict[tuple[Kind, str, int], StoredReading] = {}  # (kind, device_id, time_ms)
         self._current: dict[tuple[Kind, str], StoredReading] = {}  # (kind, device_id)
         self._pairings: dict[str, str] = {}  # vehicle_id -> meter_id
+        self._pairing_history: list[PairingInterval] = []
         self._pairings_version = 0
 
     @classmethod
@@ -63,19 +68,21 @@ class InMemoryReadingStore:
         return cls()
 
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
-        stored = 0
+        stored = conflicts = 0
         with self._lock:
             for paired in readings:
                 r = paired.reading
                 key = (r.kind, r.device_id, r.time_ms)
-                if key in self._history:
+                first = self._history.get(key)
+                if first is not None:
+                    conflicts += first.values != _cache_entry(paired).values
                     continue
                 self._history[key] = _history_entry(paired)
                 stored += 1
                 latest = self._current.get((r.kind, r.device_id))
                 if latest is None or r.time_ms > latest.time_ms:
                     self._current[(r.kind, r.device_id)] = _cache_entry(paired)
-        return WriteResult(stored=stored, duplicates=len(readings) - stored)
+        return WriteResult(stored=stored, duplicates=len(readings) - stored - conflicts, conflicts=conflicts)
 
     def current(self, kind: Kind, device_id: str) -> StoredReading | None:
         with self._lock:
@@ -122,6 +129,23 @@ class InMemoryReadingStore:
         with self._lock:
             return dict(self._pairings)
 
+    def load_pairing_history(self) -> list[PairingInterval]:
+        with self._lock:
+            return sorted(self._pairing_history, key=lambda interval: interval.valid_from_ms)
+
+    def _record_history(self, before: Mapping[str, str], now_ms: int) -> None:
+        for vehicle in before.keys() | self._pairings.keys():
+            if before.get(vehicle) == self._pairings.get(vehicle):
+                continue
+            self._pairing_history = [
+                i._replace(valid_to_ms=now_ms) if i.vehicle_id == vehicle and i.valid_to_ms is None else i
+                for i in self._pairing_history
+            ]
+            self._pairing_history = [i for i in self._pairing_history
+                                     if i.valid_to_ms is None or i.valid_from_ms < i.valid_to_ms]
+            if vehicle in self._pairings:
+                self._pairing_history.append(PairingInterval(vehicle, self._pairings[vehicle], now_ms, None))
+
     def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
         """Set pairings atomically; ``replace`` removes every pairing not in ``pairs``.
 
@@ -134,13 +158,16 @@ class InMemoryReadingStore:
             for meter in pairs.values():
                 if meter in holders:
                     raise PairingConflict(f"meter {meter} is already paired with {holders[meter]}")
-            self._pairings = {**kept, **pairs}
+            before, self._pairings = self._pairings, {**kept, **pairs}
+            self._record_history(before, _now_ms())
             self._pairings_version += 1
 
     def delete_pairing(self, vehicle_id: str) -> bool:
         with self._lock:
+            before = dict(self._pairings)
             if self._pairings.pop(vehicle_id, None) is None:
                 return False
+            self._record_history(before, _now_ms())
             self._pairings_version += 1
             return True
 

@@ -8,11 +8,14 @@ own history (``history``) scans its day by time: only tools use it; reports read
 Retention drops whole day tables, which takes milliseconds however large the day was, instead of a
 long DELETE that would hold the write lock. ``current_state`` is the last-value cache.
 
-Writes use group commit: the first request thread to arrive becomes the leader and commits the
-readings of every thread that queued behind it in one transaction (one fsync), then wakes them.
-Processes serialise their transactions with an ``flock`` on a lock file beside the database,
-which wakes a waiter the moment the lock is free (SQLite's own busy handler polls with sleeps of
-up to 100 ms).
+Writes (``writer``): by default (``group``) each process group-commits: the first request thread to
+arrive leads, takes the file's write lock (an ``flock`` on ``<db>.lock``, which wakes the next
+process the moment it is free; SQLite's own busy handler polls with sleeps of up to 100 ms) and
+only then the requests queued behind it, commits them in one transaction (one fsync), wakes
+exactly those and hands the lead to the next waiting thread. With ``process`` or ``thread``, one
+writer serves every process on the file (``chargewatch.stores.sqlite_writer``): one fsync covers
+the requests waiting in all of them. Other transactions on the file (task runner, pairings,
+retention) serialise with either through the same ``flock``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from chargewatch.pairing import PairingConflict, check_one_to_one
+from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StorageUnavailable, StoredReading, WriteResult
+from chargewatch.stores.sqlite_writer import SharedWriter
 
 if TYPE_CHECKING:
     from chargewatch.settings import Settings
@@ -48,15 +52,28 @@ _KINDS: tuple[Kind, ...] = ("meter", "vehicle")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('pairings_version', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('stale_sequence', 0);
 CREATE TABLE IF NOT EXISTS pairings (
     vehicle_id TEXT PRIMARY KEY,
     meter_id TEXT NOT NULL UNIQUE,
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stale_hours (
-    hour_ms INTEGER PRIMARY KEY,
-    marked_ms INTEGER NOT NULL
-);
+CREATE TABLE IF NOT EXISTS pairing_history (
+    vehicle_id TEXT NOT NULL,
+    meter_id TEXT NOT NULL,
+    valid_from_ms INTEGER NOT NULL,
+    valid_to_ms INTEGER,
+    PRIMARY KEY (vehicle_id, valid_from_ms)
+) WITHOUT ROWID;
+INSERT INTO pairing_history SELECT vehicle_id, meter_id, updated_ms, NULL FROM pairings
+    WHERE NOT EXISTS (SELECT 1 FROM pairing_history);
+CREATE TABLE IF NOT EXISTS stale_windows (
+    window_ms INTEGER NOT NULL,
+    stop_ms INTEGER NOT NULL,
+    vehicle_id TEXT NOT NULL,
+    marked INTEGER NOT NULL,
+    PRIMARY KEY (window_ms, stop_ms, vehicle_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS current_state (
     kind TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -122,9 +139,13 @@ WHERE excluded.time_ms > current_state.time_ms
 """
 
 _MARK_STALE = (
-    "INSERT INTO stale_hours (hour_ms, marked_ms) VALUES (?, ?) "
-    "ON CONFLICT (hour_ms) DO UPDATE SET marked_ms = max(marked_ms, excluded.marked_ms)"
+    "INSERT INTO stale_windows (window_ms, stop_ms, vehicle_id, marked) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT DO UPDATE SET marked = excluded.marked"
 )
+# Set by the task runner before it reads the readings of a run: windows with a stop up to here are
+# computed (or being computed), so a reading for one of them that commits later marks it stale.
+_COMPUTED_THROUGH = "SELECT (SELECT value FROM meta WHERE key = 'windows_computed_through_ms'), " \
+    "(SELECT value FROM meta WHERE key = 'window_ms')"
 
 _CURRENT_COLUMNS = "kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp"
 
@@ -150,21 +171,33 @@ def _execute_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def _history_row(reading: PairedReading) -> tuple:
-    r = reading.reading
-    if isinstance(r, MeterReading):
-        return (r.meter_id, r.time_ms, reading.vehicle_id, r.kwh_consumed_ac, r.voltage, reading.received_ms)
-    return (r.vehicle_id, r.time_ms, reading.meter_id, r.soc, r.kwh_delivered_dc, r.battery_temp,
-            reading.received_ms)
-
-
-def _current_row(reading: PairedReading) -> tuple:
+def wire_row(reading: PairedReading) -> tuple:
+    """The row a request sends the writer: the last-value cache's columns, from which the writer
+    also takes the history row (``_history_row``)."""
     r = reading.reading
     if isinstance(r, MeterReading):
         return ("meter", r.meter_id, r.time_ms, reading.received_ms, reading.vehicle_id, reading.meter_id,
                 r.kwh_consumed_ac, r.voltage, None, None)
     return ("vehicle", r.vehicle_id, r.time_ms, reading.received_ms, reading.vehicle_id, reading.meter_id,
             r.kwh_delivered_dc, None, r.soc, r.battery_temp)
+
+
+def _history_row(row: Sequence) -> tuple:
+    kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp = row[:10]
+    if kind == "meter":
+        return (device_id, time_ms, vehicle_id, kwh, voltage, received_ms)
+    return (device_id, time_ms, meter_id, soc, kwh, battery_temp, received_ms)
+
+
+# The stored values a duplicate is compared with, and the same values in a wire row.
+_STORED_VALUES = {
+    "meter": "SELECT kwh_consumed_ac, voltage FROM {table} WHERE time_ms = ? AND meter_id = ?",
+    "vehicle": "SELECT soc, kwh_delivered_dc, battery_temp FROM {table} WHERE time_ms = ? AND vehicle_id = ?",
+}
+
+
+def _values(row: Sequence) -> tuple:
+    return (row[6], row[7]) if row[0] == "meter" else (row[8], row[6], row[9])
 
 
 def _stored(row: Sequence) -> StoredReading:
@@ -176,14 +209,42 @@ def _stored(row: Sequence) -> StoredReading:
     return StoredReading(kind, device_id, time_ms, received_ms, vehicle_id, meter_id, values)
 
 
-class _Ticket:
-    __slots__ = ("readings", "done", "result", "error")
+def _record_history(conn: sqlite3.Connection, before: Mapping[str, str], after: Mapping[str, str],
+                    now_ms: int) -> None:
+    """End the intervals of the pairings that changed at ``now_ms`` and open the new ones."""
+    for vehicle in before.keys() | after.keys():
+        if before.get(vehicle) == after.get(vehicle):
+            continue
+        conn.execute("UPDATE pairing_history SET valid_to_ms = ? WHERE vehicle_id = ? AND valid_to_ms IS NULL",
+                     (now_ms, vehicle))
+        # Changed twice within a millisecond: the first change held for no time at all.
+        conn.execute("DELETE FROM pairing_history WHERE vehicle_id = ? AND valid_from_ms >= valid_to_ms", (vehicle,))
+        if vehicle in after:
+            conn.execute("INSERT INTO pairing_history VALUES (?, ?, ?, NULL)", (vehicle, after[vehicle], now_ms))
 
-    def __init__(self, readings: Sequence[PairedReading]) -> None:
-        self.readings = readings
-        self.done = False
-        self.result: WriteResult | None = None
+
+class _Ticket:
+    __slots__ = ("rows", "wake", "lead", "result", "error")
+
+    def __init__(self, rows: list[tuple]) -> None:
+        self.rows = rows
+        self.wake = threading.Event()
+        self.lead = False
+        self.result: tuple[int, int, int] | None = None
         self.error: BaseException | None = None
+
+    def answer(self) -> tuple[int, int, int]:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+    """Rows whose (device, timestamp) is stored with other values (the stored copy, the first, is
+    kept). Run only when an insert found duplicates; a row just inserted matches itself."""
+    sql = _STORED_VALUES[rows[0][0]].format(table=table)
+    return sum(conn.execute(sql, (row[2], row[1])).fetchone() != _values(row) for row in rows)
 
 
 class SqliteReadingStore:
@@ -196,18 +257,21 @@ class SqliteReadingStore:
         synchronous: str = "full",
         busy_timeout_ms: int = 10_000,
         cache_size_mib: int = 64,
-        late_after_ms: int = 15 * 60 * 1000,
+        writer: str = "group",
     ) -> None:
         self.path = Path(path)
-        self._late_after_ms = late_after_ms
+        self._options = {"synchronous": synchronous, "busy_timeout_ms": busy_timeout_ms,
+                         "cache_size_mib": cache_size_mib}
+        self._writer_mode = writer
         self._pragmas = (
             f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}",
             f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
             f"PRAGMA cache_size = {-1024 * int(cache_size_mib)}",
             "PRAGMA temp_store = MEMORY",
         )
-        self._cond = threading.Condition()
-        self._pending: list[_Ticket] = []
+        self._shared: SharedWriter | None = None
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
         self._leading = False
         self._local = threading.local()
         self._owner_pid = -1
@@ -245,7 +309,7 @@ class SqliteReadingStore:
             "synchronous": settings.sqlite.synchronous,
             "busy_timeout_ms": settings.sqlite.busy_timeout_ms,
             "cache_size_mib": settings.sqlite.cache_size_mib,
-            "late_after_ms": settings.efficiency.late_after_seconds * 1000,
+            "writer": settings.sqlite.writer,
         }
 
     # -- connections -------------------------------------------------------------------------
@@ -268,9 +332,13 @@ class SqliteReadingStore:
             self._local = threading.local()
             self._writer = None
             self._tables = set()
-            self._cond = threading.Condition()
-            self._pending = []
+            self._queue_lock = threading.Lock()
+            self._queue = []
             self._leading = False
+            if self._shared is not None:
+                self._shared.abandon()
+            self._shared = SharedWriter(self.path, self._commit_requests, self._busy_timeout_s,
+                                        spawn=self._writer_spec() if self._writer_mode == "process" else None)
             self._owner_pid = os.getpid()
 
     def reader(self) -> sqlite3.Connection:
@@ -329,94 +397,142 @@ class SqliteReadingStore:
                     raise
                 time.sleep(0.02)
 
-    # -- writes (group commit) ---------------------------------------------------------------
+    # -- writes (one writer shared by every process) -------------------------------------------
 
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
         if not readings:
             return WriteResult(0, 0)
         self._reset_after_fork()
-        ticket = _Ticket(readings)
-        with self._cond:
-            self._pending.append(ticket)
-            while self._leading and not ticket.done:
-                self._cond.wait()
-            if not ticket.done:
-                self._leading = True
-                batch, self._pending = self._pending, []
-            else:
-                batch = None
-        if batch is not None:
-            try:
-                self._commit_group(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
-        if ticket.error is not None:
-            raise ticket.error
-        assert ticket.result is not None
-        return ticket.result
+        rows = [self._wire_row(p) for p in readings]  # built here, outside any lock
+        if self._writer_mode == "group":
+            return WriteResult(*self._group_commit(rows))
+        assert self._shared is not None
+        return WriteResult(*self._shared.send(rows))
 
-    def _commit_group(self, tickets: list[_Ticket]) -> None:
+    def _group_commit(self, rows: list[tuple]) -> tuple[int, int, int]:
+        """This process's group commit: the first thread to arrive leads; it takes the file's write
+        lock first and only then the requests queued behind it (those that arrived while it waited
+        for the other processes join too), commits them in one transaction, wakes exactly those
+        requests, and hands the lead to the next waiting thread, if any."""
+        ticket = _Ticket(rows)
+        with self._queue_lock:
+            if self._leading:
+                self._queue.append(ticket)
+            else:
+                self._leading = True
+                ticket.lead = True
+        if not ticket.lead:
+            ticket.wake.wait()
+            if not ticket.lead:
+                return ticket.answer()
+        batch = [ticket]
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # held through the commit (write_transaction)
+            with self._queue_lock:
+                batch, self._queue = [ticket, *self._queue], []
+            try:
+                results = self._commit_requests([t.rows for t in batch])
+            except BaseException as err:  # never leave a waiting request thread hanging
+                for waiting in batch:
+                    waiting.error = err
+            else:
+                for waiting, result in zip(batch, results):
+                    waiting.result = result
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    successor = self._queue.pop(0)
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._leading = False
+        for waiting in batch[1:]:
+            waiting.wake.set()
+        return ticket.answer()
+
+    def start_writer(self) -> None:
+        """Connect this thread to the shared writer now, starting it if none runs (ingest workers
+        call it once at boot; the connection also keeps a writer process from idling out). Nothing
+        to do for the per-process group commit."""
+        if self._writer_mode == "group":
+            return
+        self._reset_after_fork()
+        assert self._shared is not None
+        self._shared.connect()
+
+    def _wire_row(self, paired: PairedReading) -> tuple:
+        return wire_row(paired)
+
+    def _writer_spec(self) -> dict[str, Any]:
+        """How a writer process builds this store (``chargewatch.stores.sqlite_writer``)."""
+        cls = type(self)
+        return {"store": f"{cls.__module__}:{cls.__qualname__}", "path": str(self.path), "options": self._options}
+
+    def _commit_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
+        """The writer's side: commit every request's rows in one transaction; returns
+        (stored, duplicates, conflicts) per request."""
         try:
             try:
-                self._patiently(lambda: self._write_tickets(tickets))
+                return self._patiently(lambda: self._write_requests(requests))
             except sqlite3.OperationalError as err:
                 if "no such table" not in str(err):
                     raise
                 self._tables.clear()  # another process dropped a day we had cached; recreate
-                self._patiently(lambda: self._write_tickets(tickets))
+                return self._patiently(lambda: self._write_requests(requests))
         except sqlite3.Error as err:
-            logger.error("group commit of %d requests failed: %s", len(tickets), err)
-            failure = StorageUnavailable(f"writing to {self.path.name} failed: {err}")
-            for ticket in tickets:
-                ticket.error = failure
-        except BaseException as err:  # never leave a waiting request thread hanging
-            for ticket in tickets:
-                ticket.error = err
-            raise
-        finally:
-            for ticket in tickets:
-                ticket.done = True
+            logger.error("group commit of %d requests failed: %s", len(requests), err)
+            raise StorageUnavailable(f"writing to {self.path.name} failed: {err}") from err
 
-    def _write_tickets(self, tickets: list[_Ticket]) -> None:
-        self._reset_after_fork()
+    def _write_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
         if self._writer is None:
             self._writer = self._connect()
         conn = self._writer
-        newest: dict[tuple[str, str], PairedReading] = {}
-        late_hours: set[int] = set()
+        newest: dict[tuple[str, str], tuple] = {}
+        results = []
         with self.write_transaction(conn):
-            for ticket in tickets:
-                stored = 0
-                groups: dict[str, list[PairedReading]] = {}
-                for paired in ticket.readings:
-                    r = paired.reading
-                    table = day_table(r.kind, r.time_ms // MS_PER_DAY)
-                    groups.setdefault(table, []).append(paired)
-                    key = (r.kind, r.device_id)
+            computed_through_ms, window_ms = conn.execute(_COMPUTED_THROUGH).fetchone()
+            stale: set[tuple[int, int, str]] = set()
+            for rows in requests:
+                stored = conflicts = 0
+                groups: dict[str, list[tuple]] = {}
+                for row in rows:
+                    kind, device_id, time_ms, received_ms = row[:4]
+                    table = day_table(kind, time_ms // MS_PER_DAY)
+                    groups.setdefault(table, []).append(row)
+                    key = (kind, device_id)
                     seen = newest.get(key)
-                    if seen is None or r.time_ms > seen.reading.time_ms:
-                        newest[key] = paired
-                    if r.time_ms < paired.received_ms - self._late_after_ms:
-                        late_hours.add(r.time_ms - r.time_ms % MS_PER_HOUR)
+                    if seen is None or time_ms > seen[2]:
+                        newest[key] = row
+                    if computed_through_ms is not None and row[4] is not None:
+                        stop_ms = (time_ms // window_ms + 1) * window_ms
+                        if stop_ms <= computed_through_ms:  # its window was computed without it
+                            stale.add((window_ms, stop_ms, row[4]))
                 for table, group in groups.items():
                     kind = table.split("_", 1)[0]
                     if table not in self._tables:
                         _execute_script(conn, _DAY_SCHEMA[kind].format(table=table))
                         self._tables.add(table)
-                    stored += self._insert_history(conn, table, group)
-                ticket.result = WriteResult(stored=stored, duplicates=len(ticket.readings) - stored)
-            conn.executemany(_UPSERT_CURRENT, [_current_row(p) for p in newest.values()])
-            if late_hours:
-                # Late readings: the task runner recomputes these hours beyond its trailing windows.
-                marked_ms = max(p.received_ms for t in tickets for p in t.readings)
-                conn.executemany(_MARK_STALE, [(hour, marked_ms) for hour in late_hours])
+                    new = self._insert_history(conn, table, group)
+                    stored += new
+                    if new < len(group):
+                        conflicts += _count_conflicts(conn, table, group)
+                results.append((stored, len(rows) - stored - conflicts, conflicts))
+            conn.executemany(_UPSERT_CURRENT, [row[:10] for row in newest.values()])
+            if stale:
+                # Late readings: the task runner recomputes these vehicles' windows at its next run.
+                # A sequence, not a clock: the runner clears only the marks it has seen (see
+                # SqliteEfficiencyStore.clear_stale_windows), whatever the order requests arrived in.
+                (sequence,) = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'stale_sequence' "
+                                           "RETURNING value").fetchone()
+                conn.executemany(_MARK_STALE, [(*key, sequence) for key in stale])
+        return results
 
-    def _insert_history(self, conn: sqlite3.Connection, table: str, readings: list[PairedReading]) -> int:
-        """Insert one day table's readings inside the group commit; returns how many were new."""
+    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+        """Insert one day table's rows inside the group commit; returns how many were new."""
         kind = table.split("_", 1)[0]
-        return conn.executemany(_INSERT[kind].format(table=table), [_history_row(p) for p in readings]).rowcount
+        return conn.executemany(_INSERT[kind].format(table=table), [_history_row(r) for r in rows]).rowcount
 
     # -- the last-value cache ----------------------------------------------------------------
 
@@ -476,6 +592,15 @@ class SqliteReadingStore:
                     except sqlite3.Error as err:
                         raise StorageUnavailable(f"dropping {table} failed: {err}") from err
                     dropped.append(table)
+        cutoff_ms = cutoff_day * MS_PER_DAY
+        if self.read("SELECT 1 FROM pairing_history WHERE valid_to_ms < ? LIMIT 1", (cutoff_ms,)):
+            conn = self.reader()
+            try:
+                with self.write_transaction(conn):  # no reading that old is stored or accepted any more
+                    conn.execute("DELETE FROM pairing_history WHERE valid_to_ms < ?", (cutoff_ms,))
+                    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
+            except sqlite3.Error as err:
+                raise StorageUnavailable(f"pruning the pairing history failed: {err}") from err
         if dropped:
             logger.info("retention: dropped %s", ", ".join(dropped))
         return dropped
@@ -488,12 +613,17 @@ class SqliteReadingStore:
     def load_pairings(self) -> dict[str, str]:
         return dict(self.read("SELECT vehicle_id, meter_id FROM pairings"))
 
+    def load_pairing_history(self) -> list[PairingInterval]:
+        return [PairingInterval(*row) for row in self.read(
+            "SELECT vehicle_id, meter_id, valid_from_ms, valid_to_ms FROM pairing_history ORDER BY valid_from_ms")]
+
     def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
         check_one_to_one(pairs)
         now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
         conn = self.reader()
         try:
             with self.write_transaction(conn):
+                before = dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings"))
                 if replace:
                     conn.execute("DELETE FROM pairings")
                 for vehicle, meter in pairs.items():
@@ -503,6 +633,7 @@ class SqliteReadingStore:
                     if holder is not None:
                         raise PairingConflict(f"meter {meter} is already paired with {holder[0]}")
                     conn.execute("INSERT INTO pairings VALUES (?, ?, ?)", (vehicle, meter, now_ms))
+                _record_history(conn, before, dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings")), now_ms)
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
         except sqlite3.Error as err:
             raise StorageUnavailable(f"saving pairings failed: {err}") from err
@@ -513,6 +644,8 @@ class SqliteReadingStore:
             with self.write_transaction(conn):
                 deleted = conn.execute("DELETE FROM pairings WHERE vehicle_id = ?", (vehicle_id,)).rowcount
                 if deleted:
+                    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+                    _record_history(conn, {vehicle_id: ""}, {}, now_ms)
                     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
         except sqlite3.Error as err:
             raise StorageUnavailable(f"deleting a pairing failed: {err}") from err
@@ -526,6 +659,8 @@ class SqliteReadingStore:
     def close(self) -> None:
         if self._owner_pid != os.getpid():
             return
+        if self._shared is not None:
+            self._shared.close()  # the writer thread, if it runs here, finishes before its connection closes
         for conn in (self._writer, getattr(self._local, "conn", None)):
             if conn is not None:
                 conn.close()

@@ -175,9 +175,23 @@ class SqliteEfficiencyStore:
     # -- computing windows ---------------------------------------------------------------------
 
     def side_totals(
-        self, window_ms: int, start_ms: int, end_ms: int
+        self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str] | None = None
     ) -> tuple[dict[WindowKey, SideTotals], dict[WindowKey, SideTotals]]:
-        """Per (vehicle, meter, window stop) sums and counts of readings timed in [start_ms, end_ms)."""
+        """Per (vehicle, meter, window stop) sums and counts of readings timed in [start_ms, end_ms),
+        of every vehicle or only of ``vehicle_ids``."""
+        if vehicle_ids is not None:
+            ac: dict[WindowKey, SideTotals] = {}
+            dc: dict[WindowKey, SideTotals] = {}
+            for first in range(0, len(vehicle_ids), 500):  # SQLite caps the number of bound parameters
+                more_ac, more_dc = self._side_totals(window_ms, start_ms, end_ms, vehicle_ids[first:first + 500])
+                ac.update(more_ac)
+                dc.update(more_dc)
+            return ac, dc
+        return self._side_totals(window_ms, start_ms, end_ms, None)
+
+    def _side_totals(
+        self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str] | None
+    ) -> tuple[dict[WindowKey, SideTotals], dict[WindowKey, SideTotals]]:
         conn = self.readings.reader()
         conn.create_aggregate("fsum", 1, _FSum)
         existing = {
@@ -188,21 +202,25 @@ class SqliteEfficiencyStore:
         ac: dict[WindowKey, SideTotals] = {}
         dc: dict[WindowKey, SideTotals] = {}
         bucket = "(time_ms / :w) * :w + :w"
-        params = {"w": window_ms, "start": start_ms, "end": end_ms}
+        params: dict[str, Any] = {"w": window_ms, "start": start_ms, "end": end_ms}
+        only = ""
+        if vehicle_ids is not None:
+            params.update({f"v{i}": vehicle_id for i, vehicle_id in enumerate(vehicle_ids)})
+            only = f" AND vehicle_id IN ({', '.join(f':v{i}' for i in range(len(vehicle_ids)))})"
         try:
             for day in range(start_ms // MS_PER_DAY, (end_ms - 1) // MS_PER_DAY + 1):
                 meters, vehicles = day_table("meter", day), day_table("vehicle", day)
                 if meters in existing:
                     for vehicle_id, meter_id, stop, kwh, count in conn.execute(
                         f"SELECT vehicle_id, meter_id, {bucket} AS stop, fsum(kwh_consumed_ac), count(*) "
-                        f"FROM {meters} WHERE time_ms >= :start AND time_ms < :end AND vehicle_id IS NOT NULL "
+                        f"FROM {meters} WHERE time_ms >= :start AND time_ms < :end AND vehicle_id IS NOT NULL{only} "
                         "GROUP BY vehicle_id, meter_id, stop", params,
                     ):
                         ac[(vehicle_id, meter_id, stop)] = SideTotals(kwh, count)
                 if vehicles in existing:
                     for vehicle_id, meter_id, stop, kwh, count, temps in conn.execute(
                         f"SELECT vehicle_id, meter_id, {bucket} AS stop, fsum(kwh_delivered_dc), count(*), "
-                        f"fsum(battery_temp) FROM {vehicles} WHERE time_ms >= :start AND time_ms < :end "
+                        f"fsum(battery_temp) FROM {vehicles} WHERE time_ms >= :start AND time_ms < :end{only} "
                         "GROUP BY vehicle_id, meter_id, stop", params,
                     ):
                         dc[(vehicle_id, meter_id, stop)] = SideTotals(kwh, count, temps)
@@ -246,13 +264,60 @@ class SqliteEfficiencyStore:
         except sqlite3.Error as err:
             raise StorageUnavailable(f"writing windows failed: {err}") from err
 
-    def stale_hours(self) -> list[tuple[int, int]]:
-        """Hours marked by late readings, as (hour start ms, marked at ms)."""
-        return self._read("SELECT hour_ms, marked_ms FROM stale_hours ORDER BY hour_ms")
+    def replace_vehicle_windows(
+        self, window_ms: int, stop_ms: int, vehicle_ids: Sequence[str], windows: Sequence[EfficiencyWindow],
+        computed_ms: int,
+    ) -> None:
+        """Make the stored windows of ``vehicle_ids`` with stop ``stop_ms`` exactly ``windows`` (of
+        those vehicles), and refresh those vehicles' rollup of that hour."""
+        hour_stop = -(-stop_ms // MS_PER_HOUR) * MS_PER_HOUR
+        rows = [(window_ms, w.vehicle_id, w.stop_ms, w.meter_id or "", w.ac_kwh, w.dc_kwh, w.ac_readings,
+                 w.dc_readings, w.avg_battery_temp, w.efficiency, computed_ms) for w in windows]
+        conn = self.readings.reader()
+        try:
+            with self.readings.write_transaction(conn):
+                for first in range(0, len(vehicle_ids), 500):
+                    chunk = list(vehicle_ids[first:first + 500])
+                    marks = ", ".join("?" * len(chunk))
+                    conn.execute(f"DELETE FROM efficiency WHERE window_ms = ? AND stop_ms = ? AND vehicle_id IN ({marks})",
+                                 (window_ms, stop_ms, *chunk))
+                    if first == 0:
+                        conn.executemany("INSERT INTO efficiency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    conn.execute(f"DELETE FROM efficiency_hourly WHERE window_ms = ? AND hour_stop_ms = ? "
+                                 f"AND vehicle_id IN ({marks})", (window_ms, hour_stop, *chunk))
+                    conn.execute(
+                        f"""INSERT INTO efficiency_hourly
+                        SELECT window_ms, ? AS hour_stop, vehicle_id,
+                            total(ac_kwh), total(dc_kwh), sum(ac_readings), sum(dc_readings), count(*),
+                            total(avg_battery_temp * dc_readings), sum(CASE WHEN avg_battery_temp IS NULL THEN 0
+                                                                       ELSE dc_readings END)
+                        FROM efficiency INDEXED BY efficiency_vehicle
+                        WHERE window_ms = ? AND vehicle_id IN ({marks}) AND stop_ms > ? AND stop_ms <= ?
+                        GROUP BY vehicle_id""",
+                        (hour_stop, window_ms, *chunk, hour_stop - MS_PER_HOUR, hour_stop),
+                    )
+        except sqlite3.Error as err:
+            raise StorageUnavailable(f"writing windows failed: {err}") from err
 
-    def clear_stale_hours(self, hours: Sequence[tuple[int, int]]) -> None:
+    def mark_computing(self, window_ms: int, through_ms: int) -> None:
+        """Before a run reads readings: from now on, a reading for a window with stop up to
+        ``through_ms`` marks that vehicle's window stale (``stale_windows``)."""
+        self._write([
+            ("INSERT INTO meta (key, value) VALUES ('window_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+             (window_ms,)),
+            ("INSERT INTO meta (key, value) VALUES ('windows_computed_through_ms', ?) "
+             "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)", (through_ms,)),
+        ])
+
+    def stale_windows(self, window_ms: int) -> list[tuple[int, str, int]]:
+        """Windows late readings marked, as (stop ms, vehicle id, mark), in stop order."""
+        return self._read("SELECT stop_ms, vehicle_id, marked FROM stale_windows WHERE window_ms = ? "
+                          "ORDER BY stop_ms, vehicle_id", (window_ms,))
+
+    def clear_stale_windows(self, window_ms: int, marks: Sequence[tuple[int, str, int]]) -> None:
         """Forget marks that were handled; a mark renewed since (a later late reading) stays."""
-        self._write(("DELETE FROM stale_hours WHERE hour_ms = ? AND marked_ms <= ?", hour) for hour in hours)
+        self._write(("DELETE FROM stale_windows WHERE window_ms = ? AND stop_ms = ? AND vehicle_id = ? "
+                     "AND marked <= ?", (window_ms, *mark)) for mark in marks)
 
     # -- reading windows -----------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: lis
             errors.append(f"{response.status_code}: {response.text[:200]}")
 
 
-def test_every_acknowledged_reading_survives_kill_9(tmp_path) -> None:
-    server = IngestServer(tmp_path, free_port()).start()
+@pytest.mark.parametrize("writer", ["group", "process"])
+def test_every_acknowledged_reading_survives_kill_9(tmp_path, writer) -> None:
+    server = IngestServer(tmp_path, free_port(), extra_env={"CHARGEWATCH_SQLITE__WRITER": writer}).start()
     acked: list[tuple[str, str, int]] = []
     errors: list[str] = []
     stop = threading.Event()

@@ -43,7 +43,8 @@ def test_a_single_meter_reading_is_stored_with_its_paired_vehicle(client: Ingest
     payload = meter_payload("METER_00042")
     response = client.post_readings(payload)
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": 1, "stored": 1, "duplicates": 0, "unpaired": 0, "rejected": []}
+    assert response.json() == {"accepted": 1, "stored": 1, "duplicates": 0, "conflicts": 0, "unpaired": 0,
+                               "rejected": []}
     rows = server.rows("meter", "meter_id = ?", ("METER_00042",))
     assert [(r[0], r[2], r[3], r[4]) for r in rows] == [("METER_00042", "VEHICLE_00042", 1.25, 230.0)]
 
@@ -81,8 +82,34 @@ def test_a_resent_reading_is_stored_once(client: IngestClient, server: IngestSer
     first, second = client.post_readings(payload), client.post_readings(payload)
     assert first.json()["stored"] == 1
     assert second.status_code == 200
-    assert second.json() == {"accepted": 1, "stored": 0, "duplicates": 1, "unpaired": 0, "rejected": []}
+    assert second.json() == {"accepted": 1, "stored": 0, "duplicates": 1, "conflicts": 0, "unpaired": 0,
+                             "rejected": []}
     assert len(server.rows("meter", "meter_id = ?", (payload["meterId"],))) == 1
+
+
+def _counter(metrics: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + " "))
+
+
+def test_a_copy_with_other_values_is_reported_as_a_conflict_and_the_first_copy_is_kept(
+    client: IngestClient, server: IngestServer
+) -> None:
+    first = meter_payload(kwhConsumedAc=1.25)
+    before = client.get("/metrics").text
+    assert client.post_readings(first).status_code == 200
+    other_values = {**first, "kwhConsumedAc": 2.5}
+
+    response = client.post_readings([other_values, first])
+
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 2, "stored": 0, "duplicates": 1, "conflicts": 1, "unpaired": 0,
+                               "rejected": []}
+    assert [r[3] for r in server.rows("meter", "meter_id = ?", (first["meterId"],))] == [1.25]
+    after = client.get("/metrics").text
+    assert _counter(after, "chargewatch_readings_conflicting_total") == (
+        _counter(before, "chargewatch_readings_conflicting_total") + 1)
+    assert _counter(after, "chargewatch_readings_duplicate_total") == (
+        _counter(before, "chargewatch_readings_duplicate_total") + 1)
 
 
 def test_a_late_older_reading_does_not_regress_current_state(client: IngestClient, server: IngestServer) -> None:
@@ -146,8 +173,13 @@ def test_a_registry_pairing_overrides_the_default_rule(client: IngestClient, ser
     response = client.session.put(client.base_url + "/v1/pairings/VEHICLE_55555", json={"meterId": "GRID-55"})
     assert response.status_code == 200, response.text
     time.sleep(1.1)  # the other worker rechecks the registry within a second
-    client.post_readings(vehicle_payload("VEHICLE_55555"))
-    assert server.rows("vehicle", "vehicle_id = ?", ("VEHICLE_55555",))[0][2] == "GRID-55"
+    before_the_change = now_minute() - timedelta(minutes=10)
+    client.post_readings([vehicle_payload("VEHICLE_55555", at=before_the_change),
+                          vehicle_payload("VEHICLE_55555", at=datetime.now(timezone.utc))])
+    # Each reading is paired by the pairing of its own time: a late one from before the change
+    # keeps the rule's meter.
+    rows = server.rows("vehicle", "vehicle_id = ?", ("VEHICLE_55555",))
+    assert [row[2] for row in rows] == ["METER_55555", "GRID-55"]
     assert client.get("/v1/pairings/VEHICLE_55555").json()["source"] == "registry"
     conflict = client.session.put(client.base_url + "/v1/pairings/VEHICLE_55556", json={"meterId": "GRID-55"})
     assert conflict.status_code == 409

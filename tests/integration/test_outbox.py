@@ -64,7 +64,7 @@ def test_a_resent_reading_is_not_queued_again_even_with_other_values_or_another_
     resent = paired(make_meter(kwh_consumed_ac=9.0), vehicle_id="VEHICLE_002")
     later = paired(make_meter(timestamp=reading_time + timedelta(minutes=1)))
 
-    assert store.write([resent, later, later]) == WriteResult(stored=1, duplicates=2)
+    assert store.write([resent, later, later]) == WriteResult(stored=1, duplicates=1, conflicts=1)
 
     lines = queued_lines(store)
     assert len(lines) == 2

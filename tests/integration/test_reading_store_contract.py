@@ -3,6 +3,8 @@ the real store (docs/architecture.md "Stores: the ports and their adapters")."""
 
 from __future__ import annotations
 
+import time
+
 import random
 from datetime import datetime, timedelta, timezone
 
@@ -61,9 +63,23 @@ def test_a_resent_reading_is_never_stored_twice_and_the_first_copy_is_kept(
 ):
     store.write([paired(make_meter(kwh_consumed_ac=1.0))])
 
-    resent = store.write([paired(make_meter(kwh_consumed_ac=9.0, voltage=230.0))])
+    resent = store.write([paired(make_meter(kwh_consumed_ac=1.0))])
 
-    assert resent == WriteResult(stored=0, duplicates=1)
+    assert resent == WriteResult(stored=0, duplicates=1, conflicts=0)
+    [kept] = store.history("meter", "METER_001", ms(reading_time), ms(reading_time) + 1)
+    assert kept.values == {"kwhConsumedAc": 1.0, "voltage": 400.0}
+
+
+def test_a_copy_with_other_values_is_a_conflict_not_a_duplicate_and_the_first_copy_is_kept(
+    store, make_meter, paired, reading_time
+):
+    store.write([paired(make_meter(kwh_consumed_ac=1.0))])
+
+    resent = store.write([paired(make_meter(kwh_consumed_ac=9.0, voltage=230.0)),
+                          paired(make_meter(kwh_consumed_ac=1.0)),
+                          paired(make_meter(kwh_consumed_ac=1.0, voltage=230.0))])
+
+    assert resent == WriteResult(stored=0, duplicates=1, conflicts=2)
     [kept] = store.history("meter", "METER_001", ms(reading_time), ms(reading_time) + 1)
     assert kept.values == {"kwhConsumedAc": 1.0, "voltage": 400.0}
     assert store.current("meter", "METER_001").values == {"kwhConsumedAc": 1.0, "voltage": 400.0}
@@ -72,9 +88,9 @@ def test_a_resent_reading_is_never_stored_twice_and_the_first_copy_is_kept(
 def test_copies_of_one_reading_within_a_batch_are_stored_once_keeping_the_first(
     store, make_vehicle, paired, reading_time
 ):
-    batch = [paired(make_vehicle(soc=10.0)), paired(make_vehicle(soc=20.0)), paired(make_vehicle(soc=30.0))]
+    batch = [paired(make_vehicle(soc=10.0)), paired(make_vehicle(soc=20.0)), paired(make_vehicle(soc=10.0))]
 
-    assert store.write(batch) == WriteResult(stored=1, duplicates=2)
+    assert store.write(batch) == WriteResult(stored=1, duplicates=1, conflicts=1)
     [kept] = store.history("vehicle", "VEHICLE_001", ms(reading_time), ms(reading_time) + 1)
     assert kept.values["soc"] == 10.0
     assert store.current("vehicle", "VEHICLE_001").values["soc"] == 10.0
@@ -376,6 +392,24 @@ def test_saved_pairings_are_merged_and_each_save_changes_the_version(store):
     assert store.load_pairings() == {"VEHICLE_001": "METER_020", "VEHICLE_002": "METER_018",
                                      "VEHICLE_003": "METER_019"}
     assert len({v0, v1, store.pairings_version()}) == 3
+
+
+def test_pairing_history_ends_an_interval_only_when_a_pairing_changes(store):
+    store.save_pairings({"VEHICLE_001": "METER_017", "VEHICLE_002": "METER_018"})
+    store.save_pairings({"VEHICLE_001": "METER_017"})  # saving what holds changes nothing
+    time.sleep(0.002)
+    store.save_pairings({"VEHICLE_001": "METER_020"})
+    time.sleep(0.002)
+    store.delete_pairing("VEHICLE_002")
+
+    history = store.load_pairing_history()
+    by_vehicle = {v: [(m, start, stop) for vehicle, m, start, stop in history if vehicle == v]
+                  for v in ("VEHICLE_001", "VEHICLE_002")}
+    [(m17, first, changed), (m20, started, still_open)] = by_vehicle["VEHICLE_001"]
+    assert (m17, m20, still_open) == ("METER_017", "METER_020", None)
+    assert first < changed == started
+    [(m18, _, deleted)] = by_vehicle["VEHICLE_002"]
+    assert m18 == "METER_018" and deleted > changed
 
 
 def test_replace_removes_every_pairing_not_saved(store):

@@ -76,28 +76,31 @@ def test_wal_mode_is_on_for_every_connection_to_the_file(store, db_path):
 class GroupCountingStore(SqliteReadingStore):
     """Counts SQLite write transactions and the requests each one committed.
 
-    Only the group's leader calls ``_write_tickets``, once per transaction. The first transaction is
-    held until every writer has a request queued, so the test does not depend on thread timing.
+    Only the writer calls ``_write_requests``, once per transaction. The first transaction is held
+    until every writer thread has built its request (and a moment more, to send it), so the test
+    does not depend on thread timing.
     """
 
     def __init__(self, path: Path, *, writers: int) -> None:
         super().__init__(path)
         self.writers = writers
         self.group_sizes: list[int] = []
+        self.built = 0
+        self._built_lock = threading.Lock()
 
-    def _write_tickets(self, tickets) -> None:
+    def _wire_row(self, paired):
+        with self._built_lock:
+            self.built += 1
+        return super()._wire_row(paired)
+
+    def _write_requests(self, requests):
         if not self.group_sizes:
-            self._wait_until_every_writer_is_queued(len(tickets))
-        self.group_sizes.append(len(tickets))
-        super()._write_tickets(tickets)
-
-    def _wait_until_every_writer_is_queued(self, in_this_group: int) -> None:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with self._cond:
-                if in_this_group + len(self._pending) >= self.writers:
-                    return
-            time.sleep(0.001)
+            deadline = time.monotonic() + 5
+            while self.built < self.writers and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.05)
+        self.group_sizes.append(len(requests))
+        return super()._write_requests(requests)
 
 
 def test_concurrent_writer_threads_share_commits_and_store_every_reading_exactly_once(
@@ -304,3 +307,73 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> No
             process.join(timeout=30)
         failures += [r for r in (results.get(timeout=5) for _ in processes) if r != "ok"]
     assert failures == []
+
+
+_SENDER_PROCESS = """
+import sys, time
+from datetime import timedelta
+from pathlib import Path
+
+from conftest import READING_TIME, build_meter, build_paired
+from chargewatch.stores.sqlite import SqliteReadingStore
+
+path, go, sending = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+store = SqliteReadingStore(path, writer="thread")
+store.write([build_paired(build_meter(meter_id="METER_OTHER_WARMUP"))])  # connected from now on
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+sending.touch()
+print(store.write([build_paired(build_meter(meter_id="METER_OTHER_PROCESS"))]), flush=True)
+store.close()
+"""
+
+
+def test_the_shared_writer_covers_the_requests_waiting_in_every_process_with_one_commit(db_path, tmp_path, make_meter, paired):
+    go, sending, held = tmp_path / "go", tmp_path / "sending", threading.Event()
+
+    class HeldStore(SqliteReadingStore):
+        """The writer (a thread of this process) holds one commit until the other process has sent,
+        so requests of both processes queue behind it."""
+
+        groups: list[set[str]] = []
+
+        def _write_requests(self, requests):
+            if held.is_set():
+                held.clear()
+                deadline = time.monotonic() + 10
+                while not sending.exists() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(0.3)  # the other process's frame and the local ones reach the socket
+            self.groups.append({rows[0][1] for rows in requests})
+            return super()._write_requests(requests)
+
+    store = HeldStore(db_path, writer="thread")
+    store.write([paired(make_meter(meter_id="METER_WARMUP"))])  # this process runs the writer
+    project_root = Path(chargewatch.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root), str(_TESTS_DIR)])}
+    other = subprocess.Popen([sys.executable, "-c", _SENDER_PROCESS, str(db_path), str(go), str(sending)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert other.stdout.readline().strip() == "ready", other.stderr.read()
+        HeldStore.groups.clear()
+        held.set()
+        with ThreadPoolExecutor(5) as pool:
+            trigger = pool.submit(store.write, [paired(make_meter(meter_id="METER_TRIGGER"))])
+            time.sleep(0.1)  # the trigger's commit is held now
+            go.touch()
+            local = list(pool.map(lambda n: store.write([paired(make_meter(meter_id=f"METER_LOCAL_{n}"))]), range(4)))
+            assert trigger.result() == WriteResult(1, 0)
+        out, err = other.communicate(timeout=30)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.communicate()
+        store.close()
+
+    assert other.returncode == 0, err
+    assert out.strip() == "WriteResult(stored=1, duplicates=0, conflicts=0)"
+    assert local == [WriteResult(1, 0)] * 4
+    # The requests that queued behind the held commit, from both processes, shared one transaction.
+    assert {"METER_OTHER_PROCESS", "METER_LOCAL_0", "METER_LOCAL_1", "METER_LOCAL_2", "METER_LOCAL_3"} in (
+        HeldStore.groups), HeldStore.groups

@@ -89,11 +89,43 @@ def test_a_reading_hours_late_is_counted_at_the_next_run(stores, settings, make_
     late = make_meter(meter_id="METER_001", kwh_consumed_ac=2.0,
                       timestamp=datetime.fromtimestamp((day + 120_000) / 1000, timezone.utc))
     readings.write([paired(late, vehicle_id="VEHICLE_001", received_ms=day + 5 * 3_600_000)])
-    assert efficiency.stale_hours()  # marked by ingest: far older than its arrival
+    assert efficiency.stale_windows(W) == [(day + W, "VEHICLE_001", 1)]  # marked by ingest: computed without it
     runner.run_once(day + 5 * 3_600_000)
     (window,) = efficiency.windows(W, day, day + W, "VEHICLE_001")
     assert (window.ac_kwh, window.ac_readings) == (1.25 + 2.0, 2)
-    assert efficiency.stale_hours() == []
+    assert efficiency.stale_windows(W) == []
+
+
+def test_a_regular_run_recomputes_only_the_newest_window_and_the_vehicles_late_readings_marked(
+    stores, settings, make_meter, paired
+) -> None:
+    readings, efficiency = stores
+    runner = TaskRunner(efficiency, settings)
+    base = FIXTURE_START - 86_400_000
+
+    def at(offset_ms: int):
+        return datetime.fromtimestamp((base + offset_ms) / 1000, timezone.utc)
+
+    readings.write([paired(make_meter(meter_id=f"METER_00{n}", timestamp=at(m * 60_000)), vehicle_id=f"VEHICLE_00{n}",
+                           received_ms=base + m * 60_000) for n in (1, 2) for m in range(30)])
+    first_run = base + 6 * W + 30_000
+    runner.run_once(first_run)
+    late = make_meter(meter_id="METER_001", kwh_consumed_ac=2.0, timestamp=at(2 * W + 1_000))
+    readings.write([paired(late, vehicle_id="VEHICLE_001", received_ms=first_run + 10_000)])
+    readings.write([paired(make_meter(meter_id="METER_002", timestamp=at(6 * W + 1_000)), vehicle_id="VEHICLE_002",
+                           received_ms=first_run + 20_000)])
+
+    second_run = first_run + W
+    report = runner.run_once(second_run)
+
+    recomputed = {(w.vehicle_id, w.stop_ms) for w in efficiency.windows(W, base, base + 7 * W)
+                  if readings.read("SELECT computed_ms FROM efficiency WHERE window_ms = ? AND stop_ms = ? AND "
+                                   "vehicle_id = ?", (W, w.stop_ms, w.vehicle_id))[0][0] == second_run}
+    assert recomputed == {("VEHICLE_001", base + 3 * W), ("VEHICLE_002", base + 7 * W)}
+    assert report.ranges_computed == 2  # the newest window, and one marked window
+    [late_window] = efficiency.windows(W, base + 2 * W, base + 3 * W, "VEHICLE_001")
+    assert (late_window.ac_kwh, late_window.ac_readings) == (5 * 1.25 + 2.0, 6)
+    assert efficiency.vehicle_totals(W, base, base + 7 * W)["VEHICLE_001"].ac_kwh == 30 * 1.25 + 2.0
 
 
 def test_after_downtime_one_run_catches_up(stores, settings, make_vehicle, paired) -> None:

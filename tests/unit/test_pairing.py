@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from chargewatch.pairing import PairingConflict, PairingRegistry, PairingRule, Pairings, read_pairing_file
+from chargewatch.pairing import (
+    PairingConflict,
+    PairingInterval,
+    PairingRegistry,
+    PairingRule,
+    Pairings,
+    read_pairing_file,
+)
 from chargewatch.stores.memory import InMemoryReadingStore
 
 
@@ -93,3 +100,21 @@ def test_the_registry_checks_the_store_at_most_once_per_interval() -> None:
     store.save_pairings({"VEHICLE_001": "GRID-2"})
     registry.invalidate()
     assert registry.current().meter_for("VEHICLE_001") == "GRID-2"
+
+
+def test_a_reading_is_paired_by_the_pairing_that_held_at_its_timestamp() -> None:
+    pairings = Pairings.from_history([
+        PairingInterval("VEHICLE_001", "METER_017", 1_000, 2_000),
+        PairingInterval("VEHICLE_001", "METER_018", 2_000, None),
+        PairingInterval("VEHICLE_002", "METER_001", 1_500, None),
+    ], PairingRule())
+
+    assert pairings.explicit == {"VEHICLE_001": "METER_018", "VEHICLE_002": "METER_001"}
+    assert pairings.partner_at("vehicle", "VEHICLE_001", 999) == "METER_001"  # the rule, before any entry
+    assert pairings.partner_at("meter", "METER_001", 999) == "VEHICLE_001"
+    assert pairings.partner_at("vehicle", "VEHICLE_001", 1_000) == "METER_017"
+    assert pairings.partner_at("meter", "METER_001", 1_499) is None  # VEHICLE_001 is explicitly elsewhere
+    assert pairings.partner_at("meter", "METER_001", 1_500) == "VEHICLE_002"
+    assert pairings.partner_at("meter", "METER_017", 1_999) == "VEHICLE_001"
+    assert pairings.partner_at("meter", "METER_017", 2_000) == "VEHICLE_017"  # freed: the rule again
+    assert pairings.partner_at("vehicle", "VEHICLE_001", 5_000) == "METER_018"
