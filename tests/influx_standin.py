@@ -28,7 +28,9 @@ measurement, tags and time as JSON), ``quit``) and answers each with a JSON line
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
+import io
 import json
 import re
 import socket
@@ -102,6 +104,15 @@ class WriteRecord:
     lines: int  # lines in the body (parsed or not)
     written: int  # points written by this request
     message: str = ""
+
+
+def error_table(message: str) -> StandinResponse:
+    """A 200 whose body is InfluxDB's in-band error table: a Flux runtime error after the answer began."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows([
+        ["#datatype", "string", "string"], ["#group", "true", "true"], ["#default", "", ""],
+        ["", "error", "reference"], ["", message, ""]])
+    return StandinResponse(200, out.getvalue().encode(), {"Content-Type": "text/csv; charset=utf-8"})
 
 
 class InfluxStandin:
