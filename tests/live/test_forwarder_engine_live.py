@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -28,18 +29,23 @@ import pytest
 from chargewatch.influx.forwarder import Forwarder, InfluxWriteClient
 from chargewatch.stores.influx import InfluxReadingStore, reading_line
 from tests.conftest import READING_TIME, build_meter, build_paired, build_vehicle
+from tests.integration.test_forwarder import Clock, drain  # the same clock and drain as the stand-in's tests
 
 pytestmark = pytest.mark.influx
 
 SeriesTime = tuple[str, tuple[tuple[str, str], ...], int]  # measurement, sorted tags, time (ns)
 
 
-class Clock:
-    def __init__(self, now: float = 2_000_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+@contextmanager
+def suspended(influxd) -> Iterator[None]:
+    """The test's own influxd (its process group) SIGSTOPped inside the block: its port accepts
+    connections, nothing answers; SIGCONT on the way out, whatever happens."""
+    group = influxd.engine.process.pid
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(group, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -87,14 +93,6 @@ def queue(store: InfluxReadingStore, count: int, prefix: str = "MTR-", **overrid
     readings = [build_paired(build_meter(meter_id=f"{prefix}{i}", **overrides), received_ms=0) for i in range(count)]
     store.write(readings)
     return [reading_line(r) for r in readings]
-
-
-def drain(forwarder: Forwarder, limit: int = 1000) -> list[float]:
-    """Step until the outbox is empty; returns the delays asked for on the way."""
-    delays = []
-    while forwarder.outbox.depth(exact=True) and len(delays) < limit:
-        delays.append(forwarder.step())
-    return delays
 
 
 def points(target) -> dict[SeriesTime, dict[str, object]]:
@@ -204,14 +202,10 @@ def test_a_hanging_influxd_times_out_and_the_resend_after_the_late_write_stores_
 ):
     queue(store, 3)
     forwarder = make_forwarder(own_target, timeout_seconds=0.5)
-    group = own_influxd.engine.process.pid  # its own process group, started by the fixture
-    os.killpg(group, signal.SIGSTOP)  # the port still accepts; nothing answers
-    try:
+    with suspended(own_influxd):  # on the way out the held request is read, its client long gone
         assert forwarder.step() == 1.0
         assert store.outbox.stats().failures == {"timeout": 1}
         assert store.outbox.depth(exact=True) == 3
-    finally:
-        os.killpg(group, signal.SIGCONT)  # the held request is read now, its client long gone
     assert forwarder.step() == 0.0
 
     stored = points(own_target)

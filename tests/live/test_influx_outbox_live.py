@@ -16,8 +16,6 @@ as the judge of what arrived.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
@@ -27,6 +25,7 @@ import requests
 
 from tests.e2e.harness import READ_TOKEN, IngestClient
 from tests.e2e.influx_mode import SteadyLoad, chargewatch_cli, outbox_depth, wait_until
+from tests.live.test_forwarder_engine_live import suspended
 from tests.live.test_forwarder_live import (  # noqa: F401 (running is a fixture)
     assert_exactly_the_acknowledged, partner_of, running, stored_points,
 )
@@ -38,37 +37,21 @@ def metrics_of(server) -> str:
     return requests.get(server.url + "/metrics", timeout=10).text
 
 
-def suspend(influxd) -> int:
-    """SIGSTOP the test's own influxd (its process group); returns the group for :func:`resume`."""
-    group = influxd.engine.process.pid
-    os.killpg(group, signal.SIGSTOP)
-    return group
-
-
-def resume(group: int) -> None:
-    os.killpg(group, signal.SIGCONT)
-
-
 def test_an_influxdb_outage_under_steady_ingest_loses_no_acknowledged_reading(running, own_influxd):
     server, forwarder = running()
     load = SteadyLoad(server.url, threads=4, pairs=5, rate_per_thread=10).start()  # 400 readings/s
-    group = None
     try:
         wait_until(lambda: len(stored_points(own_influxd)) >= 400, 20, "shipping before the outage")
         outage_started = time.monotonic()
         own_influxd.kill9()  # connections refused
         time.sleep(4)
         own_influxd.restart()
-        group = suspend(own_influxd)  # accepting, not answering: the forwarder times out
-        time.sleep(4)
-        queued_at_worst = outbox_depth(server)
-        resume(group)
-        group = None
+        with suspended(own_influxd):  # accepting, not answering: the forwarder times out
+            time.sleep(4)
+            queued_at_worst = outbox_depth(server)
         outage_ended = time.monotonic()
         time.sleep(2)
     finally:
-        if group is not None:
-            resume(group)
         load.stop()
     wait_until(lambda: outbox_depth(server) == 0, 60, "draining the outbox")
 
@@ -88,22 +71,17 @@ def test_an_influxdb_outage_under_steady_ingest_loses_no_acknowledged_reading(ru
 def test_kill_9_of_ingest_and_forwarder_while_a_write_hangs_loses_and_duplicates_nothing(running, own_influxd):
     server, forwarder = running(CHARGEWATCH_INFLUX__BATCH_MAX_LINES="200")
     load = SteadyLoad(server.url, threads=4, pairs=5, rate_per_thread=10).start()
-    group = None
     try:
         wait_until(lambda: len(load.acked) >= 1000 and outbox_depth(server) < 1000, 20, "load under way")
-        group = suspend(own_influxd)
-        time.sleep(0.6)  # the forwarder sends a batch every 0.2 s: one is held inside influxd now
-        server.crash()
-        forwarder.crash()
-        resume(group)  # the held write is read now; its forwarder is dead
-        group = None
+        with suspended(own_influxd):  # on the way out the held write is read; its forwarder is dead
+            time.sleep(0.6)  # the forwarder sends a batch every 0.2 s: one is held inside influxd now
+            server.crash()
+            forwarder.crash()
         acked_before_restart = len(load.acked)
         server.start()
         forwarder.start()
         wait_until(lambda: len(load.acked) >= acked_before_restart + 1000, 30, "load after the restart")
     finally:
-        if group is not None:
-            resume(group)
         load.stop()
     wait_until(lambda: outbox_depth(server) == 0, 60, "draining the outbox")
 
