@@ -201,12 +201,13 @@ def test_a_hanging_influxd_times_out_and_the_resend_after_the_late_write_stores_
     store, own_target, own_influxd, make_forwarder
 ):
     queue(store, 3)
-    forwarder = make_forwarder(own_target, timeout_seconds=0.5)
+    forwarder = make_forwarder(own_target, timeout_seconds=2.0)
     with suspended(own_influxd):  # on the way out the held request is read, its client long gone
         assert forwarder.step() == 1.0
         assert store.outbox.stats().failures == {"timeout": 1}
         assert store.outbox.depth(exact=True) == 3
-    assert forwarder.step() == 0.0
+    own_influxd.engine.wait_ready(30)  # resumed: answering /health again
+    assert forwarder.step() == 0.0, store.outbox.stats()
 
     stored = points(own_target)
     assert len(stored) == 3 and all(fields["kwh_consumed_ac"] == 1.25 for fields in stored.values())
