@@ -57,7 +57,8 @@ def test_an_influxdb_outage_under_steady_ingest_loses_no_acknowledged_reading(ru
 
     assert load.errors == []
     during = load.latency(outage_started, outage_ended)
-    assert during["requests"] >= 300  # ingest kept acknowledging through the outage
+    scheduled = load.threads * load.rate_per_thread * (outage_ended - outage_started)
+    assert during["requests"] >= 0.5 * scheduled, during  # ingest kept acknowledging through the outage
     assert during["p99"] < 1.0, during
     assert queued_at_worst >= 0.5 * load.readings_per_second * 4  # the hang's readings waited durably
     assert_exactly_the_acknowledged(own_influxd, load.acked)
