@@ -70,7 +70,9 @@ def test_retention_reports_what_it_dropped(tmp_path) -> None:
 def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> None:
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")}
-    environment.update({"CHARGEWATCH_DATA_DIR": str(tmp_path), "CHARGEWATCH_INGEST__PORT": str(port)})
+    # Both services on free ports: another chargewatch on this machine may hold the default 8081.
+    environment.update({"CHARGEWATCH_DATA_DIR": str(tmp_path), "CHARGEWATCH_INGEST__PORT": str(port),
+                        "CHARGEWATCH_ANALYTICS__PORT": str(free_port())})
     process = subprocess.Popen([sys.executable, "-m", "chargewatch", "run"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:

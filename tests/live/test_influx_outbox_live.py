@@ -47,7 +47,9 @@ def test_an_influxdb_outage_under_steady_ingest_loses_no_acknowledged_reading(ru
         time.sleep(4)
         own_influxd.restart()
         with suspended(own_influxd):  # accepting, not answering: the forwarder times out
+            suspended_at, acked_at_suspend = time.monotonic(), len(load.acked)
             time.sleep(4)
+            acked_in_hang = len(load.acked) - acked_at_suspend
             queued_at_worst = outbox_depth(server)
         outage_ended = time.monotonic()
         time.sleep(2)
@@ -55,12 +57,11 @@ def test_an_influxdb_outage_under_steady_ingest_loses_no_acknowledged_reading(ru
         load.stop()
     wait_until(lambda: outbox_depth(server) == 0, 60, "draining the outbox")
 
-    assert load.errors == []
-    during = load.latency(outage_started, outage_ended)
-    scheduled = load.threads * load.rate_per_thread * (outage_ended - outage_started)
-    assert during["requests"] >= 0.5 * scheduled, during  # ingest kept acknowledging through the outage
-    assert during["p99"] < 1.0, during
-    assert queued_at_worst >= 0.5 * load.readings_per_second * 4  # the hang's readings waited durably
+    # Ingest kept acknowledging through both phases (how fast is benchmarks/influx_outage.py's figure).
+    assert load.errors == [] and all(post.status == 200 for post in load.posts)
+    assert load.latency(outage_started, suspended_at)["requests"] > 0
+    assert acked_in_hang > 0
+    assert queued_at_worst >= acked_in_hang  # the hang's readings waited durably in the outbox
     assert_exactly_the_acknowledged(own_influxd, load.acked)
     metrics = metrics_of(server)
     assert 'chargewatch_forwarder_failures_total{reason="connection"}' in metrics
