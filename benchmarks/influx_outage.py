@@ -1,32 +1,31 @@
 """InfluxDB outage under steady ingest (influx mode): readings lost, drain rate, ingest latency.
 
-Starts a stand-in InfluxDB 2.7 (tests/influx_standin.py, in its own process, answering with
-InfluxDB's status codes and keeping one point per series + time), ``chargewatch serve ingest`` with
-``CHARGEWATCH_STORE=influx`` and ``chargewatch forward`` with default forwarder settings, then a
-steady load of devices (default 400 readings/s: 4 gateways posting 5 meter + 5 vehicle readings
-ten times a second). Phases: warm-up; the outage (InfluxDB refuses connections, then for the last
-``--hang`` seconds accepts requests without answering them, so the forwarder times out); recovery
-under the same load until the outbox has drained. Then every acknowledged reading is looked up in
-what the stand-in stored.
+Starts a real ``influxd`` (the one ``tools/engines/build`` builds, or ``CHARGEWATCH_ENGINE_INFLUXD``;
+its own data directory, on 127.0.0.1), ``chargewatch serve ingest`` with ``CHARGEWATCH_STORE=influx``
+and ``chargewatch forward`` with default forwarder settings, then a steady load of devices (default
+400 readings/s: 4 gateways posting 5 meter + 5 vehicle readings ten times a second). Phases:
+warm-up; the outage (influxd killed with SIGKILL, so connections are refused; then restarted and
+SIGSTOPped for the last ``--hang`` seconds, so it accepts requests without answering them and the
+forwarder times out); recovery (SIGCONT) under the same load until the outbox has drained. Then
+every acknowledged reading is looked up in what InfluxDB stored.
 
 Figures:
-- readings_lost: acknowledged (HTTP 200) readings missing in InfluxDB. Target: 0.
+- readings_lost: acknowledged (HTTP 200) readings missing in InfluxDB. Target: 0. Also the points
+  InfluxDB holds, and any reading stored twice (as a second series).
 - drain: lines queued when InfluxDB came back, seconds until the backlog was gone (the outbox back
   at its steady level), lines/s shipped meanwhile (the load keeps adding), and the delay to the
   first acknowledged write (the forwarder's backoff, at most CHARGEWATCH_INFLUX__BACKOFF_MAX_SECONDS).
 - ingest latency p50/p99/max before, during and after the outage, as the devices saw it.
-- CPU seconds of ingest, forwarder and stand-in (the stand-in parses in Python: a real InfluxDB
-  takes writes much faster, so the drain rate is a lower bound).
+- CPU seconds of ingest, forwarder and influxd (the process started at the restart).
 
-    /work/venv/bin/python benchmarks/influx_outage.py --outage 180 --output benchmarks/results/influx_outage.json
+    .venv/bin/python benchmarks/influx_outage.py --outage 180 --output benchmarks/results/influx_outage.json
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,35 +37,26 @@ REPO = harness.BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.influx_mode import SteadyLoad  # noqa: E402  (the e2e suite's load, so both measure the same)
+from tests.live.engines import BUILD_HINT, Influxd, find_engine  # noqa: E402  (the live suite's influxd)
 
-STANDIN_TOKEN = "bench-standin-token"
 
 
-class Standin:
-    """The stand-in InfluxDB process, driven through its stdin commands."""
+def start_influxd(data_dir: Path) -> Influxd:
+    """A real influxd in ``data_dir/influxd`` with a ``telemetry`` bucket; exits when it is not built."""
+    if find_engine("influxd") is None:
+        sys.exit(f"influxd not found: {BUILD_HINT} (or set CHARGEWATCH_ENGINE_INFLUXD)")
+    influxd = Influxd(data_dir / "influxd").start()
+    influxd.create_bucket("telemetry")
+    return influxd
 
-    def __init__(self, log_dir: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.influx_standin", "--token", STANDIN_TOKEN], cwd=REPO,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(log_dir / "standin.log").open("ab"),
-            text=True, start_new_session=True,
-        )
-        harness._started.append(self.process)  # stopped by harness.cleanup() whatever happens
-        self.url = json.loads(self.process.stdout.readline())["url"]
 
-    def command(self, text: str) -> dict[str, Any]:
-        self.process.stdin.write(text + "\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.flush()
-            self.process.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        harness.stop(self.process)
+def stored_readings(influxd: Influxd) -> tuple[set[tuple[str, str, int]], int]:
+    """(the readings InfluxDB holds as (kind, device id, time ms), how many points that is, duplicates kept)."""
+    rows = influxd.query('from(bucket: "telemetry") |> range(start: 0) '
+                         '|> filter(fn: (r) => r._field == "kwh_consumed_ac" or r._field == "kwh_delivered_dc") '
+                         '|> keep(columns: ["_time", "_measurement", "meter_id", "vehicle_id"]) |> group()')
+    readings = [(r["_measurement"], r[f"{r['_measurement']}_id"], int(r["_time"].timestamp() * 1000)) for r in rows]
+    return set(readings), len(readings)
 
 
 def outbox_state(db_path: Path) -> tuple[int, int]:
@@ -103,11 +93,13 @@ def main() -> int:
     }
     data_dir = harness.make_data_dir("influx-outage")
     db_path = data_dir / "chargewatch.db"
-    standin = server = forwarder = load = None
+    influxd = server = forwarder = load = None
+    suspended = False
     try:
-        standin = Standin(data_dir)
-        influx_env = {"CHARGEWATCH_STORE": "influx", "CHARGEWATCH_INFLUX__URL": standin.url,
-                      "CHARGEWATCH_INFLUX__TOKEN": STANDIN_TOKEN}
+        influxd = start_influxd(data_dir)
+        result["influxd"] = str(find_engine("influxd"))
+        influx_env = {"CHARGEWATCH_STORE": "influx", "CHARGEWATCH_INFLUX__URL": influxd.url,
+                      "CHARGEWATCH_INFLUX__TOKEN": influxd.token, "CHARGEWATCH_INFLUX__ORG": influxd.org}
         server = harness.start_chargewatch(data_dir, extra_env=influx_env)
         forwarder_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")},
                          "CHARGEWATCH_DATA_DIR": str(data_dir), "CHARGEWATCH_LOG_LEVEL": "INFO", **influx_env}
@@ -136,14 +128,19 @@ def main() -> int:
         run_for(args.warmup, "warmup")
         steady_depth = max(s["depth"] for s in series[len(series) // 2:])
         outage_start = time.monotonic()
-        print(f"outage: refusing connections for {args.outage - args.hang:.0f} s", file=sys.stderr)
-        standin.command("outage refuse")
+        print(f"outage: influxd killed, connections refused for {args.outage - args.hang:.0f} s", file=sys.stderr)
+        influxd.kill9()
         run_for(args.outage - args.hang, "outage_refuse")
-        print(f"outage: hanging for {args.hang:.0f} s", file=sys.stderr)
-        standin.command("outage hang")
+        restart_started = time.monotonic()
+        influxd.restart()
+        os.killpg(influxd.engine.process.pid, signal.SIGSTOP)  # accepting, not answering
+        suspended = True
+        result["config"]["restart_s"] = round(time.monotonic() - restart_started, 2)
+        print(f"outage: influxd restarted and stopped (SIGSTOP) for {args.hang:.0f} s", file=sys.stderr)
         run_for(args.hang, "outage_hang")
         queued, shipped_at_recovery = sample("recovery")
-        standin.command("recover")
+        os.killpg(influxd.engine.process.pid, signal.SIGCONT)
+        suspended = False
         outage_end = time.monotonic()
         print(f"recovered with {queued} lines queued; draining", file=sys.stderr)
 
@@ -168,10 +165,7 @@ def main() -> int:
         while outbox_state(db_path)[0] and time.monotonic() - after_stop < 60:
             time.sleep(0.2)
 
-        standin_stats = standin.command("stats")
-        dump_path = data_dir / "standin-points.json"
-        standin.command(f"dump {dump_path}")
-        stored = {(m, tags[f"{m}_id"], t // 1_000_000) for m, tags, t in json.loads(dump_path.read_text())}
+        stored, points = stored_readings(influxd)
         acked = set(load.acked)
         lost = acked - stored
         result["readings"] = {
@@ -179,11 +173,7 @@ def main() -> int:
             "lost": len(lost), "lost_examples": sorted(lost)[:5], "rejected_requests": len(load.errors),
             "rejected_examples": load.errors[:3],
             "unanswered_requests": sum(1 for p in load.posts if p.status is None),
-            "influx_distinct_points": standin_stats["distinct_points"],
-            "influx_points_received": standin_stats["points_received"],
-            "influx_identical_rewrites": standin_stats["identical_rewrites"],
-            "influx_changed_rewrites": standin_stats["changed_rewrites"],
-            "influx_write_requests": standin_stats["write_requests"],
+            "influx_readings": len(stored), "influx_readings_stored_twice": points - len(stored),
         }
         drain: dict[str, Any] = {"queued_at_recovery": queued, "steady_outbox_level": steady_depth,
                                  "first_ack_after_recovery_s": _round(first_ack_s)}
@@ -202,11 +192,11 @@ def main() -> int:
         result["cpu_seconds"] = {
             "ingest": round(harness.cpu_seconds(server.pids), 1),
             "forwarder": round(harness.cpu_seconds([forwarder.pid]), 1),
-            "standin": round(harness.cpu_seconds([standin.process.pid]), 1),
+            "influxd_after_restart": round(harness.cpu_seconds([influxd.engine.process.pid]), 1),
         }
         result["outbox_series"] = [point for i, point in enumerate(series)
                                    if point["phase"] == "drain" or i % max(1, len(series) // 100) == 0]
-        result["verdict"] = "pass" if not lost and not load.errors else "FAIL"
+        result["verdict"] = "pass" if not lost and not load.errors and points == len(stored) else "FAIL"
         result["notes"] = harness.disturbance_notes(result)
     finally:
         if load is not None:
@@ -214,8 +204,10 @@ def main() -> int:
         harness.stop(forwarder)
         if server is not None:
             server.stop()
-        if standin is not None:
-            standin.stop()
+        if influxd is not None:
+            if suspended:
+                os.killpg(influxd.engine.process.pid, signal.SIGCONT)
+            influxd.stop()
         harness.remove_data_dir(data_dir, args.keep_data)
     harness.emit(result, args.output)
     return 0 if result.get("verdict") == "pass" else 1

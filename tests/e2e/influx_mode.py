@@ -1,5 +1,6 @@
 """Influx mode end to end: the real ``chargewatch forward`` process beside the real ingest service,
-a stand-in InfluxDB, and a steady, bounded load of devices whose acknowledged readings are recorded."""
+an InfluxDB to point them at, and a steady, bounded load of devices whose acknowledged readings are
+recorded."""
 
 from __future__ import annotations
 
@@ -12,23 +13,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import requests
 
 from chargewatch.readings import MeterReading, VehicleReading, to_wire
 from tests.e2e.harness import WRITE_TOKEN, IngestServer
-from tests.influx_standin import InfluxStandin
 
 Identity = tuple[str, str, int]  # kind, device id, time (ms): a reading's identity
 
 
-def influx_env(standin: InfluxStandin, **overrides: str) -> dict[str, str]:
-    """Influx mode pointed at the stand-in, with test-sized waits (no step waits more than 1 s)."""
+def influx_env(influx: Any, **overrides: str) -> dict[str, str]:
+    """Influx mode pointed at ``influx`` (anything with ``url``, ``org`` and ``token``, such as the live
+    suite's influxd), with test-sized waits (no step waits more than 1 s)."""
     return {
         "CHARGEWATCH_STORE": "influx",
-        "CHARGEWATCH_INFLUX__URL": standin.url,
-        "CHARGEWATCH_INFLUX__ORG": standin.org,
-        "CHARGEWATCH_INFLUX__TOKEN": standin.token,
+        "CHARGEWATCH_INFLUX__URL": influx.url,
+        "CHARGEWATCH_INFLUX__ORG": influx.org,
+        "CHARGEWATCH_INFLUX__TOKEN": influx.token,
         "CHARGEWATCH_INFLUX__BATCH_MAX_WAIT_SECONDS": "0.2",
         "CHARGEWATCH_INFLUX__BACKOFF_BASE_SECONDS": "0.2",
         "CHARGEWATCH_INFLUX__BACKOFF_MAX_SECONDS": "1",
@@ -37,12 +39,6 @@ def influx_env(standin: InfluxStandin, **overrides: str) -> dict[str, str]:
         "CHARGEWATCH_INFLUX__POLL_SECONDS": "0.05",
         **overrides,
     }
-
-
-def stored_identities(standin: InfluxStandin) -> set[Identity]:
-    """What the stand-in holds, as reading identities (the id tag of the point's own kind)."""
-    return {(measurement, dict(tags)[f"{measurement}_id"], time_ns // 1_000_000)
-            for measurement, tags, time_ns in standin.series_times()}
 
 
 @dataclass
