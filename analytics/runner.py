@@ -92,17 +92,19 @@ class TaskRunner:
         latest = self.latest_stop(now_ms)
         state = self.store.runner_state()
         previous = int(state["last_stop_ms"]) if "last_stop_ms" in state else None
-        stale = self.store.stale_hours() if self.compute_windows and previous is not None else []
+        # The windows late readings marked (read before refresh_windows clears them): their alert
+        # verdicts were judged without those readings.
+        stale = self.store.stale_windows(self.window_ms) if self.compute_windows and previous is not None else []
         written, ranges = self.refresh_windows(latest, previous, now_ms) if self.compute_windows else (0, 0)
 
         # A new runner establishes alert state from the last span; after downtime it replays (capped).
         first_eval = latest - self.policy.span_ms + self.window_ms if previous is None else max(
             previous + self.window_ms, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
         # History that was not there when its stops were judged live: the stored history before a new
-        # runner's first span, and hours late readings marked stale (a backfill), replayed up to the
+        # runner's first span, and windows late readings marked stale (a backfill), replayed up to the
         # last stop already judged (capped at a day, like the catch-up).
         replay_from = first_eval - ALERT_CATCHUP_WINDOWS * self.window_ms if previous is None else (
-            min((hour for hour, _ in stale), default=first_eval))
+            min((stop - self.window_ms for stop, _, _ in stale), default=first_eval))
         replay_from = max(replay_from, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
         if replay_from < first_eval - self.window_ms:
             replay.replay(self, replay_from, first_eval - self.window_ms, now_ms,

@@ -81,7 +81,8 @@ def gunicorn_options(settings: Settings, service: str, host: str | None, port: i
 
 def _start_store_writer(worker) -> None:
     # Connect to the SQLite store's shared writer (starting it) before the first request arrives.
-    store = worker.wsgi.extensions.get("reading_store")
+    app = getattr(worker, "application", worker.wsgi)  # GuardedThreadWorker wraps the app it serves
+    store = app.extensions.get("reading_store")
     if hasattr(store, "start_writer"):
         store.start_writer()
 

@@ -235,6 +235,7 @@ class GuardedThreadWorker(gthread.ThreadWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        self.application = self.wsgi  # the Flask app itself, for hooks that need its extensions
         self.wsgi = _close_after_early_errors(self.wsgi)
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:

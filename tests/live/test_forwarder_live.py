@@ -4,8 +4,8 @@ process, a steady bounded load of devices, and InfluxDB itself as the judge of w
 kill -9 of influxd mid-stream and of the forwarder mid-stream: every acknowledged reading is in
 InfluxDB exactly once with its pairing tags and millisecond time, the backlog drains, and the
 forwarder goes idle. A real field type conflict ends in a dead letter with InfluxDB's own message.
-(A 400 for an unparsable line cannot be produced here: chargewatch only encodes validated readings,
-so that case stays with the stand-in in tests/e2e/test_influx_outbox.py.)
+(The real 400 for unparsable lines, which chargewatch's encoder never produces, is provoked by rows
+written into the outbox by hand in tests/live/test_forwarder_engine_live.py.)
 """
 
 from __future__ import annotations
