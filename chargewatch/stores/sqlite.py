@@ -287,8 +287,14 @@ class SqliteReadingStore:
     def _open_schema(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Readings, pairings and alert state are the operator's data: owner-only, like tokens.json.
-        # SQLite gives the -wal and -shm files the permissions of the database file.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        # SQLite gives the -wal and -shm files the permissions of the database file. Only a file that
+        # does not exist yet is created here: closing any descriptor of a database file drops every
+        # POSIX lock this process holds on it, including those of SQLite connections already open
+        # (another store object on the same file), which lets other processes write under them.
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         conn = self._connect()
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":

@@ -377,3 +377,24 @@ def test_the_shared_writer_covers_the_requests_waiting_in_every_process_with_one
     # The requests that queued behind the held commit, from both processes, shared one transaction.
     assert {"METER_OTHER_PROCESS", "METER_LOCAL_0", "METER_LOCAL_1", "METER_LOCAL_2", "METER_LOCAL_3"} in (
         HeldStore.groups), HeldStore.groups
+
+
+def test_opening_a_second_store_on_the_file_keeps_the_locks_of_the_first(tmp_path: Path) -> None:
+    # A process holds several store objects on one file (the task runner, its notifier, retention).
+    # Opening one must not close a descriptor of the database file: POSIX drops every lock the
+    # process holds on a file when any of its descriptors is closed, SQLite's included. Then another
+    # process closing its last connection believes it is the file's last user, checkpoints and
+    # deletes the WAL under the first store, whose later reads fail ("database disk image is
+    # malformed") and whose writes go to the deleted file.
+    path = tmp_path / "chargewatch.db"
+    first = SqliteReadingStore(path)
+    assert first.read("SELECT count(*) FROM pairings") == [(0,)]  # its connection has the WAL open
+    second = SqliteReadingStore(path)
+    subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                    "c.execute('CREATE TABLE probe (x)'); c.commit(); c.close()", str(path)], check=True, timeout=30)
+    try:
+        assert (tmp_path / "chargewatch.db-wal").exists(), "another process deleted the WAL under an open store"
+        assert first.read("SELECT count(*) FROM probe") == [(0,)]
+    finally:
+        second.close()
+        first.close()
