@@ -51,19 +51,25 @@ def make_forwarder(store, standin):
         client = InfluxWriteClient(standin.url, standin.org, "telemetry", token or standin.token,
                                    timeout_seconds=timeout_seconds)
         clients.append(client)
-        settings = {"batch_max_lines": 100, "batch_max_wait_seconds": 0.0, "backoff_base_seconds": 1.0,
-                    "backoff_max_seconds": 8.0, "config_error_retry_seconds": 30.0, "jitter": lambda: 1.0,
-                    **options}
-        return Forwarder(store.outbox, client, **settings)
+        return build_forwarder(store.outbox, client, **options)
 
     yield make
     for client in clients:
         client.close()
 
 
-def queue(store: InfluxReadingStore, count: int, prefix: str = "MTR-", received_ms: int = 0) -> list[str]:
-    """Store ``count`` new meter readings (one per meter); returns their lines."""
-    readings = [build_paired(build_meter(meter_id=f"{prefix}{i}"), received_ms=received_ms) for i in range(count)]
+def build_forwarder(outbox, client, **options) -> Forwarder:
+    """A forwarder with test-sized batches and waits and no jitter; ``options`` override them."""
+    settings = {"batch_max_lines": 100, "batch_max_wait_seconds": 0.0, "backoff_base_seconds": 1.0,
+                "backoff_max_seconds": 8.0, "config_error_retry_seconds": 30.0, "jitter": lambda: 1.0, **options}
+    return Forwarder(outbox, client, **settings)
+
+
+def queue(store: InfluxReadingStore, count: int, prefix: str = "MTR-", received_ms: int = 0,
+          **overrides) -> list[str]:
+    """Store ``count`` new meter readings (one per meter, ``overrides`` their fields); returns their lines."""
+    readings = [build_paired(build_meter(meter_id=f"{prefix}{i}", **overrides), received_ms=received_ms)
+                for i in range(count)]
     store.write(readings)
     return [reading_line(r) for r in readings]
 

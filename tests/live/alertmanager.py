@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import requests
 
-from tests.live.engines import EngineProcess, free_port, require_engine
+from tests.e2e.harness import free_port
+from tests.live.engines import EngineProcess, require_engine
 
 
 def receiver_config(webhook_url: str) -> str:

@@ -14,11 +14,9 @@ for a failing test's report.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,6 +25,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from tests.e2e.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO / "tools" / "engines" / "versions"
@@ -74,12 +74,6 @@ def require_engine(name: str) -> Path:
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(path: Path, max_chars: int = 6000) -> str:
@@ -271,7 +265,3 @@ def external_influx() -> ExternalInflux | None:
     if missing:
         pytest.fail(f"CHARGEWATCH_INFLUX__URL is set but {', '.join(missing)} is not", pytrace=False)
     return ExternalInflux(url, os.environ["CHARGEWATCH_INFLUX__TOKEN"], os.environ["CHARGEWATCH_INFLUX__ORG"])
-
-
-def dump_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, default=str))

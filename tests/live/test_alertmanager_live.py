@@ -30,7 +30,7 @@ from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver, receiver_config
 from tests.live.conftest import attach_log
-from tests.live.engines import free_port
+from tests.e2e.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 W = 300_000

@@ -27,9 +27,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chargewatch.influx.forwarder import Forwarder, InfluxWriteClient
-from chargewatch.stores.influx import InfluxReadingStore, reading_line
+from chargewatch.stores.influx import InfluxReadingStore
 from tests.conftest import READING_TIME, build_meter, build_paired, build_vehicle
-from tests.integration.test_forwarder import Clock, drain  # the same clock and drain as the stand-in's tests
+from tests.integration.test_forwarder import Clock, build_forwarder, drain, queue  # shared with the stand-in's tests
 
 pytestmark = pytest.mark.influx
 
@@ -78,21 +78,11 @@ def make_forwarder(store):
         server, org = target
         client = InfluxWriteClient(server.url, org, "telemetry", token or server.token, timeout_seconds=timeout_seconds)
         clients.append(client)
-        settings = {"batch_max_lines": 100, "batch_max_wait_seconds": 0.0, "backoff_base_seconds": 1.0,
-                    "backoff_max_seconds": 8.0, "config_error_retry_seconds": 30.0, "jitter": lambda: 1.0,
-                    **options}
-        return Forwarder(store.outbox, client, **settings)
+        return build_forwarder(store.outbox, client, **options)
 
     yield make
     for client in clients:
         client.close()
-
-
-def queue(store: InfluxReadingStore, count: int, prefix: str = "MTR-", **overrides) -> list[str]:
-    """Store ``count`` new meter readings (one per meter); returns their lines."""
-    readings = [build_paired(build_meter(meter_id=f"{prefix}{i}", **overrides), received_ms=0) for i in range(count)]
-    store.write(readings)
-    return [reading_line(r) for r in readings]
 
 
 def points(target) -> dict[SeriesTime, dict[str, object]]:

@@ -29,7 +29,7 @@ from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from tests.efficiency_fixture import expected_windows
-from tests.live.engines import free_port
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.influx
 

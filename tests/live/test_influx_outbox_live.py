@@ -51,7 +51,6 @@ def test_an_influxdb_outage_under_steady_ingest_loses_no_acknowledged_reading(ru
             time.sleep(4)
             acked_in_hang = len(load.acked) - acked_at_suspend
             queued_at_worst = outbox_depth(server)
-        outage_ended = time.monotonic()
         time.sleep(2)
     finally:
         load.stop()

@@ -9,7 +9,7 @@ import pytest
 from chargewatch.influx import flux
 from chargewatch.settings import Settings
 from tests.live.conftest import chargewatch_env, run_chargewatch
-from tests.live.engines import free_port
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.influx
 

@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from chargewatch.lineprotocol import encode_point
 from chargewatch.readings import READING, AnyReading, ReadingRules, to_wire
 from grafana import queries
 from tests.e2e.harness import IngestClient, IngestServer, WRITE_TOKEN, free_port
