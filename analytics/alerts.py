@@ -23,11 +23,13 @@ energy then sits on one side only, 4 % of a 25-minute session, enough to push an
 - once the session has ended (the newest window idle, or its energy per reading under half the
   window before), the span is the whole session, idle edge to idle edge (at most ``max_session``).
 
-A reading lost in transit takes its energy with it; when the span's sides hold different counts of
-readings, the side with fewer is scaled up to the other's count, so a lost reading does not look
-like lost energy, while an outage of both streams (the same readings lost on both sides) changes
-nothing; a span where one side has fewer than half the other's readings (that stream is out) gives
-no verdict. Efficiency is still a ratio of sums, never a mean of ratios.
+While the power changes (a battery tapering off) the edges do not cancel even there: each verdict
+carries the range a shift of one reading at each edge allows, and a rule is breached only if the
+whole range breaches it (``edge_shift_kwh``). A reading lost in transit takes its energy with it;
+it is made up window by window at that window's DC per reading (``_ratio``), so a lost reading does
+not look like lost energy, while an outage of both streams (the same readings lost on both sides)
+changes nothing; a span where one side has fewer than half the other's readings (that stream is
+out) gives no verdict. Efficiency is still a ratio of sums, never a mean of ratios.
 A span with too little energy gives no verdict: a firing alert stays firing (the charger has not
 shown it is healthy again), a pending one is cancelled.
 """
@@ -75,6 +77,10 @@ class SpanVerdict:
     dc_kwh: float
     fast_efficiency: float | None = None  # over the fast span (a fault that starts mid-session)
     early_efficiency: float | None = None  # the span with a new session's partly idle first window
+    # What a shift of one reading at each edge of the span (the clocks apart) could make of
+    # ``efficiency`` and ``fast_efficiency``: (lowest, highest); None: the value itself.
+    efficiency_range: tuple[float, float] | None = None
+    fast_range: tuple[float, float] | None = None
 
 
 def lookback_ms(policy: AlertPolicy) -> int:
@@ -131,12 +137,14 @@ def measured_span(windows: Iterable[EfficiencyWindow], stop_ms: int, window_ms: 
 
 
 def _ratio(span: list[EfficiencyWindow], policy: AlertPolicy) -> tuple[float | None, float, float]:
-    # Readings lost in transit are made up for over the span, not window by window: the side with
-    # fewer readings in the span is scaled up to the other's count. A gap in both streams (a gateway
-    # outage) loses the same readings on both sides, but with the devices' clocks apart each side's
-    # loss falls into the windows differently, and scaling each window inflated one side (a false
-    # efficiency_above_one of 1.12 for a healthy vehicle). A whole window missing on one side is
-    # made up for too, which scaling inside that window could not do.
+    # Readings lost in transit are made up for window by window, on the DC side: where a window's
+    # DC holds fewer readings than its AC, each missing one is worth that window's DC per reading
+    # (added); where it holds more (an AC reading lost), as much is taken off. A span-wide mean
+    # per reading would be diluted by the idle readings of a session's edge windows (a lost
+    # full-power reading made up at half its worth: 0.85 for a 0.89 charger). A reading that a
+    # clock offset moved into the next window shows as +1 in one window and -1 in the next, which
+    # cancel as their powers do; a gateway outage that loses the same readings on both sides
+    # cancels the same way. A window missing on one side entirely is made up at the span's ratio.
     ac = math.fsum(w.ac_kwh for w in span)
     dc = math.fsum(w.dc_kwh for w in span)
     ac_readings = sum(w.ac_readings for w in span)
@@ -144,35 +152,112 @@ def _ratio(span: list[EfficiencyWindow], policy: AlertPolicy) -> tuple[float | N
     if min(ac_readings, dc_readings) < MIN_READING_SHARE * max(ac_readings, dc_readings):
         # Most of one side is missing (that stream is out): nothing to make up from, no verdict.
         return None, ac, dc
-    if ac_readings and dc_readings > ac_readings:
-        ac *= dc_readings / ac_readings
-    elif dc_readings and ac_readings > dc_readings:
-        dc *= ac_readings / dc_readings
+    with_dc = [w for w in span if w.dc_readings]
+    made_up = [(w.ac_readings - w.dc_readings) * w.dc_kwh / w.dc_readings for w in with_dc]
+    without_dc_ac = math.fsum(w.ac_kwh for w in span if not w.dc_readings)
+    if without_dc_ac:  # windows with no DC reading at all: at the ratio of the others
+        with_dc_ac = math.fsum(w.ac_kwh for w in with_dc)
+        ratio = (math.fsum(w.dc_kwh for w in with_dc) + math.fsum(made_up)) / with_dc_ac if with_dc_ac else 0.0
+        made_up.append(without_dc_ac * ratio)
+    dc = max(dc + math.fsum(made_up), 0.0)
     return (dc / ac if span and ac >= policy.min_span_energy_kwh else None), ac, dc
+
+
+def edge_shift_kwh(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWindow], stop_ms: int,
+                   window_ms: int, policy: AlertPolicy) -> float:
+    """How much DC energy a clock offset between meter and vehicle can put on the wrong side of the
+    span's sums: at most one reading crosses each edge (the clocks are less than a reading
+    interval apart), so the sums are off by the difference of the two crossing readings.
+
+    The crossing reading is estimated from the windows' DC per reading (DC, the battery's power,
+    because it does not move when a charger's efficiency does; AC does, at a fault's onset): next
+    to an idle window it is idle; next to a session's partly idle first window it is at the power
+    of the window after (the session was already charging at that edge); between two charging
+    windows it is halfway between their means (the power ramps linearly while a battery tapers);
+    at the newest stop, whose next window is not there yet, the newest window's mean carried half
+    a window further along the ramp. Zero while the power is steady and at idle edges; about a
+    window's drop in power per reading while the power tapers."""
+    def per_reading(window: EfficiencyWindow) -> float:
+        return window.dc_kwh / window.dc_readings if window.dc_readings else 0.0
+
+    def session_start(window: EfficiencyWindow) -> bool:
+        return not _is_active(by_stop.get(window.stop_ms - window_ms), policy)
+
+    first, last = span[0], span[-1]
+    before = by_stop.get(first.stop_ms - window_ms)
+    # Where neither side reported next to an edge, the data starts or stops there (a backfill's
+    # ends, a gateway offline), not the charging: that edge's crossing reading may be worth anything
+    # up to a reading of the edge window, on either side.
+    def worth(window: EfficiencyWindow) -> float:  # at most: AC per reading exceeds DC's
+        return max(per_reading(window), window.ac_kwh / window.ac_readings if window.ac_readings else 0.0)
+
+    unknown = (worth(first) if before is None else 0.0) + (
+        worth(last) if last.stop_ms < stop_ms and last.stop_ms + window_ms not in by_stop else 0.0)
+    if before is None or not _is_active(before, policy):
+        left = 0.0
+    elif session_start(before):
+        left = per_reading(first)
+    else:
+        left = (per_reading(before) + per_reading(first)) / 2
+    after = by_stop.get(last.stop_ms + window_ms)
+    if last.stop_ms >= stop_ms:  # the newest window: extrapolate along the ramp
+        previous = by_stop.get(last.stop_ms - window_ms)
+        slope = 0.0 if previous is None or not _is_active(previous, policy) or session_start(previous) \
+            else per_reading(last) - per_reading(previous)
+        right = max(per_reading(last) + slope / 2, 0.0)
+    elif after is None or not _is_active(after, policy):
+        right = 0.0
+    else:
+        right = (per_reading(last) + per_reading(after)) / 2
+    return abs(left - right) + unknown
+
+
+def _range(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWindow], stop_ms: int, window_ms: int,
+           policy: AlertPolicy) -> tuple[float | None, tuple[float, float] | None]:
+    efficiency, ac, dc = _ratio(span, policy)
+    if efficiency is None:
+        return None, None
+    shift = edge_shift_kwh(span, by_stop, stop_ms, window_ms, policy)
+    return efficiency, (max(dc - shift, 0.0) / ac, (dc + shift) / ac)
 
 
 def span_verdict(vehicle_id: str, windows: list[EfficiencyWindow], stop_ms: int, window_ms: int,
                  policy: AlertPolicy) -> SpanVerdict:
-    """The efficiency at ``stop_ms`` over the span, and over the fast span while a session goes on."""
+    """The efficiency at ``stop_ms`` over the span, and over the fast span while a session goes on,
+    each with the range a shift of one reading at its edges could make of it."""
+    by_stop = _merged(windows)
     span = measured_span(windows, stop_ms, window_ms, policy)
     meter_id = next((w.meter_id for w in reversed(windows) if w.meter_id), None)
-    efficiency, ac, dc = _ratio(span, policy)
+    _, ac, dc = _ratio(span, policy)
+    efficiency, efficiency_range = _range(span, by_stop, stop_ms, window_ms, policy)
     fast = [w for w in span if w.stop_ms > stop_ms - policy.fast_span_ms]
-    fast_efficiency = _ratio(fast, policy)[0] if span and span[-1].stop_ms == stop_ms else None
+    fast_efficiency, fast_range = _range(fast, by_stop, stop_ms, window_ms, policy) \
+        if span and span[-1].stop_ms == stop_ms else (None, None)
     early = measured_span(windows, stop_ms, window_ms, policy, trim_session_start=False)
     early_efficiency = _ratio(early, replace(policy, min_span_energy_kwh=policy.active_kwh))[0]
-    return SpanVerdict(vehicle_id, meter_id, efficiency, ac, dc, fast_efficiency, early_efficiency)
+    return SpanVerdict(vehicle_id, meter_id, efficiency, ac, dc, fast_efficiency, early_efficiency,
+                       efficiency_range, fast_range)
 
 
 def _breached(rule: str, verdict: SpanVerdict, policy: AlertPolicy, early: bool = False) -> bool:
-    """Whether the verdict breaches the rule; ``early`` also counts the untrimmed session start,
-    which may start the pending period but never fire."""
-    values = [verdict.efficiency, verdict.fast_efficiency] if rule == LOW else [verdict.efficiency]
-    if early:
-        values.append(verdict.early_efficiency)
+    """Whether the verdict breaches the rule; ``early`` also counts the untrimmed session start for
+    ``low_efficiency``, which may start the pending period but never fire. ``efficiency_above_one``
+    ignores it: the partly idle first window is where the clock offset between meter and vehicle
+    puts energy on one side only, in either direction, and a data-quality alert has no onset to
+    catch early."""
+    # A span breaches only if every value its edges allow does (``SpanVerdict.efficiency_range``).
     if rule == LOW:
-        return any(v is not None and v < policy.threshold for v in values)
-    return any(v is not None and v > policy.above_one_threshold for v in values)
+        highest = [_bound(verdict.efficiency, verdict.efficiency_range, 1),
+                   _bound(verdict.fast_efficiency, verdict.fast_range, 1)]
+        if early:
+            highest.append(verdict.early_efficiency)
+        return any(v is not None and v < policy.threshold for v in highest)
+    lowest = _bound(verdict.efficiency, verdict.efficiency_range, 0)
+    return lowest is not None and lowest > policy.above_one_threshold
+
+
+def _bound(value: float | None, bounds: tuple[float, float] | None, which: int) -> float | None:
+    return value if value is None or bounds is None else bounds[which]
 
 
 def _recovered(rule: str, verdict: SpanVerdict, policy: AlertPolicy) -> bool:

@@ -145,8 +145,9 @@ def _replay(args: argparse.Namespace) -> int:
                 os.close(lock)
         else:  # the running task runner owns alert state: it replays at its next run
             replay.queue_request(runner, since_ms, until_ms, args.notify, now_ms)
-            print(f"queued for the running task runner (it runs every {settings.efficiency.window_seconds} s); "
-                  "waiting ...", file=sys.stderr)
+            print(f"queued for the running task runner; waiting for its next run, at "
+                  f"{_iso(runner.next_run_ms(now_ms))} (it runs every {settings.efficiency.window_seconds} s) ...",
+                  file=sys.stderr)
             deadline = time.monotonic() + args.wait
             while efficiency.runner_state().get(replay.DONE_AT, -1) < now_ms:
                 if time.monotonic() > deadline:

@@ -86,6 +86,11 @@ def test_the_session_start_alone_may_start_pending_but_never_fires() -> None:
     assert event == "firing"
 
 
+def test_the_session_start_never_starts_an_above_one_alert() -> None:
+    # the partly idle first window alone above 1.0: the clock offset, not a wrong meter
+    assert step(ABOVE_ONE, None, verdict(0.94, early=1.13), T0, POLICY) == (None, None)
+
+
 def test_a_firing_alert_resolves_only_past_the_hysteresis() -> None:
     record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
     record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
@@ -156,15 +161,18 @@ def test_an_alert_that_never_fired_is_not_sent_to_alertmanager() -> None:
 
 def simulated_windows(lost_meter: tuple[int, int] | None, lost_vehicle: tuple[int, int] | None,
                       meter_offset_s: int = 25, vehicle_offset_s: int = -25, efficiency: float = 0.92,
-                      session: tuple[int, int] = (3600, 3 * 3600)) -> list[EfficiencyWindow]:
+                      session: tuple[int, int] = (3600, 3 * 3600), taper_minutes: int = 0) -> list[EfficiencyWindow]:
     """A vehicle charging at 11 kW with ``efficiency``, both devices sending every 60 s (send time
     + their clock offset = timestamp); readings sent within a lost range (seconds) never arrive,
-    and their energy with them."""
+    and their energy with them. With ``taper_minutes`` the power falls linearly to a tenth over
+    the session's last minutes (a battery near full)."""
     start_ms = T0 - 4 * 3600_000
     meters, vehicles = [], []
     for second in range(60, 4 * 3600 + 1, 60):
         charging = session[0] < second <= session[1]
-        dc = 11.0 / 60 if charging else 0.0
+        left_s = session[1] - second
+        power = 0.1 + 0.9 * left_s / (taper_minutes * 60) if 0 <= left_s < taper_minutes * 60 else 1.0
+        dc = 11.0 / 60 * power if charging else 0.0
         if not (lost_meter and lost_meter[0] <= second < lost_meter[1]):
             meters.append(MeterEnergy("V1", "M1", start_ms + (second + meter_offset_s) * 1000, dc / efficiency))
         if not (lost_vehicle and lost_vehicle[0] <= second < lost_vehicle[1]):
@@ -211,3 +219,46 @@ def test_an_outage_of_both_streams_at_a_session_edge_fires_nothing(outage: tuple
 
 def test_a_faulty_charger_still_fires_across_an_outage() -> None:
     assert (LOW, ) == tuple({rule for rule, _ in fired(simulated_windows((5400, 5820), (5400, 5820), efficiency=0.78))})
+
+
+# -- clock offsets while the power changes, and lost readings at full power --------------------
+
+TAPERS = [(meter, vehicle, end) for meter, vehicle in ((27, 0), (0, 27), (25, -25), (-25, 25), (29, -29))
+          for end in range(3 * 3600, 3 * 3600 + 300, 60)]
+
+
+@pytest.mark.parametrize(("meter_offset", "vehicle_offset", "end"), TAPERS)
+def test_a_healthy_charger_tapering_off_with_the_clocks_apart_fires_nothing(meter_offset, vehicle_offset, end) -> None:
+    # Each window puts one reading of the falling power on one side only: 0.89 looked like 0.84.
+    windows = simulated_windows(None, None, meter_offset, vehicle_offset, efficiency=0.89, session=(3600, end),
+                                taper_minutes=30)
+    assert fired(windows) == []
+
+
+@pytest.mark.parametrize(("meter_offset", "vehicle_offset", "end"), TAPERS[::7])
+def test_a_faulty_charger_tapering_off_still_fires(meter_offset, vehicle_offset, end) -> None:
+    windows = simulated_windows(None, None, meter_offset, vehicle_offset, efficiency=0.78, session=(3600, end),
+                                taper_minutes=30)
+    assert {rule for rule, _ in fired(windows)} == {LOW}
+
+
+def test_readings_lost_at_full_power_are_made_up_at_their_worth_not_at_the_sessions_mean() -> None:
+    # A 25-minute session whose idle edge windows hold 5 idle readings each; two vehicle readings
+    # at full power lost. Made up at the span's mean per reading (idle ones included) this read
+    # 0.85 for a 0.89 charger.
+    session = (3600 + 90, 3600 + 90 + 25 * 60)
+    windows = simulated_windows(None, (4500, 4620), 27, 0, efficiency=0.89, session=session)
+    ended_stop = T0 - 4 * 3600_000 + 3600_000 + 40 * 60_000  # the session has ended by then
+    result = span_verdict("V1", [w for w in windows if w.stop_ms <= ended_stop], ended_stop, W, POLICY)
+    assert result.efficiency == pytest.approx(0.89, abs=0.005)
+    assert result.efficiency_range == pytest.approx((0.89, 0.89), abs=0.005)  # idle edges: no shift
+
+
+@pytest.mark.parametrize("stop_s", range(3600 + 900, 3600 + 1200, 60))
+@pytest.mark.parametrize(("meter_offset", "vehicle_offset"), [(27, 0), (0, 27), (25, -25), (-25, 25)])
+@pytest.mark.parametrize("efficiency", [0.89, 0.97])
+def test_data_that_stops_mid_session_fires_nothing(stop_s, meter_offset, vehicle_offset, efficiency) -> None:
+    # Both streams end at once 15-20 min into a session (a gateway gone, a backfill's end): not a
+    # session end, and one side's last reading alone in a window is 6 % of the session.
+    gone = (stop_s, 4 * 3600 + 1)
+    assert fired(simulated_windows(gone, gone, meter_offset, vehicle_offset, efficiency=efficiency)) == []
