@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, NoDecode
 from typing_extensions import Annotated
 
@@ -252,3 +252,15 @@ class Settings(BaseSettings):
     @property
     def tokens_path(self) -> Path:
         return self.data_dir / "tokens.json"
+
+
+def load_settings() -> Settings:
+    """The settings of the ``CHARGEWATCH_...`` environment, for a command's start: invalid
+    configuration exits with one line naming every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"CHARGEWATCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+        )
+        raise SystemExit(f"chargewatch: invalid configuration: {problems}") from None

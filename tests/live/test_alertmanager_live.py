@@ -21,9 +21,9 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from analytics.alerts import LOW
-from analytics.notify import Notifier
-from analytics.runner import TaskRunner
+from chargewatch.alerts import LOW
+from taskrunner.notify import Notifier
+from taskrunner.runner import TaskRunner
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore

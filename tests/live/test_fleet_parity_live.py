@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from analytics.runner import TaskRunner
+from taskrunner.runner import TaskRunner
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
 from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore

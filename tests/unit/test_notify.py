@@ -1,4 +1,4 @@
-"""Notification delivery (analytics/notify.py) on a fake outbox and a fake HTTP session: what goes to
+"""Notification delivery (taskrunner/notify.py) on a fake outbox and a fake HTTP session: what goes to
 Alertmanager's API v2 and when, retries and their end, re-sending what fires; webhooks as before."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Any
 
 import requests
 
-from analytics.alerts import LOW, AlertPolicy
-from analytics.notify import Notifier, alertmanager_endpoint, alertmanager_outbox_row
+from chargewatch.alerts import LOW, AlertPolicy
+from chargewatch.efficiency_ports import AlertRecord, Notification
 from chargewatch.settings import AlertSettings
-from chargewatch.stores.sqlite_efficiency import AlertRecord, Notification
+from taskrunner.notify import Notifier, alertmanager_endpoint, alertmanager_outbox_row
 
 T0 = 1_795_392_000_000  # 2026-11-23T00:00Z
 AM = "http://127.0.0.1:9093"
@@ -19,7 +19,8 @@ AM_ENDPOINT = AM + "/api/v2/alerts"
 
 
 class FakeOutbox:
-    """The part of SqliteEfficiencyStore the notifier uses, in memory."""
+    """The AlertStore and NotificationOutbox calls the notifier makes, in memory, with each row's
+    error and next attempt in sight."""
 
     def __init__(self, alerts: list[AlertRecord]) -> None:
         self.alerts = {(a.vehicle_id, a.rule, a.started_ms): a for a in alerts}
@@ -89,7 +90,7 @@ def firing(vehicle: str) -> AlertRecord:
 def notifier(outbox: FakeOutbox, session: FakeSession, clock: Clock, **settings: Any) -> Notifier:
     alert_settings = AlertSettings(alertmanager_urls=[AM], alertmanager_resend_seconds=60,
                                    webhook_backoff_seconds=2, **settings)
-    return Notifier(outbox, alert_settings, AlertPolicy(), "http://cw:8081", session,  # type: ignore[arg-type]
+    return Notifier(outbox, outbox, alert_settings, AlertPolicy(), "http://cw:8081", session,  # type: ignore[arg-type]
                     clock)
 
 
@@ -183,7 +184,7 @@ def test_without_alertmanager_nothing_is_re_sent_and_webhooks_still_give_up_afte
     row_id = outbox.enqueue("http://hook.example/x", {"version": "4", "alerts": []})
     session, clock = FakeSession(), Clock(T0 / 1000)
     session.status = 500
-    sender = Notifier(outbox, AlertSettings(webhook_max_attempts=2), AlertPolicy(), "",  # type: ignore[arg-type]
+    sender = Notifier(outbox, outbox, AlertSettings(webhook_max_attempts=2), AlertPolicy(), "",  # type: ignore[arg-type]
                       session, clock)  # type: ignore[arg-type]
     assert sender.resend_firing() == 0
     sender.deliver_due()

@@ -19,8 +19,8 @@ import pytest
 
 import analytics
 from analytics import queries
-from analytics.alerts import AlertPolicy
-from analytics.runner import INFLUX_TASK_GRACE_MS, TaskRunner
+from chargewatch.alerts import AlertPolicy
+from taskrunner.runner import INFLUX_TASK_GRACE_MS, TaskRunner
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.lineprotocol import encode_point
 from chargewatch.settings import Settings
