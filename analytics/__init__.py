@@ -13,6 +13,7 @@ from analytics.status import RunnerCollector, runner_status
 from chargewatch import bootstrap
 from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.settings import Settings
+from chargewatch.stores import ReadingStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 from webapi.auth import install_tokens
 from webapi.errors import register_error_handlers
@@ -20,16 +21,18 @@ from webapi.metrics import instrument
 from webapi.ops import ops_blueprint
 
 
-def create_app(settings: Settings | None = None, store: SqliteReadingStore | None = None,
+def create_app(settings: Settings | None = None, store: ReadingStore | None = None,
                efficiency: EfficiencyStores | None = None) -> Flask:
     """Build the analytics app; arguments left out are built from the environment
-    (``chargewatch.bootstrap``). ``store`` gives the console the reading history; ``efficiency``
-    the windows, alerts, notifications and runner state every route reads."""
+    (``chargewatch.bootstrap``), on the database of ``store`` when it is the SQLite one. ``store``
+    gives the console the reading history; ``efficiency`` the windows, alerts, notifications and
+    runner state every route reads."""
     settings = settings or Settings()
-    database = store.database if store is not None else bootstrap.open_database(settings)
-    store = store or bootstrap.open_reading_store(settings, database)
-    efficiency = efficiency or bootstrap.open_efficiency_stores(settings, database)
-    checks = bootstrap.Stores(database, store, efficiency).readiness_checks(settings)
+    store = store or bootstrap.open_reading_store(settings)
+    database = store.database if isinstance(store, SqliteReadingStore) else None
+    if efficiency is None:
+        efficiency = bootstrap.open_efficiency_stores(settings, database or bootstrap.open_database(settings))
+    checks = bootstrap.readiness_checks(settings, store, efficiency)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chargewatch_settings"] = settings
@@ -46,8 +49,8 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
     register_error_handlers(app)
     instrument(app, "analytics")
     app.register_blueprint(bp)
-    outbox = store.outbox
-    if outbox is None and settings.store == "influx":  # a reading store given without its outbox
+    outbox = getattr(store, "outbox", None)  # influx mode: its state on the health page
+    if outbox is None and settings.store == "influx" and database is not None:  # given without its outbox
         outbox = bootstrap.open_outbox(settings, database)
     install_console(app, store, outbox)
     app.register_blueprint(ops_blueprint("analytics", openapi_document, checks,

@@ -34,9 +34,9 @@ def run_seed(seed: int, pairs: int, hours: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="chargewatch-alerts-") as tmp:
         settings = Settings(data_dir=Path(tmp), sqlite={"synchronous": "normal"})
         started = time.perf_counter()
-        truth, efficiency, settings = replay(fleet, DeliveryFaults(), START, hours, Path(tmp), settings)
-        result = score(truth, efficiency, settings, START, hours)
-        efficiency.readings.close()
+        truth, stores, settings = replay(fleet, DeliveryFaults(), START, hours, Path(tmp), settings)
+        result = score(truth, stores.efficiency, settings, START, hours)
+        stores.close()
     minutes = [m for m in result.detection_minutes.values() if m is not None]
     exact = sum(within_ulps(a, ea) and within_ulps(d, ed)
                 for (a, d), (ea, ed) in zip(result.totals.values(), result.expected_totals.values()))

@@ -32,7 +32,7 @@ def raw_sqlite_rate(db_path: Path, *, duration_s: float, size: int, synchronous:
     )
 
     store = SqliteReadingStore(db_path, synchronous=synchronous)  # schema, WAL
-    conn = store._connect()  # the store's own pragmas (synchronous, cache size, temp store)
+    conn = store.database.connect()  # the store's own pragmas (synchronous, cache size, temp store)
     try:
         start_ms = (int(time.time()) - 3600) * 1000
         table = day_table("meter", start_ms // MS_PER_DAY)

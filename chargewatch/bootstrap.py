@@ -70,20 +70,22 @@ def open_efficiency_stores(settings: Settings, database: SqliteDatabase) -> Effi
     return stores
 
 
+def readiness_checks(settings: Settings, readings: ReadingStore, efficiency: EfficiencyStores
+                     ) -> dict[str, Callable[[], None]]:
+    """Named checks for analytics' ``/ready``: the store, and InfluxDB's windows in influx mode."""
+    checks = {"store": readings.ping}
+    if settings.store == "influx":
+        checks["influxdb"] = efficiency.windows.ping
+    return checks
+
+
 @dataclass
 class Stores:
     """What one process of an installation works on."""
 
     database: SqliteDatabase
-    readings: ReadingStore
+    readings: SqliteReadingStore
     efficiency: EfficiencyStores
-
-    def readiness_checks(self, settings: Settings) -> dict[str, Callable[[], None]]:
-        """Named checks for ``/ready``: the store, and InfluxDB's windows in influx mode."""
-        checks = {"store": self.readings.ping}
-        if settings.store == "influx":
-            checks["influxdb"] = self.efficiency.windows.ping
-        return checks
 
     def close(self) -> None:
         self.efficiency.close()
