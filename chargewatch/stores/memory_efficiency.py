@@ -99,24 +99,31 @@ def _totals(windows: list[EfficiencyWindow]) -> SpanTotals:
 
 
 class InMemoryNotificationOutbox:
-    """NotificationOutbox in process memory."""
+    """NotificationOutbox in process memory. ``rows`` holds each notification by id with the
+    columns of the SQLite table (``url``, ``payload``, ``attempts``, ``next_attempt_ms``,
+    ``delivered_ms``, ``failed_ms``, ``last_error``), for tests to look into."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._rows: dict[int, dict[str, Any]] = {}
+        self.rows: dict[int, dict[str, Any]] = {}
         self._next_id = 1
 
-    def queue(self, notifications: Sequence[QueuedNotification], now_ms: int) -> None:
-        """Queue notifications (called by :class:`InMemoryAlertStore` with its records)."""
+    def queue(self, notifications: Sequence[QueuedNotification], now_ms: int) -> list[int]:
+        """Queue notifications, due at ``now_ms`` (:class:`InMemoryAlertStore` queues its records'
+        this way); returns their ids."""
+        ids = []
         with self._lock:
             for url, payload in notifications:
-                self._rows[self._next_id] = {"url": url, "payload": copy.deepcopy(payload), "attempts": 0,
-                                             "next_attempt_ms": now_ms, "delivered_ms": None, "failed_ms": None}
+                self.rows[self._next_id] = {"url": url, "payload": copy.deepcopy(payload), "attempts": 0,
+                                            "next_attempt_ms": now_ms, "delivered_ms": None, "failed_ms": None,
+                                            "last_error": None}
+                ids.append(self._next_id)
                 self._next_id += 1
+        return ids
 
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
         with self._lock:
-            due = [(id_, row) for id_, row in sorted(self._rows.items())
+            due = [(id_, row) for id_, row in sorted(self.rows.items())
                    if row["delivered_ms"] is None and row["failed_ms"] is None and row["next_attempt_ms"] <= now_ms]
             return [Notification(id_, row["url"], copy.deepcopy(row["payload"]), row["attempts"])
                     for id_, row in due[:limit]]
@@ -124,10 +131,11 @@ class InMemoryNotificationOutbox:
     def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
                         retry_at_ms: int | None = None) -> None:
         with self._lock:
-            row = self._rows.get(notification_id)
+            row = self.rows.get(notification_id)
             if row is None:
                 return
             row["attempts"] += 1
+            row["last_error"] = error
             if error is None:
                 row["delivered_ms"] = now_ms
             elif retry_at_ms is not None:
@@ -137,7 +145,7 @@ class InMemoryNotificationOutbox:
 
     def notification_counts(self) -> dict[str, int]:
         with self._lock:
-            rows = list(self._rows.values())
+            rows = list(self.rows.values())
         return {"pending": sum(r["delivered_ms"] is None and r["failed_ms"] is None for r in rows),
                 "delivered": sum(r["delivered_ms"] is not None for r in rows),
                 "failed": sum(r["failed_ms"] is not None for r in rows)}

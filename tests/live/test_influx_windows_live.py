@@ -6,7 +6,7 @@ cannot inject Flux; a wrong token, a missing bucket, a stopped engine become Sto
 503; the task runner in influx mode evaluates alerts over the windows InfluxDB holds.
 
 (The 500 and the error table in the middle of an answer stay with the stand-in in
-tests/integration/test_influx_efficiency_store.py: a real engine produces neither on demand.)
+tests/integration/test_influx_windows.py: a real engine produces neither on demand.)
 """
 
 from __future__ import annotations
