@@ -8,12 +8,12 @@ from datetime import datetime, timedelta, timezone
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from analytics import queries
-from chargewatch.alerts import AlertPolicy
 from analytics.schemas import AlertBody, AlertList, FleetSummaryBody, PerformanceBody, SeriesBody, WindowBody
+from chargewatch.alerts import AlertPolicy
+from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.pairing import PairingRegistry
 from chargewatch.readings import DEVICE_ID, parse_timestamp
 from chargewatch.settings import Settings
-from chargewatch.efficiency_ports import EfficiencyStores
 from webapi.auth import require
 from webapi.errors import ApiError
 from webapi.schemas import from_ms

@@ -12,11 +12,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import harness
+from console_overview import load_windows
+
 from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.settings import Settings
 from taskrunner import replay
 from taskrunner.runner import TaskRunner
-from console_overview import load_windows
 
 
 def main() -> int:

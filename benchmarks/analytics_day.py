@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+
 from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import _DAY_SCHEMA, _execute_script, day_table

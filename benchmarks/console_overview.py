@@ -27,6 +27,7 @@ from typing import Any
 
 import harness
 from analytics_day import start_analytics
+
 from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings

@@ -43,8 +43,8 @@ from chargewatch.lineprotocol import encode_point  # noqa: E402
 from chargewatch.readings import MeterReading, VehicleReading  # noqa: E402
 from chargewatch.settings import Settings  # noqa: E402
 from chargewatch.stores import PairedReading  # noqa: E402
-from chargewatch.stores.outbox import reading_line  # noqa: E402
 from chargewatch.stores.influx_windows import InfluxWindowSource  # noqa: E402
+from chargewatch.stores.outbox import reading_line  # noqa: E402
 from chargewatch.stores.sqlite_windows import SqliteWindowStore  # noqa: E402
 from simulator.devices import pair_ids  # noqa: E402
 from taskrunner.runner import TaskRunner  # noqa: E402

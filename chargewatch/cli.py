@@ -269,7 +269,7 @@ def cmd_pairing(args: argparse.Namespace) -> int:
             if not store.delete_pairing(args.vehicle_id):
                 print(f"{args.vehicle_id} has no registry pairing", file=sys.stderr)
                 return 1
-            from chargewatch.pairing import Pairings, PairingRule
+            from chargewatch.pairing import PairingRule, Pairings
 
             now = Pairings(store.load_pairings(), PairingRule.from_strings(load_settings().pairing.prefixes))
             meter = now.meter_for(args.vehicle_id)

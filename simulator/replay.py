@@ -21,8 +21,8 @@ from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores
 from chargewatch.pairing import PairingRule, Pairings
 from chargewatch.settings import Settings
 from ingest.service import ingest_readings
-from taskrunner.runner import TaskRunner
 from simulator.devices import Courier, DeliveryFaults, Fate, Fleet, FleetConfig, GroundTruth, stream_deliveries
+from taskrunner.runner import TaskRunner
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from analytics import queries
-from chargewatch.alerts import AlertPolicy
 from analytics.schemas import TaskRunnerBody
 from analytics.status import runner_status
+from chargewatch.alerts import AlertPolicy
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores
-from chargewatch.stores import ReadingStore
-from chargewatch.stores.sqlite import MS_PER_DAY, SqliteReadingStore, day_table
+from chargewatch.stores import Kind, ReadingStore
 
 STATUS_ORDER = {"low": 0, "above_one": 1, "ok": 2, "no_data": 3}
 
@@ -177,7 +176,7 @@ class IngestHealth:
     notifications: dict[str, int] = field(default_factory=dict)
 
 
-def ingest_health(stores: EfficiencyStores, readings: SqliteReadingStore, metrics_dir: Path,
+def ingest_health(stores: EfficiencyStores, readings: ReadingStore, metrics_dir: Path,
                   window_seconds: int, offset_seconds: int, now_ms: int, outbox: Any | None = None,
                   minutes: int = 60) -> IngestHealth:
     """Readings stored per minute (by reading time) over the last ``minutes``, ingest's counters since
@@ -196,22 +195,14 @@ def ingest_health(stores: EfficiencyStores, readings: SqliteReadingStore, metric
     )
 
 
-def readings_per_minute(readings: SqliteReadingStore, now_ms: int, minutes: int) -> dict[str, list[tuple[int, int]]]:
+def readings_per_minute(readings: ReadingStore, now_ms: int, minutes: int) -> dict[str, list[tuple[int, int]]]:
     """Readings in the history per minute of reading time, the last ``minutes`` whole minutes."""
     end = now_ms // 60_000 * 60_000
     start = end - minutes * 60_000
     result: dict[str, list[tuple[int, int]]] = {}
-    for kind in ("meter", "vehicle"):
-        counts: dict[int, int] = {}
-        existing = {name for (name,) in readings.read(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?", (f"{kind}_[0-9]*",))}
-        for day in range(start // MS_PER_DAY, (end - 1) // MS_PER_DAY + 1):
-            table = day_table(kind, day)  # a name built from a number, never from input
-            if table in existing:
-                for minute, count in readings.read(
-                        f"SELECT time_ms / 60000 * 60000 AS minute, count(*) FROM {table} "
-                        "WHERE time_ms >= ? AND time_ms < ? GROUP BY minute", (start, end)):
-                    counts[minute] = counts.get(minute, 0) + count
+    kinds: tuple[Kind, ...] = ("meter", "vehicle")
+    for kind in kinds:
+        counts = readings.count_by_minute(kind, start, end)
         result[kind] = [(m, counts.get(m, 0)) for m in range(start, end, 60_000)]
     return result
 

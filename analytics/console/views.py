@@ -12,9 +12,9 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, redirect, render_template, request, send_file, url_for
 
 from analytics import queries
-from chargewatch.alerts import AlertPolicy
 from analytics.console import charts, data
 from analytics.console.session import safe_next, sign_in, sign_out, signed_in
+from chargewatch.alerts import AlertPolicy
 from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.pairing import PairingRegistry
 from chargewatch.readings import DEVICE_ID_PATTERN

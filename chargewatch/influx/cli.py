@@ -55,9 +55,9 @@ def _rfc3339(text: str) -> datetime:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from chargewatch.settings import load_settings
     from chargewatch.influx.backfill import BackfillChunk, aligned_range, backfill_windows
     from chargewatch.influx.setup import SetupError
+    from chargewatch.settings import load_settings
 
     settings = load_settings()
     stop = args.stop or datetime.now(timezone.utc)
@@ -89,8 +89,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from chargewatch.settings import load_settings
     from chargewatch.influx.setup import SetupError, describe_plan, setup_influx
+    from chargewatch.settings import load_settings
 
     settings = load_settings()
     if args.dry_run:

@@ -74,6 +74,11 @@ class ReadingStore(PairingStore, Protocol):
 
     def history(self, kind: Kind, device_id: str, start_ms: int, end_ms: int) -> list[StoredReading]: ...
 
+    def count_by_minute(self, kind: Kind, start_ms: int, end_ms: int) -> dict[int, int]:
+        """Stored readings of one kind timed in [start_ms, end_ms), per minute of reading time: the
+        minute's start (epoch ms) -> count, minutes without readings left out (the console's
+        ingest health)."""
+
     def drop_expired(self, now: datetime, retention_days: int) -> list[str]:
         """Drop whole UTC days older than retention; returns the day tables dropped (``meter_20261001``)."""
 

@@ -104,6 +104,15 @@ class InMemoryReadingStore:
             ]
         return sorted(entries, key=lambda entry: entry.time_ms)
 
+    def count_by_minute(self, kind: Kind, start_ms: int, end_ms: int) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        with self._lock:
+            for k, _, time_ms in self._history:
+                if k == kind and start_ms <= time_ms < end_ms:
+                    minute = time_ms // 60_000 * 60_000
+                    counts[minute] = counts.get(minute, 0) + 1
+        return counts
+
     def drop_expired(self, now: datetime, retention_days: int) -> list[str]:
         """Drop whole UTC days older than retention; returns day names like ``meter_20261123``."""
         cutoff = (now - timedelta(days=retention_days)).astimezone(timezone.utc).date()

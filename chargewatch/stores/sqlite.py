@@ -483,6 +483,16 @@ class SqliteReadingStore:
                 result.extend(_stored((kind, *row)) for row in self.read(sql, (device_id, start_ms, end_ms)))
         return result
 
+    def count_by_minute(self, kind: Kind, start_ms: int, end_ms: int) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        first_day, last_day = start_ms // MS_PER_DAY, (end_ms - 1) // MS_PER_DAY
+        for day, table in self._day_tables(kind).items():  # table names built from numbers, never input
+            if first_day <= day <= last_day:
+                for minute, count in self.read(f"SELECT time_ms / 60000 * 60000 AS minute, count(*) FROM {table} "
+                                               "WHERE time_ms >= ? AND time_ms < ? GROUP BY minute", (start_ms, end_ms)):
+                    counts[minute] = counts.get(minute, 0) + count
+        return counts
+
     def _day_tables(self, kind: Kind) -> dict[int, str]:
         """Existing history tables of one kind by day number."""
         rows = self.read(

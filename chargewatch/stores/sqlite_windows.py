@@ -296,7 +296,7 @@ class SqliteWindowStore:
         if hour_lo >= hour_hi:
             hour_lo = hour_hi = end_ms
         rows = self.database.read(
-            f"""SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
+            """SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
                 SELECT hour_stop_ms AS hour_stop, ac_kwh, dc_kwh FROM efficiency_hourly
                 WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
                 UNION ALL SELECT :hlo, ac_kwh, dc_kwh FROM efficiency

@@ -4,17 +4,17 @@ replayed over them (``analytics.replay``), by hand and by the runner's first run
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
-from taskrunner import replay
-from taskrunner.runner import TaskRunner
+from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.efficiency import EfficiencyWindow
+from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
-from dataclasses import replace
-from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
-from chargewatch.efficiency_ports import EfficiencyStores
+from taskrunner import replay
+from taskrunner.runner import TaskRunner
 
 W = 300_000
 HOUR = 3_600_000

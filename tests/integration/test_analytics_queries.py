@@ -6,10 +6,10 @@ import pytest
 
 from analytics import queries
 from chargewatch.alerts import AlertPolicy
-from chargewatch.efficiency import EfficiencyWindow
-from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.bootstrap import sqlite_efficiency_stores
+from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.efficiency_ports import EfficiencyStores
+from chargewatch.stores.sqlite import SqliteReadingStore
 
 W = 300_000
 HOUR = 3_600_000

@@ -9,14 +9,13 @@ from datetime import timedelta
 
 import pytest
 
+from chargewatch.bootstrap import open_reading_store
 from chargewatch.lineprotocol import parse_lines
 from chargewatch.readings import to_wire
 from chargewatch.settings import Settings
-from chargewatch.bootstrap import open_reading_store
 from chargewatch.stores import StorageUnavailable, WriteResult
-from chargewatch.stores.outbox import reading_line
+from chargewatch.stores.outbox import OutboxFull, reading_line
 from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.outbox import OutboxFull
 from ingest import create_app
 
 WRITE = {"Authorization": "Token w"}

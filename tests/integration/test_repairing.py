@@ -10,14 +10,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from taskrunner.runner import TaskRunner
+from chargewatch.bootstrap import sqlite_efficiency_stores
 from chargewatch.lineprotocol import parse_lines
 from chargewatch.pairing import PairingRegistry, PairingRule
 from chargewatch.readings import READING, ReadingRules
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.bootstrap import sqlite_efficiency_stores
 from ingest.service import ingest_readings
+from taskrunner.runner import TaskRunner
 
 W = 300_000
 

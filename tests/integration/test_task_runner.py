@@ -9,12 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import analytics
-from taskrunner.runner import RunnerBusy, TaskRunner, hold_runner_lock
+from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.readings import READING, ReadingRules
 from chargewatch.settings import Settings
 from chargewatch.stores import PairedReading
-from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
+from taskrunner.runner import RunnerBusy, TaskRunner, hold_runner_lock
 from tests.efficiency_fixture import FIXTURE, expected_windows, time_ms
 
 FIXTURE_START = time_ms(FIXTURE["range"]["start"])

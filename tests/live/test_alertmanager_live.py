@@ -28,9 +28,9 @@ from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
 from taskrunner.notify import Notifier
 from taskrunner.runner import TaskRunner
+from tests.e2e.harness import free_port
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver, receiver_config
 from tests.live.conftest import attach_log
-from tests.e2e.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 W = 300_000
@@ -251,7 +251,8 @@ def test_chargewatch_tasks_sends_the_alerts_of_readings_ingested_over_http_to_al
         request: pytest.FixtureRequest, alertmanager_factory, webhook_receiver: WebhookReceiver,
         tmp_path: Path) -> None:
     from tests.e2e.harness import IngestClient, IngestServer
-    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE, post_history
+    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE
+    from tests.e2e.test_analytics_service import post_history
 
     alertmanager = alertmanager_factory(receiver_config(webhook_receiver.url))
     env = {"CHARGEWATCH_ALERTS__ALERTMANAGER_URLS": alertmanager.url,

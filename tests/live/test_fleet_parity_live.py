@@ -36,9 +36,9 @@ from chargewatch.settings import Settings
 from chargewatch.stores.influx_windows import InfluxWindowSource
 from simulator.devices import DeliveryFaults, FleetConfig
 from simulator.replay import replay
+from taskrunner.runner import TaskRunner
 from tests.e2e.harness import READ_TOKEN, IngestServer, free_port
 from tests.e2e.influx_mode import ForwarderProcess, wait_until
-from taskrunner.runner import TaskRunner
 from tests.live.conftest import chargewatch_env, run_chargewatch
 
 pytestmark = [pytest.mark.influx, pytest.mark.slow]

@@ -20,17 +20,17 @@ import pytest
 import analytics
 from analytics import queries
 from chargewatch.alerts import AlertPolicy
-from taskrunner.runner import INFLUX_TASK_GRACE_MS, TaskRunner
+from chargewatch.bootstrap import open_efficiency_stores
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.lineprotocol import encode_point
 from chargewatch.settings import Settings
 from chargewatch.stores import StorageUnavailable
-from chargewatch.bootstrap import open_efficiency_stores
 from chargewatch.stores.influx_windows import InfluxWindowSource
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_windows import SqliteWindowStore
-from tests.efficiency_fixture import expected_windows
+from taskrunner.runner import INFLUX_TASK_GRACE_MS, TaskRunner
 from tests.e2e.harness import free_port
+from tests.efficiency_fixture import expected_windows
 
 pytestmark = pytest.mark.influx
 
