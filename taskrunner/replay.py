@@ -83,11 +83,11 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
                 open_now.pop((record.vehicle_id, record.rule), None)
         events += stepped
     kept = [r for r in found.values() if r.state != "cancelled"]
-    if not notify:
-        events = [(open_now[(r.vehicle_id, r.rule)], status) for r, status in events
+    if not notify:  # only the firings of alerts that still fire at ``until``, as they are there
+        events = [(now, status) for r, status in events
                   if notify_still_firing and status == "firing" and r.replayed
-                  and open_now.get((r.vehicle_id, r.rule), r).started_ms == r.started_ms
-                  and open_now[(r.vehicle_id, r.rule)].state == "firing"]
+                  and (now := open_now.get((r.vehicle_id, r.rule))) is not None
+                  and now.started_ms == r.started_ms and now.state == "firing"]
     notifications = runner.notifications(events)
     removed = alert_store.replace_alerts(since_ms, until_ms, kept, notifications, now_ms)
     report = ReplayReport(since_ms, until_ms, stops, sorted(kept, key=lambda r: (r.started_ms, r.vehicle_id)),

@@ -17,6 +17,8 @@ import pytest
 from chargewatch.readings import READING, MeterReading, ReadingRules, VehicleReading
 from chargewatch.stores import PairedReading
 
+pytest_plugins = ["tests.console_browser"]  # the browser and page fixtures of the console tests
+
 READING_TIME = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
 RULES = ReadingRules(now=READING_TIME + timedelta(minutes=1))
 

@@ -1,44 +1,25 @@
-"""The console in a real headless browser: Debian's chromium driven by Playwright, against real
-gunicorn services holding a simulated fleet (backfilled through ingest, windows computed by the
-task runner). Every page is compared with what the API answers for the same period.
-
-Screenshots go to ``$CHARGEWATCH_SCREENSHOT_DIR`` or ``<tmp>/chargewatch-console-screenshots``
-(outside the repository). Without /usr/bin/chromium the tests skip, except under CI (``CI`` set),
-where a missing browser is a failure: .ci/run installs it.
-"""
+"""The console in a real headless browser (``tests/console_browser.py``: Debian's chromium driven by
+Playwright, screenshots outside the repository), against real gunicorn services holding a simulated
+fleet (backfilled through ingest, windows computed by the task runner). Every page is compared with
+what the API answers for the same period."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
 
+from tests.console_browser import sign_in, stat, wait_for_charts
 from tests.e2e.harness import READ_TOKEN, IngestServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(os.environ.get("CHARGEWATCH_SCREENSHOT_DIR")
-                   or Path(tempfile.gettempdir()) / "chargewatch-console-screenshots")
-
-if not CHROMIUM.exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("the console browser tests need /usr/bin/chromium (apt-get install chromium)")
-    pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
-                allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
-
 
 def _api(fleet: dict, path: str, **params) -> dict:
     response = requests.get(fleet["analytics"].url + path, params=params,
@@ -82,49 +63,6 @@ def fleet(tmp_path_factory) -> Iterator[dict]:
             process.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    with sync_api.sync_playwright() as playwright:
-        # playwright's own browser builds cannot be downloaded here: always the system chromium.
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser, fleet, request) -> Iterator:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    # The one expected error status: a refused sign-in answers 401.
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 and not (
-        r.status == 401 and r.url.endswith("/console/sign-in")) else None)
-    yield page
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
-    errors = [e for e in errors if not e.startswith("Failed to load resource")]  # told by status above
-    assert errors == [], errors  # no script errors, no CSP violations, no failed requests
-
-
-def sign_in(page, fleet: dict, path: str = "/console/fleet") -> None:
-    page.goto(fleet["analytics"].url + path)
-    page.get_by_label("Read token").fill(READ_TOKEN)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
-
-
-def wait_for_charts(page) -> None:
-    page.wait_for_function(
-        "[...document.querySelectorAll('[data-chart]')].every(el => el.dataset.drawn === 'true')")
-
-
-def stat(page, name: str) -> str:
-    return page.locator(f'[data-stat="{name}"]').inner_text().strip()
-
-
 def test_the_root_leads_to_a_sign_in_form_and_a_wrong_token_is_refused(page, fleet) -> None:
     page.goto(fleet["analytics"].url + "/")
     assert page.url.endswith("/console/sign-in?next=/console/fleet")
@@ -135,7 +73,7 @@ def test_the_root_leads_to_a_sign_in_form_and_a_wrong_token_is_refused(page, fle
 
 
 def test_signing_in_sets_an_httponly_samesite_cookie_that_the_api_ignores(page, fleet) -> None:
-    sign_in(page, fleet)
+    sign_in(page, fleet["analytics"].url)
     assert page.get_by_role("heading", level=1).inner_text() == "Fleet"
     (cookie,) = [c for c in page.context.cookies() if c["name"] == "chargewatch_console"]
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax"
@@ -151,7 +89,7 @@ def test_signing_in_sets_an_httponly_samesite_cookie_that_the_api_ignores(page, 
 
 
 def test_the_overview_shows_the_api_numbers_with_a_faulty_vehicle_first(page, fleet) -> None:
-    sign_in(page, fleet)
+    sign_in(page, fleet["analytics"].url)
     wait_for_charts(page)
     summary = _api(fleet, "/v1/analytics/fleet/summary", worst=100)
     assert int(stat(page, "vehicles")) == summary["vehicles"]
@@ -174,7 +112,7 @@ def test_the_overview_shows_the_api_numbers_with_a_faulty_vehicle_first(page, fl
 
 
 def test_the_overview_filters_by_id_and_status(page, fleet) -> None:
-    sign_in(page, fleet)
+    sign_in(page, fleet["analytics"].url)
     page.get_by_label("Status").select_option("low")
     page.get_by_role("button", name="Filter").click()
     summary = _api(fleet, "/v1/analytics/fleet/summary", worst=100)
@@ -189,7 +127,7 @@ def test_the_overview_filters_by_id_and_status(page, fleet) -> None:
 
 
 def test_a_faulty_vehicles_page_shows_its_report_meter_and_charts(page, fleet) -> None:
-    sign_in(page, fleet)
+    sign_in(page, fleet["analytics"].url)
     first = page.locator("#fleet-table tbody tr").nth(0)
     vehicle_id = first.get_attribute("data-vehicle")
     first.get_by_role("link", name=vehicle_id).click()
@@ -214,7 +152,7 @@ def test_a_faulty_vehicles_page_shows_its_report_meter_and_charts(page, fleet) -
 
 
 def test_a_chosen_period_is_a_link_that_reopens_the_same_numbers(page, fleet) -> None:
-    sign_in(page, fleet, "/console/vehicles/VEHICLE_001")
+    sign_in(page, fleet["analytics"].url, "/console/vehicles/VEHICLE_001")
     now = datetime.now(timezone.utc)
     start = (now - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
     stop = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
@@ -232,7 +170,7 @@ def test_a_chosen_period_is_a_link_that_reopens_the_same_numbers(page, fleet) ->
 
 
 def test_the_alerts_page_lists_what_the_api_lists(page, fleet) -> None:
-    sign_in(page, fleet, "/console/alerts")
+    sign_in(page, fleet["analytics"].url, "/console/alerts")
     firing = _api(fleet, "/v1/analytics/alerts", state="active")["alerts"]
     rows = page.locator("#firing tbody tr[data-vehicle]")
     assert sorted(rows.nth(i).get_attribute("data-vehicle") for i in range(rows.count())) == \
@@ -243,7 +181,7 @@ def test_the_alerts_page_lists_what_the_api_lists(page, fleet) -> None:
 
 
 def test_ingest_health_shows_the_runner_and_the_ingest_counters(page, fleet) -> None:
-    sign_in(page, fleet, "/console/health")
+    sign_in(page, fleet["analytics"].url, "/console/health")
     wait_for_charts(page)
     assert stat(page, "runner-status") == "ok"
     metrics = requests.get(fleet["ingest"].url + "/metrics", timeout=10).text

@@ -37,21 +37,25 @@ def stores(settings):
     readings.close()
 
 
-def charging_windows() -> list[EfficiencyWindow]:
-    """Both vehicles charge at 11 kW the whole time; the faulty one's charger drops to 0.70 at ONSET."""
+def charging_windows(repaired_ms: int | None = None) -> list[EfficiencyWindow]:
+    """Both vehicles charge at 11 kW the whole time; the faulty one's charger drops to 0.70 at ONSET
+    (and is back at 0.92 from ``repaired_ms``, when given)."""
     dc = 11.0 / 12
     windows = []
     for stop in range(T0 + W, END + 1, W):
-        for vehicle, ratio in ((FAULTY, 0.70 if stop - W >= ONSET else 0.92), (HEALTHY, 0.92)):
+        faulty = ONSET <= stop - W and (repaired_ms is None or stop - W < repaired_ms)
+        for vehicle, ratio in ((FAULTY, 0.70 if faulty else 0.92), (HEALTHY, 0.92)):
             windows.append(EfficiencyWindow(vehicle, vehicle.replace("EV", "MTR"), stop, dc / ratio, dc, 5, 5, 25.0,
                                             ratio))
     return sorted(windows, key=lambda w: (w.stop_ms, w.vehicle_id))
 
 
-def written(efficiency: EfficiencyStores) -> EfficiencyStores:
+def written(efficiency: EfficiencyStores, repaired_ms: int | None = None) -> EfficiencyStores:
+    assert efficiency.window_writer is not None
+    windows = charging_windows(repaired_ms)
     for hour in range(T0, END, HOUR):
-        efficiency.window_writer.replace_windows(W, hour, hour + HOUR, [w for w in charging_windows()
-                                                          if hour < w.stop_ms <= hour + HOUR], hour)
+        efficiency.window_writer.replace_windows(W, hour, hour + HOUR,
+                                                 [w for w in windows if hour < w.stop_ms <= hour + HOUR], hour)
     return efficiency
 
 
@@ -105,6 +109,18 @@ def test_a_new_runner_replays_the_history_before_its_first_span(stores, settings
     # still firing at the end of the replayed range: announced once, as a live runner would have
     (queued,), = readings.read("SELECT count(*) FROM notifications")
     assert queued == 1
+
+
+def test_a_new_runner_does_not_announce_an_alert_that_fired_and_resolved_in_the_replayed_history(
+        stores, settings) -> None:
+    readings, efficiency = stores
+    runner = TaskRunner(replace(written(efficiency, repaired_ms=ONSET + HOUR), window_writer=None), settings)
+    runner.run_once(END + runner.offset_ms)
+    (alert,) = [a for a in efficiency.alerts.recent_alerts(0) if a.state != "cancelled"]
+    assert (alert.vehicle_id, alert.state, alert.replayed) == (FAULTY, "resolved", True)
+    assert ONSET + HOUR < alert.resolved_ms <= ONSET + HOUR + 45 * 60_000
+    (queued,), = readings.read("SELECT count(*) FROM notifications")
+    assert queued == 0  # a past condition, over before the runner started: nothing to announce
 
 
 def test_an_alerts_table_from_before_replay_gets_the_column(tmp_path, settings) -> None:
