@@ -9,47 +9,49 @@ from flask import Flask
 from analytics.console import install_console
 from analytics.openapi import openapi_document
 from analytics.routes import bp
-from analytics.runner import policy_from
 from analytics.status import RunnerCollector, runner_status
-from chargewatch.pairing import PairingRegistry, PairingRule
+from chargewatch import bootstrap
+from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.settings import Settings
+from chargewatch.stores import ReadingStore
 from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from webapi.auth import install_tokens
 from webapi.errors import register_error_handlers
 from webapi.metrics import instrument
 from webapi.ops import ops_blueprint
 
 
-def create_app(settings: Settings | None = None, store: SqliteReadingStore | None = None) -> Flask:
-    """Build the analytics app; arguments left out are built from the environment."""
+def create_app(settings: Settings | None = None, store: ReadingStore | None = None,
+               efficiency: EfficiencyStores | None = None) -> Flask:
+    """Build the analytics app; arguments left out are built from the environment
+    (``chargewatch.bootstrap``), on the database of ``store`` when it is the SQLite one. ``store``
+    gives the console the reading history; ``efficiency`` the windows, alerts, notifications and
+    runner state every route reads."""
     settings = settings or Settings()
-    store = store or SqliteReadingStore.from_settings(settings)
-    efficiency = SqliteEfficiencyStore(store)
-    checks = {"store": store.ping}
-    outbox = None
-    if settings.store == "influx":  # windows come from the bucket the Flux task fills; alerts stay local
-        from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
-        from chargewatch.stores.outbox import Outbox
-
-        efficiency = InfluxEfficiencyStore.from_settings(settings, efficiency)
-        checks["influxdb"] = efficiency.ping
-        outbox = Outbox(store, settings.influx.outbox_max_rows)
+    store = store or bootstrap.open_reading_store(settings)
+    database = store.database if isinstance(store, SqliteReadingStore) else None
+    if efficiency is None:
+        efficiency = bootstrap.open_efficiency_stores(settings, database or bootstrap.open_database(settings))
+    checks = bootstrap.readiness_checks(settings, store, efficiency)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chargewatch_settings"] = settings
-    app.extensions["efficiency_store"] = efficiency
-    app.extensions["alert_policy"] = policy_from(settings)
-    app.extensions["pairing_registry"] = PairingRegistry(store, PairingRule.from_strings(settings.pairing.prefixes))
+    app.extensions["efficiency_stores"] = efficiency
+    app.extensions["alert_policy"] = bootstrap.alert_policy(settings)
+    app.extensions["pairing_registry"] = bootstrap.pairing_registry(settings, store)
     install_tokens(app, settings)
 
     def health_details() -> dict:
-        status = runner_status(efficiency, settings.efficiency.window_seconds, settings.efficiency.offset_seconds)
+        status = runner_status(efficiency.runner_state, settings.efficiency.window_seconds,
+                               settings.efficiency.offset_seconds)
         return {"taskRunner": status.model_dump(mode="json")}
 
     register_error_handlers(app)
     instrument(app, "analytics")
     app.register_blueprint(bp)
+    outbox = getattr(store, "outbox", None)  # influx mode: its state on the health page
+    if outbox is None and settings.store == "influx" and database is not None:  # given without its outbox
+        outbox = bootstrap.open_outbox(settings, database)
     install_console(app, store, outbox)
     app.register_blueprint(ops_blueprint("analytics", openapi_document, checks,
                                          health_details, [RunnerCollector(efficiency)]))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from analytics.alerts import AlertPolicy
+from chargewatch.alerts import AlertPolicy
 from chargewatch.efficiency import EfficiencyWindow
-from chargewatch.stores.sqlite_efficiency import AlertRecord, SqliteEfficiencyStore
+from chargewatch.efficiency_ports import AlertRecord, AlertStore, WindowSource
 
 # Efficiency distribution buckets (upper bounds, exclusive); the last bucket is "above 1.0".
 DISTRIBUTION_EDGES = (0.75, 0.80, 0.85, 0.90, 0.95, 1.0)
@@ -57,7 +57,7 @@ def classify(efficiency: float | None, ac_kwh: float, policy: AlertPolicy) -> st
     return "ok"
 
 
-def performance_report(store: SqliteEfficiencyStore, vehicle_id: str, period: Period, window_ms: int,
+def performance_report(store: WindowSource, vehicle_id: str, period: Period, window_ms: int,
                        policy: AlertPolicy) -> PerformanceReport:
     """AC and DC totals of one vehicle over the period (exact sums of its windows)."""
     sums = store.vehicle_window_sums(window_ms, vehicle_id, period.start_ms, period.end_ms)
@@ -96,7 +96,7 @@ class FleetSummary:
     worst: list[VehicleEfficiency]
 
 
-def fleet_summary(store: SqliteEfficiencyStore, period: Period, window_ms: int, policy: AlertPolicy,
+def fleet_summary(store: WindowSource, period: Period, window_ms: int, policy: AlertPolicy,
                   worst_n: int = 10) -> FleetSummary:
     """Fleet totals and the per-vehicle efficiency distribution; vehicles with less than the alert
     span's minimum AC energy in the period count as not charging and are left out of the ranking."""
@@ -123,12 +123,12 @@ def fleet_summary(store: SqliteEfficiencyStore, period: Period, window_ms: int, 
     )
 
 
-def efficiency_series(store: SqliteEfficiencyStore, vehicle_id: str, period: Period, window_ms: int
+def efficiency_series(store: WindowSource, vehicle_id: str, period: Period, window_ms: int
                       ) -> list[EfficiencyWindow]:
     return store.windows(window_ms, period.start_ms, period.end_ms, vehicle_id)
 
 
-def list_alerts(store: SqliteEfficiencyStore, since_ms: int, active_only: bool) -> list[AlertRecord]:
+def list_alerts(store: AlertStore, since_ms: int, active_only: bool) -> list[AlertRecord]:
     if active_only:
         return [a for a in store.open_alerts() if a.state == "firing"]
     return store.recent_alerts(since_ms)

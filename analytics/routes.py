@@ -8,12 +8,12 @@ from datetime import datetime, timedelta, timezone
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from analytics import queries
-from analytics.alerts import AlertPolicy
 from analytics.schemas import AlertBody, AlertList, FleetSummaryBody, PerformanceBody, SeriesBody, WindowBody
+from chargewatch.alerts import AlertPolicy
+from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.pairing import PairingRegistry
 from chargewatch.readings import DEVICE_ID, parse_timestamp
 from chargewatch.settings import Settings
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from webapi.auth import require
 from webapi.errors import ApiError
 from webapi.schemas import from_ms
@@ -26,8 +26,8 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
-def _store() -> SqliteEfficiencyStore:
-    return current_app.extensions["efficiency_store"]
+def _stores() -> EfficiencyStores:
+    return current_app.extensions["efficiency_stores"]
 
 
 def _settings() -> Settings:
@@ -64,7 +64,7 @@ def _period(default_hours: int = 24) -> queries.Period:
     if stop is None:
         # Up to the newest window the task runner has computed: a window that closed seconds ago
         # is not counted half-done.
-        state = _store().runner_state()
+        state = _stores().runner_state.load()
         now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
         stop_ms = min(now_ms, int(state["last_stop_ms"])) if "last_stop_ms" in state else now_ms
         stop = from_ms(stop_ms)
@@ -95,7 +95,7 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
 @bp.get("/v1/analytics/performance/<vehicle_id>")
 @require("read")
 def performance(vehicle_id: str) -> Response:
-    report = queries.performance_report(_store(), _vehicle(vehicle_id), _period(), _window_ms(), _policy())
+    report = queries.performance_report(_stores().windows, _vehicle(vehicle_id), _period(), _window_ms(), _policy())
     pairings: PairingRegistry = current_app.extensions["pairing_registry"]
     body = PerformanceBody.of(report, pairings.current().meter_for(vehicle_id), _policy().threshold,
                               _settings().efficiency.window_seconds)
@@ -105,8 +105,8 @@ def performance(vehicle_id: str) -> Response:
 @bp.get("/v1/analytics/fleet/summary")
 @require("read")
 def fleet_summary() -> Response:
-    summary = queries.fleet_summary(_store(), _period(), _window_ms(), _policy(), _int_param("worst", 10, 1, 1000))
-    active = len(queries.list_alerts(_store(), 0, active_only=True))
+    summary = queries.fleet_summary(_stores().windows, _period(), _window_ms(), _policy(), _int_param("worst", 10, 1, 1000))
+    active = len(queries.list_alerts(_stores().alerts, 0, active_only=True))
     return jsonify(FleetSummaryBody.of(summary, _policy().threshold, active).model_dump(mode="json"))
 
 
@@ -114,7 +114,7 @@ def fleet_summary() -> Response:
 @require("read")
 def efficiency_series(vehicle_id: str) -> Response:
     period = _period()
-    windows = queries.efficiency_series(_store(), _vehicle(vehicle_id), period, _window_ms())
+    windows = queries.efficiency_series(_stores().windows, _vehicle(vehicle_id), period, _window_ms())
     body = SeriesBody(vehicle_id=vehicle_id, period_start=from_ms(period.start_ms), period_end=from_ms(period.end_ms),
                       window_seconds=_settings().efficiency.window_seconds, windows=[WindowBody.of(w) for w in windows])
     return jsonify(body.model_dump(mode="json"))
@@ -128,5 +128,5 @@ def alerts() -> Response:
         raise ApiError(400, "invalid_parameter", "state is active (firing now) or recent (firing, or resolved lately)")
     hours = _int_param("hours", 24, 1, 24 * 31)
     since_ms = int((time.time() - hours * 3600) * 1000)
-    records = queries.list_alerts(_store(), since_ms, active_only=state == "active")
+    records = queries.list_alerts(_stores().alerts, since_ms, active_only=state == "active")
     return jsonify(AlertList(alerts=[AlertBody.of(r) for r in records]).model_dump(mode="json"))

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from analytics.queries import FleetSummary, PerformanceReport
 from chargewatch.efficiency import EfficiencyWindow
-from chargewatch.stores.sqlite_efficiency import AlertRecord
+from chargewatch.efficiency_ports import AlertRecord
 from webapi.schemas import ApiModel, from_ms
 
 Status = Literal["ok", "low", "above_one", "no_data"]

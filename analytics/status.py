@@ -10,15 +10,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from analytics.schemas import TaskRunnerBody
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from chargewatch.efficiency_ports import EfficiencyStores, RunnerStateStore
 from webapi.schemas import from_ms
 
 
-def runner_status(store: SqliteEfficiencyStore, window_seconds: int, offset_seconds: int,
+def runner_status(runner_state: RunnerStateStore, window_seconds: int, offset_seconds: int,
                   now: float | None = None) -> TaskRunnerBody:
     """stale when no run finished within two windows (plus the offset) of now."""
     now = time.time() if now is None else now
-    state = store.runner_state()
+    state = runner_state.load()
     if "last_run_ms" not in state:
         return TaskRunnerBody(status="never_ran", last_run_at=None, last_window_stop=None, lag_seconds=None,
                               last_duration_seconds=None)
@@ -34,11 +34,11 @@ def runner_status(store: SqliteEfficiencyStore, window_seconds: int, offset_seco
 class RunnerCollector(Collector):
     """Gauges read from the store at scrape time: they describe another process (the runner)."""
 
-    def __init__(self, store: SqliteEfficiencyStore) -> None:
-        self.store = store
+    def __init__(self, stores: EfficiencyStores) -> None:
+        self.stores = stores
 
     def collect(self) -> Iterable[Metric]:
-        state = self.store.runner_state()
+        state = self.stores.runner_state.load()
         if "last_run_ms" in state:
             yield GaugeMetricFamily("chargewatch_task_last_run_timestamp_seconds", "When the task runner last ran.",
                                     value=state["last_run_ms"] / 1000)
@@ -51,7 +51,7 @@ class RunnerCollector(Collector):
                                     value=state.get("last_windows_written", 0.0))
         firing = GaugeMetricFamily("chargewatch_alerts_firing", "Alerts firing now, by rule.", labels=["rule"])
         counts: dict[str, int] = {"low_efficiency": 0, "efficiency_above_one": 0}
-        for alert in self.store.open_alerts():
+        for alert in self.stores.alerts.open_alerts():
             if alert.state == "firing":
                 counts[alert.rule] = counts.get(alert.rule, 0) + 1
         for rule, count in counts.items():
@@ -59,6 +59,6 @@ class RunnerCollector(Collector):
         yield firing
         notifications = GaugeMetricFamily("chargewatch_notifications", "Alert notifications (webhooks, Alertmanager) by outcome.",
                                           labels=["outcome"])
-        for outcome, count in self.store.notification_counts().items():
+        for outcome, count in self.stores.notifications.notification_counts().items():
             notifications.add_metric([outcome], count)
         yield notifications

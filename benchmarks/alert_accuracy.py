@@ -38,10 +38,10 @@ def run_seed(seed: int, pairs: int, hours: float, mode: str, offset_s: float) ->
     with tempfile.TemporaryDirectory(prefix="chargewatch-alerts-") as tmp:
         settings = Settings(data_dir=Path(tmp), sqlite={"synchronous": "normal"})
         started = time.perf_counter()
-        truth, efficiency, settings = (replay if mode == "live" else backfill)(
+        truth, stores, settings = (replay if mode == "live" else backfill)(
             fleet, DeliveryFaults(), start, hours, Path(tmp), settings)
-        result = score(truth, efficiency, settings, start, hours)
-        efficiency.readings.close()
+        result = score(truth, stores.efficiency, settings, start, hours)
+        stores.close()
     minutes = [m for m in result.detection_minutes.values() if m is not None]
     exact = sum(within_ulps(a, ea) and within_ulps(d, ed)
                 for (a, d), (ea, ed) in zip(result.totals.values(), result.expected_totals.values()))

@@ -12,12 +12,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import harness
-from analytics import replay
-from analytics.runner import TaskRunner
-from chargewatch.settings import Settings
-from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from console_overview import load_windows
+
+from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
+from chargewatch.settings import Settings
+from taskrunner import replay
+from taskrunner.runner import TaskRunner
 
 
 def main() -> int:
@@ -32,8 +32,8 @@ def main() -> int:
     try:
         print(f"writing a day of windows for {args.vehicles} vehicles ...", file=sys.stderr)
         dataset = load_windows(settings, args.vehicles, day_start_ms)
-        store = SqliteReadingStore.from_settings(settings)
-        runner = TaskRunner(SqliteEfficiencyStore(store), settings)
+        store = open_reading_store(settings)
+        runner = TaskRunner(sqlite_efficiency_stores(store.database), settings)
         end_ms = day_start_ms + 24 * 3_600_000
         started = time.perf_counter()
         report = replay.replay(runner, end_ms - args.hours * 3_600_000, end_ms, end_ms)

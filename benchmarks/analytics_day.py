@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from analytics.runner import TaskRunner
+
+from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.settings import Settings
-from chargewatch.stores.sqlite import _DAY_SCHEMA, SqliteReadingStore, _execute_script, day_table
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from chargewatch.stores.sqlite import _DAY_SCHEMA, _execute_script, day_table
 from simulator.devices import pair_ids
+from taskrunner.runner import TaskRunner
 
 MS_PER_MINUTE = 60_000
 POWERS_KW = (7.4, 11.0, 22.0, 50.0)
@@ -42,7 +43,7 @@ POWERS_KW = (7.4, 11.0, 22.0, 50.0)
 
 def load_day(settings: Settings, pairs: int, day_start_ms: int) -> dict[str, Any]:
     """Write a day of readings for ``pairs`` pairs straight into the day tables."""
-    store = SqliteReadingStore.from_settings(settings)  # creates the schema
+    store = open_reading_store(settings)  # creates the schema
     store.close()
     day = day_start_ms // 86_400_000
     meters, vehicles = day_table("meter", day), day_table("vehicle", day)
@@ -78,8 +79,8 @@ def load_day(settings: Settings, pairs: int, day_start_ms: int) -> dict[str, Any
 
 
 def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
-    store = SqliteReadingStore.from_settings(settings)
-    efficiency = SqliteEfficiencyStore(store)
+    store = open_reading_store(settings)
+    efficiency = sqlite_efficiency_stores(store.database)
     runner = TaskRunner(efficiency, settings)
     window_ms = runner.window_ms
     day_end_ms = day_start_ms + 86_400_000
@@ -101,10 +102,10 @@ def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
     late = random.Random(7)
     runs, marked = [], 0
     for _ in range(3):
-        efficiency.set_runner_state({"last_stop_ms": day_end_ms - window_ms})
+        efficiency.runner_state.update({"last_stop_ms": day_end_ms - window_ms})
         marks = [(window_ms, day_end_ms - back * window_ms, vehicle_id, 1)
                  for back in range(1, 7) for vehicle_id in late.sample(vehicle_ids, max(1, len(vehicle_ids) // 100))]
-        efficiency._write([("INSERT OR REPLACE INTO stale_windows VALUES (?, ?, ?, ?)", mark) for mark in marks])
+        store.database.write([("INSERT OR REPLACE INTO stale_windows VALUES (?, ?, ?, ?)", mark) for mark in marks])
         marked = len(marks)
         report = runner.run_once(day_end_ms + settings.efficiency.offset_seconds * 1000)
         runs.append(report.duration_s)

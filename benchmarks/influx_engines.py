@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 from analytics import queries  # noqa: E402
-from analytics.runner import TaskRunner, policy_from  # noqa: E402
+from chargewatch.bootstrap import alert_policy, open_reading_store, sqlite_efficiency_stores  # noqa: E402
 from chargewatch.efficiency import EfficiencyWindow, efficiency_of  # noqa: E402
 from chargewatch.influx import flux  # noqa: E402
 from chargewatch.influx.setup import open_client, setup_influx  # noqa: E402
@@ -43,11 +43,11 @@ from chargewatch.lineprotocol import encode_point  # noqa: E402
 from chargewatch.readings import MeterReading, VehicleReading  # noqa: E402
 from chargewatch.settings import Settings  # noqa: E402
 from chargewatch.stores import PairedReading  # noqa: E402
-from chargewatch.stores.influx import InfluxReadingStore, reading_line  # noqa: E402
-from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore  # noqa: E402
-from chargewatch.stores.sqlite import SqliteReadingStore  # noqa: E402
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore  # noqa: E402
+from chargewatch.stores.influx_windows import InfluxWindowSource  # noqa: E402
+from chargewatch.stores.outbox import reading_line  # noqa: E402
+from chargewatch.stores.sqlite_windows import SqliteWindowStore  # noqa: E402
 from simulator.devices import pair_ids  # noqa: E402
+from taskrunner.runner import TaskRunner  # noqa: E402
 from tests.live.engines import Influxd  # noqa: E402
 
 WINDOW_MS = 300_000
@@ -110,7 +110,7 @@ def measure_forwarder(influx: Influxd, work: Path, lines: int, batch_sizes: list
         bucket = f"forward_{batch}"
         influx.create_bucket(bucket)
         settings = settings_for(influx, data_dir)
-        store = InfluxReadingStore.from_settings(settings)
+        store = open_reading_store(settings)  # influx mode: with the outbox
         started = time.perf_counter()
         for i in range(0, len(readings), 1000):
             store.write(readings[i:i + 1000])
@@ -149,8 +149,7 @@ def measure_task(influx: Influxd, work: Path, pairs: int, repeat: int) -> dict[s
     body = [reading_line(p) for p in readings]
     for i in range(0, len(body), 10_000):
         influx.write(settings.influx.telemetry_bucket, "\n".join(body[i:i + 10_000]))
-    store = SqliteReadingStore.from_settings(Settings(data_dir=work / "task-embedded",
-                                                      sqlite={"synchronous": "normal"}))
+    store = open_reading_store(Settings(data_dir=work / "task-embedded", sqlite={"synchronous": "normal"}))
     for i in range(0, len(readings), 5000):
         store.write(readings[i:i + 5000])
     source = flux.task_as_query(flux.efficiency_task(settings, recompute_windows=1),
@@ -162,7 +161,7 @@ def measure_task(influx: Influxd, work: Path, pairs: int, repeat: int) -> dict[s
                       for r in t.records)
         assert written == pairs, written
 
-    runner = TaskRunner(SqliteEfficiencyStore(store), Settings(data_dir=work / "task-embedded"))
+    runner = TaskRunner(sqlite_efficiency_stores(store.database), Settings(data_dir=work / "task-embedded"))
 
     def embedded_run() -> None:
         assert runner.compute(stop_ms - WINDOW_MS, stop_ms, stop_ms) == pairs
@@ -215,15 +214,15 @@ def measure_reports(influx: Influxd, work: Path, pairs: int, repeat: int) -> dic
     lines = [window_line(w) for w in windows]
     for i in range(0, len(lines), 20_000):
         influx.write(settings.influx.efficiency_bucket, "\n".join(lines[i:i + 20_000]))
-    local = SqliteReadingStore.from_settings(settings)
-    embedded = SqliteEfficiencyStore(local)
+    local = open_reading_store(settings)
+    embedded = SqliteWindowStore(local.database)
     for hour in range(24):
         start = day_start_ms + hour * MS_PER_HOUR
         embedded.replace_windows(WINDOW_MS, start, start + MS_PER_HOUR,
                                  [w for w in windows if start < w.stop_ms <= start + MS_PER_HOUR], day_end_ms)
     settings.influx.request_timeout_seconds = 600
-    on_influx = InfluxEfficiencyStore.from_settings(settings, embedded)
-    policy = policy_from(settings)
+    on_influx = InfluxWindowSource.from_settings(settings)
+    policy = alert_policy(settings)
     period = queries.Period(day_start_ms, day_end_ms)
     rng = random.Random(3)
     vehicles = [pair_ids(rng.randint(1, pairs))[0] for _ in range(repeat * 10)]

@@ -28,11 +28,16 @@ TARGET_RATIO = 0.6
 def raw_sqlite_rate(db_path: Path, *, duration_s: float, size: int, synchronous: str) -> dict[str, Any]:
     """Insert 1,000-row batches like the server would, for ``duration_s``; rows/s inside SQLite."""
     from chargewatch.stores.sqlite import (
-        _DAY_SCHEMA, _INSERT, _UPSERT_CURRENT, MS_PER_DAY, SqliteReadingStore, day_table,
+        _DAY_SCHEMA,
+        _INSERT,
+        _UPSERT_CURRENT,
+        MS_PER_DAY,
+        SqliteReadingStore,
+        day_table,
     )
 
     store = SqliteReadingStore(db_path, synchronous=synchronous)  # schema, WAL
-    conn = store._connect()  # the store's own pragmas (synchronous, cache size, temp store)
+    conn = store.database.connect()  # the store's own pragmas (synchronous, cache size, temp store)
     try:
         start_ms = (int(time.time()) - 3600) * 1000
         table = day_table("meter", start_ms // MS_PER_DAY)

@@ -14,37 +14,28 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Sequence
 
 from chargewatch import __version__
-from chargewatch.settings import Settings
+from chargewatch.locks import run_once_in_foreground
+from chargewatch.settings import Settings, load_settings
+from chargewatch.stores import StorageUnavailable
+
+if TYPE_CHECKING:
+    from chargewatch.stores.sqlite import SqliteReadingStore
 
 logger = logging.getLogger("chargewatch")
 
 SERVICES = {"ingest": "ingest:create_app()", "analytics": "analytics:create_app()"}
-RETENTION_SWEEP_SECONDS = 3600
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as err:
-        problems = "; ".join(
-            f"CHARGEWATCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
-        )
-        raise SystemExit(f"chargewatch: invalid configuration: {problems}") from None
-
-
-def _open_store(settings: Settings):
-    from chargewatch.stores import StorageUnavailable, open_store
+def _open_store(settings: Settings) -> SqliteReadingStore:
+    from chargewatch.bootstrap import open_reading_store
 
     try:
-        return open_store(settings)
+        return open_reading_store(settings)
     except StorageUnavailable as err:
         raise SystemExit(f"chargewatch: {err}") from None
 
@@ -126,7 +117,7 @@ def _prepare_store(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
-    settings = _settings()
+    settings = load_settings()
     _prepare_metrics_dir(settings, args.service)
     _prepare_store(settings)
     options = gunicorn_options(settings, args.service, args.host, args.port)
@@ -158,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Every service on the embedded store, in the foreground, until Ctrl-C."""
     from chargewatch.locks import AlreadyRunning, hold_instance_lock
 
-    settings = _settings()
+    settings = load_settings()
     lock_path = settings.data_dir / "run.lock"
 
     def hold_run_lock() -> int:
@@ -203,74 +194,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return failed[0] if failed else 0
 
 
-def run_once_in_foreground(hold_lock: Callable[[], int]) -> tuple[int, threading.Event]:
-    """Take a one-instance lock (exit with its message when another process holds it) and return
-    it with an event that SIGINT and SIGTERM set."""
-    from chargewatch.locks import AlreadyRunning
-
-    try:
-        lock = hold_lock()
-    except AlreadyRunning as err:
-        raise SystemExit(f"chargewatch: {err}") from None
-    stopping = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    return lock, stopping
-
-
-def cmd_tasks(args: argparse.Namespace) -> int:
-    """The task runner (efficiency windows, alerts, webhooks, Alertmanager, hourly retention) in the
-    foreground; in influx mode the Flux task computes the windows and this runner evaluates alerts over them."""
-    from analytics.notify import Notifier
-    from analytics.runner import TaskRunner, hold_runner_lock, run_forever
-    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
-
-    settings = _settings()
-    lock, stopping = run_once_in_foreground(lambda: hold_runner_lock(settings.data_dir))
-    store = _open_store(settings)
-    efficiency = SqliteEfficiencyStore(store)
-    analytics_url = f"http://{settings.analytics.host}:{settings.analytics.port}"
-    if settings.store == "influx":  # the Flux task computes the windows; alerts are evaluated here
-        from chargewatch.stores import StorageUnavailable
-        from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
-
-        try:
-            windows_source = InfluxEfficiencyStore.from_settings(settings, efficiency)
-        except StorageUnavailable as err:
-            raise SystemExit(f"chargewatch: {err}") from None
-        runner = TaskRunner(windows_source, settings, external_url=analytics_url, compute_windows=False)
-    else:
-        runner = TaskRunner(efficiency, settings, external_url=analytics_url)
-    notifier = threading.Thread(target=Notifier(efficiency, settings.alerts, runner.policy, analytics_url).run,
-                                args=(stopping.wait,), name="notifications", daemon=True)
-    notifier.start()
-    sweeper = threading.Thread(target=_sweep_retention, args=(settings, stopping), name="retention", daemon=True)
-    sweeper.start()
-    logger.info("task runner: %d s windows, run %d s after each closes", settings.efficiency.window_seconds,
-                settings.efficiency.offset_seconds)
-    try:
-        run_forever(runner, stopping.wait)
-    finally:
-        notifier.join(timeout=10)
-        store.close()
-        os.close(lock)
-    return 0
-
-
-def _sweep_retention(settings: Settings, stopping: threading.Event) -> None:
-    from chargewatch.stores import StorageUnavailable
-
-    while not stopping.is_set():
-        store = _open_store(settings)
-        try:
-            store.drop_expired(datetime.now(timezone.utc), settings.retention_days)
-        except StorageUnavailable as err:
-            logger.warning("retention sweep failed, will retry: %s", err)
-        finally:
-            store.close()
-        stopping.wait(RETENTION_SWEEP_SECONDS)
-
-
 def cli_command() -> str:
     """How to run this CLI again from any shell: its script's absolute path (a venv's bin/ is rarely
     on PATH), or ``python -m chargewatch`` when started that way."""
@@ -312,7 +235,7 @@ def _banner(settings: Settings) -> str:
 def cmd_tokens(args: argparse.Namespace) -> int:
     from chargewatch.tokens import load_tokens
 
-    settings = _settings()
+    settings = load_settings()
     if not settings.auth.enabled:
         print("token auth is disabled (CHARGEWATCH_AUTH__ENABLED=false)")
         return 0
@@ -335,7 +258,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 def cmd_pairing(args: argparse.Namespace) -> int:
     from chargewatch.pairing import PairingConflict, dump_pairing_file, read_pairing_file
 
-    store = _open_store(_settings())
+    store = _open_store(load_settings())
     try:
         if args.action == "list":
             sys.stdout.write(dump_pairing_file(store.load_pairings()))
@@ -346,9 +269,9 @@ def cmd_pairing(args: argparse.Namespace) -> int:
             if not store.delete_pairing(args.vehicle_id):
                 print(f"{args.vehicle_id} has no registry pairing", file=sys.stderr)
                 return 1
-            from chargewatch.pairing import Pairings, PairingRule
+            from chargewatch.pairing import PairingRule, Pairings
 
-            now = Pairings(store.load_pairings(), PairingRule.from_strings(_settings().pairing.prefixes))
+            now = Pairings(store.load_pairings(), PairingRule.from_strings(load_settings().pairing.prefixes))
             meter = now.meter_for(args.vehicle_id)
             print(f"deleted the registry pairing of {args.vehicle_id}; "
                   + (f"the default rule pairs it with {meter}" if meter else "it is unpaired now"))
@@ -365,7 +288,7 @@ def cmd_pairing(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = load_settings()
     store = _open_store(settings)
     try:
         dropped = store.drop_expired(datetime.now(timezone.utc), settings.retention_days)
@@ -406,7 +329,7 @@ def _running_here(settings: Settings) -> list[str]:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     """Delete the stored data of the data directory (readings, windows, alerts, pairings, outbox)."""
-    settings = _settings()
+    settings = load_settings()
     db = settings.sqlite_path
     doomed = [path for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")) if path.exists()]
     if args.tokens and settings.tokens_path.exists():
@@ -431,7 +354,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = load_settings()
     shown = settings.model_dump(mode="json")
     shown["auth"]["write_tokens"] = ["***"] * len(settings.auth.write_tokens)
     shown["auth"]["read_tokens"] = ["***"] * len(settings.auth.read_tokens)
@@ -456,12 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "them all on Ctrl-C or SIGTERM. One per data directory.")
     run.set_defaults(func=cmd_run)
 
-    tasks = commands.add_parser(
-        "tasks", help="run the task runner (efficiency windows, alerts and their delivery)",
-        description="Run the task runner alone in the foreground: it computes efficiency windows after each "
-                    "window closes, evaluates (and replays) the alert rules, delivers webhooks and alerts to "
-                    "Alertmanager, and drops expired days. One per data directory (`chargewatch run` starts it).")
-    tasks.set_defaults(func=cmd_tasks)
+    from taskrunner.cli import add_parser as add_tasks_parser  # the task runner owns its command
+    add_tasks_parser(commands)
 
     serve = commands.add_parser(
         "serve", help="run one service under gunicorn",

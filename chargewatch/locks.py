@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import threading
 from pathlib import Path
+from typing import Callable
 
 
 class AlreadyRunning(RuntimeError):
@@ -24,3 +27,16 @@ def hold_instance_lock(lock_path: Path, busy: AlreadyRunning) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def run_once_in_foreground(hold_lock: Callable[[], int]) -> tuple[int, threading.Event]:
+    """Take a one-instance lock (exit with its message when another process holds it) and return
+    it with an event that SIGINT and SIGTERM set."""
+    try:
+        lock = hold_lock()
+    except AlreadyRunning as err:
+        raise SystemExit(f"chargewatch: {err}") from None
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    return lock, stopping

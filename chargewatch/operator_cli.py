@@ -1,10 +1,12 @@
 """Operator commands over the analytics data: ``chargewatch fleet``, ``chargewatch alerts``
-(``list``, ``replay``). They read the store directly (no token needed: the data directory is the
-credential), on either store.
+(``list``, ``replay``). They read the stores directly (no token needed: the data directory is the
+credential), on either store, built as ``chargewatch tasks`` builds them (``taskrunner.cli.open_runner``).
 
-The analytics package is imported only inside the commands: importing it builds Flask and
-prometheus_client state, and ``chargewatch serve`` must set ``PROMETHEUS_MULTIPROC_DIR`` before
-prometheus_client is first imported."""
+Part of the ``chargewatch`` command's entry, like ``chargewatch.cli``: the one place of the core
+allowed to call into the service packages (the import contracts in pyproject.toml name it). They
+are imported only inside the commands: importing analytics builds Flask and prometheus_client
+state, and ``chargewatch serve`` must set ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is
+first imported."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from chargewatch.settings import Settings
+from chargewatch.settings import load_settings
 
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -39,27 +41,6 @@ def parse_moment(value: str, now: datetime) -> datetime:
 
 def _moment(value: str) -> datetime:
     return parse_moment(value, datetime.now(timezone.utc))
-
-
-def _open(settings: Settings):
-    """(reading store, efficiency store, runner) as ``chargewatch tasks`` builds them."""
-    from analytics.runner import TaskRunner
-    from chargewatch.cli import _open_store
-    from chargewatch.stores import StorageUnavailable
-    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
-
-    store = _open_store(settings)
-    efficiency = SqliteEfficiencyStore(store)
-    url = f"http://{settings.analytics.host}:{settings.analytics.port}"
-    if settings.store != "influx":
-        return store, efficiency, TaskRunner(efficiency, settings, external_url=url)
-    from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
-
-    try:
-        windows = InfluxEfficiencyStore.from_settings(settings, efficiency)
-    except StorageUnavailable as err:
-        raise SystemExit(f"chargewatch: {err}") from None
-    return store, windows, TaskRunner(windows, settings, external_url=url, compute_windows=False)
 
 
 def _iso(ms: int | None) -> str:
@@ -98,14 +79,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.action == "replay":
         return _replay(args)
     from analytics import queries
+    from taskrunner.cli import open_runner
 
-    settings = Settings()
-    store, efficiency, _ = _open(settings)
+    stores, _ = open_runner(load_settings())
     try:
         since_ms = int((time.time() - args.hours * 3600) * 1000)
-        alerts = queries.list_alerts(efficiency, since_ms, active_only=args.state == "active")
+        alerts = queries.list_alerts(stores.efficiency.alerts, since_ms, active_only=args.state == "active")
     finally:
-        store.close()
+        stores.close()
     if args.json:
         print(json.dumps({"alerts": [_alert_json(a) for a in alerts]}, indent=2))
     else:
@@ -114,15 +95,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from analytics import replay
-    from analytics.runner import RunnerBusy, hold_runner_lock
+    from taskrunner import replay
+    from taskrunner.cli import open_runner
+    from taskrunner.runner import RunnerBusy, hold_runner_lock
 
-    settings = Settings()
+    settings = load_settings()
     now = datetime.now(timezone.utc)
     since_ms = int(args.since.timestamp() * 1000)
-    store, efficiency, runner = _open(settings)
+    stores, runner = open_runner(settings)
+    efficiency = stores.efficiency
     try:
-        last = efficiency.runner_state().get("last_stop_ms")
+        last = efficiency.runner_state.load().get("last_stop_ms")
         if last is None:
             print("chargewatch: the task runner has not run on this data directory yet; start it "
                   "(`chargewatch run` or `chargewatch tasks`): its first run replays the last day itself",
@@ -149,19 +132,19 @@ def _replay(args: argparse.Namespace) -> int:
                   f"{_iso(runner.next_run_ms(now_ms))} (it runs every {settings.efficiency.window_seconds} s) ...",
                   file=sys.stderr)
             deadline = time.monotonic() + args.wait
-            while efficiency.runner_state().get(replay.DONE_AT, -1) < now_ms:
+            while efficiency.runner_state.load().get(replay.DONE_AT, -1) < now_ms:
                 if time.monotonic() > deadline:
                     print("chargewatch: the task runner has not done the replay yet; it will at its next run",
                           file=sys.stderr)
                     return 2
                 time.sleep(1)
             report = None
-        alerts = [a for a in efficiency.recent_alerts(since_ms, limit=1_000_000) + efficiency.open_alerts()
+        alerts = [a for a in efficiency.alerts.recent_alerts(since_ms, limit=1_000_000) + efficiency.alerts.open_alerts()
                   if since_ms < a.started_ms <= until_ms]
         alerts = sorted({(a.vehicle_id, a.rule, a.started_ms): a for a in alerts}.values(),
                         key=lambda a: (a.started_ms, a.vehicle_id))
     finally:
-        store.close()
+        stores.close()
     if args.json:
         print(json.dumps({"since": _iso(since_ms), "until": _iso(until_ms),
                           "notified": report.notifications if report else None,
@@ -177,20 +160,20 @@ def _replay(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from analytics import queries
     from analytics.console.data import fleet_overview
-    from analytics.runner import policy_from
+    from taskrunner.cli import open_runner
 
-    settings = Settings()
-    store, efficiency, _ = _open(settings)
+    settings = load_settings()
+    stores, runner = open_runner(settings)
     try:
         window_ms = settings.efficiency.window_seconds * 1000
-        state = efficiency.runner_state()
+        state = stores.efficiency.runner_state.load()
         now_ms = int(time.time() * 1000)
         stop_ms = min(now_ms, int(state["last_stop_ms"])) if "last_stop_ms" in state else now_ms
         period = queries.Period.aligned(stop_ms - args.hours * 3_600_000, stop_ms, window_ms)
-        overview = fleet_overview(efficiency, period, window_ms, policy_from(settings), status=args.status or "",
+        overview = fleet_overview(stores.efficiency, period, window_ms, runner.policy, status=args.status or "",
                                   per_page=args.limit)
     finally:
-        store.close()
+        stores.close()
     if args.json:
         print(json.dumps({
             "periodStart": _iso(period.start_ms), "periodEnd": _iso(period.end_ms), "vehicles": overview.vehicles,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, NoDecode
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 ENV_PREFIX = "CHARGEWATCH_"
@@ -252,3 +252,15 @@ class Settings(BaseSettings):
     @property
     def tokens_path(self) -> Path:
         return self.data_dir / "tokens.json"
+
+
+def load_settings() -> Settings:
+    """The settings of the ``CHARGEWATCH_...`` environment, for a command's start: invalid
+    configuration exits with one line naming every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"CHARGEWATCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+        )
+        raise SystemExit(f"chargewatch: invalid configuration: {problems}") from None

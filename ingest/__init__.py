@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from chargewatch.pairing import PairingRegistry, PairingRule
+from chargewatch import bootstrap
 from chargewatch.settings import Settings
-from chargewatch.stores import ReadingStore, open_store
+from chargewatch.stores import ReadingStore
 from ingest.openapi import openapi_document
 from ingest.routes import bp
 from ingest.status import OutboxCollector
@@ -20,14 +20,15 @@ from webapi.ops import ops_blueprint
 
 
 def create_app(settings: Settings | None = None, store: ReadingStore | None = None) -> Flask:
-    """Build the ingest app; arguments left out are built from the environment."""
+    """Build the ingest app; arguments left out are built from the environment
+    (``chargewatch.bootstrap``)."""
     settings = settings or Settings()
-    store = store or open_store(settings)
+    store = store or bootstrap.open_reading_store(settings)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["chargewatch_settings"] = settings
     app.extensions["reading_store"] = store
-    app.extensions["pairing_registry"] = PairingRegistry(store, PairingRule.from_strings(settings.pairing.prefixes))
+    app.extensions["pairing_registry"] = bootstrap.pairing_registry(settings, store)
     install_tokens(app, settings)
 
     register_error_handlers(app)

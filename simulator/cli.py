@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from chargewatch.settings import load_settings
 
 MAX_LIVE_SECONDS = 100 * 365 * 86_400  # "until stopped"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -119,17 +119,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 # -- running -------------------------------------------------------------------------------------
 
-def _settings():
-    from chargewatch.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as err:
-        problems = "; ".join(f"CHARGEWATCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                             for e in err.errors())
-        raise SystemExit(f"chargewatch: invalid configuration: {problems}") from None
-
-
 def default_url(settings: Any) -> str:
     host = settings.ingest.host
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
@@ -185,7 +174,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from simulator.modes import run_backfill, run_realtime
     from simulator.progress import ProgressBar
 
-    settings = _settings()
+    settings = load_settings()
     url = args.url or default_url(settings)
     token = args.token if args.token is not None else default_token(settings)
     start, end, speed = simulated_span(args, datetime.now(timezone.utc), settings.retention_days)

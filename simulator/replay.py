@@ -15,15 +15,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from analytics import queries
-from analytics.alerts import LOW
-from analytics.runner import TaskRunner
+from chargewatch import bootstrap
+from chargewatch.alerts import LOW
+from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores
 from chargewatch.pairing import PairingRule, Pairings
 from chargewatch.settings import Settings
-from chargewatch.stores.influx import InfluxReadingStore
-from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import AlertRecord, SqliteEfficiencyStore
 from ingest.service import ingest_readings
 from simulator.devices import Courier, DeliveryFaults, Fate, Fleet, FleetConfig, GroundTruth, stream_deliveries
+from taskrunner.runner import TaskRunner
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class ReplayResult:
 
 
 def replay(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours: float, data_dir: Path,
-           settings: Settings | None = None) -> tuple[GroundTruth, SqliteEfficiencyStore, Settings]:
+           settings: Settings | None = None) -> tuple[GroundTruth, bootstrap.Stores, Settings]:
     """Ingest ``hours`` of the fleet into a fresh store in ``data_dir``, running the task runner on time.
 
     With ``settings.store == "influx"`` the store also queues every new reading in its outbox, as
@@ -67,9 +66,10 @@ def replay(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours: 
     """
     settings = settings or Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
     end = start + timedelta(hours=hours)
-    readings = (InfluxReadingStore if settings.store == "influx" else SqliteReadingStore).from_settings(settings)
-    efficiency = SqliteEfficiencyStore(readings)
-    runner = TaskRunner(efficiency, settings)
+    database = bootstrap.open_database(settings)
+    readings = bootstrap.open_reading_store(settings, database)
+    stores = bootstrap.Stores(database, readings, bootstrap.sqlite_efficiency_stores(database))
+    runner = TaskRunner(stores.efficiency, settings)
     pairings = Pairings(rule=PairingRule.from_strings(settings.pairing.prefixes))
     fleet = Fleet(config, start)
     truth = GroundTruth(fleet, keep_readings=True)
@@ -96,18 +96,19 @@ def replay(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours: 
     while next_run_ms <= final_ms:
         runner.run_once(next_run_ms)
         next_run_ms += window_ms
-    return truth, efficiency, settings
+    return truth, stores, settings
 
 
 def backfill(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours: float, data_dir: Path,
-             settings: Settings | None = None) -> tuple[GroundTruth, SqliteEfficiencyStore, Settings]:
+             settings: Settings | None = None) -> tuple[GroundTruth, bootstrap.Stores, Settings]:
     """Ingest ``hours`` of the fleet at once, as ``chargewatch simulate backfill`` posts it, then run the
     task runner once, after the end: its first run computes the windows and replays the alert rules
-    over the backfilled history (``analytics.replay``), which is what a user of the demo sees."""
+    over the backfilled history (``taskrunner.replay``), which is what a user of the demo sees."""
     settings = settings or Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
     end = start + timedelta(hours=hours)
-    readings = SqliteReadingStore.from_settings(settings)
-    efficiency = SqliteEfficiencyStore(readings)
+    database = bootstrap.open_database(settings)
+    readings = bootstrap.open_reading_store(settings, database)
+    stores = bootstrap.Stores(database, readings, bootstrap.sqlite_efficiency_stores(database))
     pairings = Pairings(rule=PairingRule.from_strings(settings.pairing.prefixes))
     truth = GroundTruth(Fleet(config, start), keep_readings=True)
     batch = []
@@ -120,12 +121,12 @@ def backfill(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours
             batch = []
     if batch:
         ingest_readings(batch, readings, pairings, end_ms)
-    runner = TaskRunner(efficiency, settings)
+    runner = TaskRunner(stores.efficiency, settings)
     runner.run_once(runner.next_run_ms(end_ms))
-    return truth, efficiency, settings
+    return truth, stores, settings
 
 
-def score(truth: GroundTruth, efficiency: SqliteEfficiencyStore, settings: Settings, start: datetime,
+def score(truth: GroundTruth, efficiency: EfficiencyStores, settings: Settings, start: datetime,
           hours: float, must_alert_at_or_below: float = 0.82, must_not_alert_at_or_above: float = 0.88,
           detect_within: timedelta = timedelta(minutes=15)) -> ReplayResult:
     """Compare analytics with the truth: totals per vehicle, and alerts against true efficiencies."""
@@ -133,10 +134,10 @@ def score(truth: GroundTruth, efficiency: SqliteEfficiencyStore, settings: Setti
     # Whole windows: a report sums windows, so the oracle sums the readings of the same windows.
     start_ms, end_ms = int(start.timestamp() * 1000), int((start + timedelta(hours=hours)).timestamp() * 1000)
     period = queries.Period(start_ms // window_ms * window_ms, -(-end_ms // window_ms) * window_ms)
-    policy = TaskRunner(efficiency, settings).policy
+    policy = bootstrap.alert_policy(settings)
     totals = {}
     for profile in truth.fleet.profiles:
-        report = queries.performance_report(efficiency, profile.vehicle_id, period, window_ms, policy)
+        report = queries.performance_report(efficiency.windows, profile.vehicle_id, period, window_ms, policy)
         totals[profile.vehicle_id] = (report.ac_kwh, report.dc_kwh)
     # The oracle: every distinct reading that was delivered and is timed inside the period.
     delivered: dict[str, list[float]] = {}
@@ -156,7 +157,7 @@ def score(truth: GroundTruth, efficiency: SqliteEfficiencyStore, settings: Setti
             interval_start = generated.step_time - truth.fleet.config.interval
             onsets[vehicle_id] = Onset(vehicle_id, interval_start, generated.efficiency)
 
-    alerts = efficiency.recent_alerts(0, limit=100_000)
+    alerts = efficiency.alerts.recent_alerts(0, limit=100_000)
     result = ReplayResult(truth, totals, expected, alerts, onsets)
     profiles = {p.vehicle_id: p for p in truth.fleet.profiles}
     for vehicle_id, onset in onsets.items():

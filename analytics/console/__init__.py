@@ -14,10 +14,10 @@ from flask import Flask
 
 from analytics.console.session import configure_sessions
 from analytics.console.views import bp
-from chargewatch.stores.sqlite import SqliteReadingStore
+from chargewatch.stores import ReadingStore
 
 
-def install_console(app: Flask, store: SqliteReadingStore, outbox: Any | None = None) -> None:
+def install_console(app: Flask, store: ReadingStore, outbox: Any | None = None) -> None:
     """Register the console on the analytics app (after ``install_tokens``). ``store`` gives the
     reading history (state of charge, readings per minute); ``outbox`` its status in influx mode."""
     configure_sessions(app)

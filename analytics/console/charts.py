@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from analytics import queries
-from analytics.alerts import AlertPolicy
 from analytics.console.data import VehicleDetail
+from chargewatch.alerts import AlertPolicy
 from webapi.schemas import from_ms
 
 # Okabe-Ito colours: told apart with the common colour-vision deficiencies, all >= 3:1 on white.

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from analytics import queries
-from analytics.alerts import AlertPolicy
 from analytics.schemas import TaskRunnerBody
 from analytics.status import runner_status
+from chargewatch.alerts import AlertPolicy
 from chargewatch.efficiency import EfficiencyWindow
-from chargewatch.stores.sqlite import MS_PER_DAY, SqliteReadingStore, day_table
-from chargewatch.stores.sqlite_efficiency import AlertRecord, SqliteEfficiencyStore
+from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores
+from chargewatch.stores import Kind, ReadingStore
 
 STATUS_ORDER = {"low": 0, "above_one": 1, "ok": 2, "no_data": 3}
 
@@ -57,14 +57,14 @@ class FleetOverview:
         return self.ac_kwh - self.dc_kwh
 
 
-def fleet_overview(store: SqliteEfficiencyStore, period: queries.Period, window_ms: int, policy: AlertPolicy,
+def fleet_overview(stores: EfficiencyStores, period: queries.Period, window_ms: int, policy: AlertPolicy,
                    *, search: str = "", status: str = "", page: int = 1, per_page: int = 50) -> FleetOverview:
     """Every vehicle with a window in the period, worst first: below threshold by efficiency, then
     above one, then ok, then those with too little AC energy for a verdict. ``search`` keeps ids
     containing it (case-insensitive), ``status`` one status."""
-    totals = store.vehicle_totals(window_ms, period.start_ms, period.end_ms)
+    totals = stores.windows.vehicle_totals(window_ms, period.start_ms, period.end_ms)
     open_alerts: dict[str, AlertRecord] = {}
-    for alert in store.open_alerts():
+    for alert in stores.alerts.open_alerts():
         if alert.state == "firing" or alert.vehicle_id not in open_alerts:
             open_alerts[alert.vehicle_id] = alert
     rows = []
@@ -87,16 +87,16 @@ def fleet_overview(store: SqliteEfficiencyStore, period: queries.Period, window_
         below_threshold=below, above_one=above,
         active_alerts=sum(1 for a in open_alerts.values() if a.state == "firing"),
         ac_kwh=ac, dc_kwh=dc, efficiency=dc / ac if ac > 0 else None,
-        timeline=fleet_timeline(store, period, window_ms),
+        timeline=fleet_timeline(stores, period, window_ms),
     )
 
 
-def fleet_timeline(store: SqliteEfficiencyStore, period: queries.Period, window_ms: int
+def fleet_timeline(stores: EfficiencyStores, period: queries.Period, window_ms: int
                    ) -> list[tuple[int, float | None, float, float]]:
     """Fleet efficiency per hour of the period (partial hours at the ends included), as
     (hour stop ms, DC/AC or None, AC kWh, DC kWh); hours without windows are left out."""
     return [(stop, dc / ac if ac > 0 else None, ac, dc)
-            for stop, ac, dc in store.fleet_hourly_energy(window_ms, period.start_ms, period.end_ms)]
+            for stop, ac, dc in stores.windows.fleet_hourly_energy(window_ms, period.start_ms, period.end_ms)]
 
 
 @dataclass(frozen=True)
@@ -112,18 +112,18 @@ class VehicleDetail:
     alerts: list[AlertRecord]
 
 
-def vehicle_detail(store: SqliteEfficiencyStore, readings: SqliteReadingStore, vehicle_id: str,
+def vehicle_detail(stores: EfficiencyStores, readings: ReadingStore, vehicle_id: str,
                    period: queries.Period, window_ms: int, policy: AlertPolicy, meter_id: str | None,
                    pairing_source: str | None, max_points: int = 2000) -> VehicleDetail:
     """Everything the vehicle page draws. SoC comes from the reading history (thinned to at most
     ``max_points``); the rest from the efficiency windows."""
-    report = queries.performance_report(store, vehicle_id, period, window_ms, policy)
-    windows = queries.efficiency_series(store, vehicle_id, period, window_ms)
+    report = queries.performance_report(stores.windows, vehicle_id, period, window_ms, policy)
+    windows = queries.efficiency_series(stores.windows, vehicle_id, period, window_ms)
     history = [r for r in readings.history("vehicle", vehicle_id, period.start_ms, period.end_ms)
                if "soc" in r.values]
     step = max(1, math.ceil(len(history) / max_points))
-    alerts = [a for a in store.recent_alerts(period.start_ms, limit=10_000) if a.vehicle_id == vehicle_id]
-    alerts += [a for a in store.open_alerts() if a.vehicle_id == vehicle_id and a.state == "pending"]
+    alerts = [a for a in stores.alerts.recent_alerts(period.start_ms, limit=10_000) if a.vehicle_id == vehicle_id]
+    alerts += [a for a in stores.alerts.open_alerts() if a.vehicle_id == vehicle_id and a.state == "pending"]
     alerts = [a for a in alerts if a.started_ms <= period.end_ms]
     alerts.sort(key=lambda a: a.started_ms, reverse=True)
     return VehicleDetail(
@@ -176,14 +176,14 @@ class IngestHealth:
     notifications: dict[str, int] = field(default_factory=dict)
 
 
-def ingest_health(store: SqliteEfficiencyStore, readings: SqliteReadingStore, metrics_dir: Path,
+def ingest_health(stores: EfficiencyStores, readings: ReadingStore, metrics_dir: Path,
                   window_seconds: int, offset_seconds: int, now_ms: int, outbox: Any | None = None,
                   minutes: int = 60) -> IngestHealth:
     """Readings stored per minute (by reading time) over the last ``minutes``, ingest's counters since
     it started (from its Prometheus files), the task runner, and the outbox in influx mode."""
     counters = ingest_counters(metrics_dir)
     return IngestHealth(
-        runner=runner_status(store, window_seconds, offset_seconds, now=now_ms / 1000),
+        runner=runner_status(stores.runner_state, window_seconds, offset_seconds, now=now_ms / 1000),
         per_minute=readings_per_minute(readings, now_ms, minutes),
         accepted=counters.get("chargewatch_readings_accepted_total", {}),
         duplicates=sum(counters.get("chargewatch_readings_duplicate_total", {}).values()),
@@ -191,26 +191,18 @@ def ingest_health(store: SqliteEfficiencyStore, readings: SqliteReadingStore, me
         rejected=counters.get("chargewatch_readings_rejected_total", {}),
         ingest_metrics_found=metrics_dir.is_dir() and any(metrics_dir.glob("*.db")),
         outbox=outbox.stats() if outbox is not None else None,
-        notifications=store.notification_counts(),
+        notifications=stores.notifications.notification_counts(),
     )
 
 
-def readings_per_minute(readings: SqliteReadingStore, now_ms: int, minutes: int) -> dict[str, list[tuple[int, int]]]:
+def readings_per_minute(readings: ReadingStore, now_ms: int, minutes: int) -> dict[str, list[tuple[int, int]]]:
     """Readings in the history per minute of reading time, the last ``minutes`` whole minutes."""
     end = now_ms // 60_000 * 60_000
     start = end - minutes * 60_000
     result: dict[str, list[tuple[int, int]]] = {}
-    for kind in ("meter", "vehicle"):
-        counts: dict[int, int] = {}
-        existing = {name for (name,) in readings.read(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?", (f"{kind}_[0-9]*",))}
-        for day in range(start // MS_PER_DAY, (end - 1) // MS_PER_DAY + 1):
-            table = day_table(kind, day)  # a name built from a number, never from input
-            if table in existing:
-                for minute, count in readings.read(
-                        f"SELECT time_ms / 60000 * 60000 AS minute, count(*) FROM {table} "
-                        "WHERE time_ms >= ? AND time_ms < ? GROUP BY minute", (start, end)):
-                    counts[minute] = counts.get(minute, 0) + count
+    kinds: tuple[Kind, ...] = ("meter", "vehicle")
+    for kind in kinds:
+        counts = readings.count_by_minute(kind, start, end)
         result[kind] = [(m, counts.get(m, 0)) for m in range(start, end, 60_000)]
     return result
 

@@ -12,9 +12,10 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, redirect, render_template, request, send_file, url_for
 
 from analytics import queries
-from analytics.alerts import AlertPolicy
 from analytics.console import charts, data
 from analytics.console.session import safe_next, sign_in, sign_out, signed_in
+from chargewatch.alerts import AlertPolicy
+from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.pairing import PairingRegistry
 from chargewatch.readings import DEVICE_ID_PATTERN
 from chargewatch.settings import Settings
@@ -37,8 +38,8 @@ def _settings() -> Settings:
     return current_app.extensions["chargewatch_settings"]
 
 
-def _store():
-    return current_app.extensions["efficiency_store"]
+def _stores() -> EfficiencyStores:
+    return current_app.extensions["efficiency_stores"]
 
 
 def _policy() -> AlertPolicy:
@@ -72,7 +73,7 @@ def _period() -> tuple[queries.Period, dict[str, str]]:
             hours = 0
         if hours not in PRESET_HOURS:
             raise PageError(f"hours is one of {', '.join(map(str, PRESET_HOURS))}")
-        state = _store().runner_state()
+        state = _stores().runner_state.load()
         now = data.now_ms()
         stop_ms = min(now, int(state["last_stop_ms"])) if "last_stop_ms" in state else now
         period = queries.Period.aligned(stop_ms - hours * 3_600_000, stop_ms, _window_ms())
@@ -217,7 +218,7 @@ def fleet() -> str | tuple[str, int]:
     except PageError as err:
         return _error_page(str(err))
     search = request.args.get("q", "")[:64]
-    overview = data.fleet_overview(_store(), period, _window_ms(), _policy(), search=search, status=status,
+    overview = data.fleet_overview(_stores(), period, _window_ms(), _policy(), search=search, status=status,
                                    page=page, per_page=PER_PAGE)
     pages = max(1, math.ceil(overview.matching / PER_PAGE))
     filters = {**args, "q": search, "status": status}
@@ -240,7 +241,7 @@ def vehicle(vehicle_id: str) -> str | tuple[str, int]:
     registry: PairingRegistry = current_app.extensions["pairing_registry"]
     pairings = registry.current()
     detail = data.vehicle_detail(
-        _store(), current_app.extensions["console_reading_store"], vehicle_id, period, _window_ms(), _policy(),
+        _stores(), current_app.extensions["console_reading_store"], vehicle_id, period, _window_ms(), _policy(),
         pairings.meter_for(vehicle_id), pairings.source_of(vehicle_id))
     policy = _policy()
     return render_template(
@@ -261,9 +262,9 @@ def alerts() -> str | tuple[str, int]:
         hours = 0
     if not 1 <= hours <= 24 * 31:
         return _error_page("hours is a whole number from 1 to 744")
-    store = _store()
-    open_alerts = store.open_alerts()
-    recent = [a for a in store.recent_alerts(data.now_ms() - hours * 3_600_000, limit=1000) if a.state != "firing"]
+    alert_store = _stores().alerts
+    open_alerts = alert_store.open_alerts()
+    recent = [a for a in alert_store.recent_alerts(data.now_ms() - hours * 3_600_000, limit=1000) if a.state != "firing"]
     return render_template("console/alerts.html", hours=hours, hour_choices=(1, 6, 24, 72, 168, 744),
                            firing=[a for a in open_alerts if a.state == "firing"],
                            pending=[a for a in open_alerts if a.state == "pending"], recent=recent)
@@ -275,7 +276,7 @@ def health() -> str:
     settings = _settings()
     outbox = current_app.extensions.get("console_outbox")
     report = data.ingest_health(
-        _store(), current_app.extensions["console_reading_store"], settings.data_dir / "metrics" / "ingest",
+        _stores(), current_app.extensions["console_reading_store"], settings.data_dir / "metrics" / "ingest",
         settings.efficiency.window_seconds, settings.efficiency.offset_seconds, data.now_ms(), outbox)
     return render_template("console/health.html", health=report, store_kind=settings.store,
                            chart=charts.readings_per_minute(report.per_minute), now_ms=data.now_ms())

@@ -55,11 +55,11 @@ def _rfc3339(text: str) -> datetime:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from chargewatch.cli import _settings
     from chargewatch.influx.backfill import BackfillChunk, aligned_range, backfill_windows
     from chargewatch.influx.setup import SetupError
+    from chargewatch.settings import load_settings
 
-    settings = _settings()
+    settings = load_settings()
     stop = args.stop or datetime.now(timezone.utc)
     window = timedelta(seconds=settings.efficiency.window_seconds)
     chunk_windows = max(1, round(timedelta(hours=args.chunk_hours) / window))
@@ -89,10 +89,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from chargewatch.cli import _settings
     from chargewatch.influx.setup import SetupError, describe_plan, setup_influx
+    from chargewatch.settings import load_settings
 
-    settings = _settings()
+    settings = load_settings()
     if args.dry_run:
         print(describe_plan(settings))
         return 0

@@ -10,7 +10,13 @@ import os
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from chargewatch.locks import run_once_in_foreground
+from chargewatch.settings import load_settings
+
+if TYPE_CHECKING:
+    from chargewatch.stores.outbox import Outbox
 
 logger = logging.getLogger("chargewatch.forward")
 
@@ -54,30 +60,29 @@ def _ids(text: str) -> list[int] | str:
     return ids
 
 
-def _open(settings: Any):
+def _open(settings: Any) -> Outbox:
+    from chargewatch.bootstrap import open_outbox
     from chargewatch.stores import StorageUnavailable
-    from chargewatch.stores.influx import InfluxReadingStore
 
     try:
-        return InfluxReadingStore.from_settings(settings)
+        return open_outbox(settings)
     except StorageUnavailable as err:
         raise SystemExit(f"chargewatch: {err}") from None
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
-    from chargewatch.cli import _settings, run_once_in_foreground
     from chargewatch.influx.forwarder import Forwarder, InfluxWriteClient, hold_forwarder_lock
 
-    settings = _settings()
+    settings = load_settings()
     if settings.store != "influx":
         raise SystemExit("chargewatch: the forwarder ships the outbox of influx mode; set CHARGEWATCH_STORE=influx")
     if not settings.influx.token.get_secret_value():
         raise SystemExit("chargewatch: CHARGEWATCH_INFLUX__TOKEN is not set (an InfluxDB API token with write "
                          "access to the telemetry bucket)")
     lock, stopping = run_once_in_foreground(lambda: hold_forwarder_lock(settings.sqlite_path))
-    store = _open(settings)
+    outbox = _open(settings)
     client = InfluxWriteClient.from_settings(settings.influx)
-    forwarder = Forwarder.from_settings(store.outbox, client, settings.influx)
+    forwarder = Forwarder.from_settings(outbox, client, settings.influx)
     logger.info("forwarding %s to %s (org %s, bucket %s), batches of up to %d lines", settings.sqlite_path,
                 settings.influx.url, settings.influx.org, settings.influx.telemetry_bucket,
                 settings.influx.batch_max_lines)
@@ -85,28 +90,26 @@ def cmd_forward(args: argparse.Namespace) -> int:
         forwarder.run(stopping.wait)
     finally:
         client.close()
-        store.close()
+        outbox.database.close()
         os.close(lock)
     return 0
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from chargewatch.cli import _settings
-
-    store = _open(_settings())
+    outbox = _open(load_settings())
     try:
         if args.action == "status":
-            _print_status(store.outbox.stats(exact=True), args.json)
+            _print_status(outbox.stats(exact=True), args.json)
         elif args.requeue is not None:
-            count = store.outbox.requeue(None if args.requeue == "all" else args.requeue)
+            count = outbox.requeue(None if args.requeue == "all" else args.requeue)
             print(f"requeued {count} dead letter(s): the forwarder ships them after the lines already waiting")
         elif args.purge is not None:
-            count = store.outbox.purge(None if args.purge == "all" else args.purge)
+            count = outbox.purge(None if args.purge == "all" else args.purge)
             print(f"purged {count} dead letter(s)")
         else:
-            _print_dead_letters(store.outbox.dead_letters(args.limit), args.json)
+            _print_dead_letters(outbox.dead_letters(args.limit), args.json)
     finally:
-        store.close()
+        outbox.database.close()
     return 0
 
 

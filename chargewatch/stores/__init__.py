@@ -1,4 +1,4 @@
-"""The storage port every service talks to, and ``open_store`` which picks the adapter.
+"""The reading port every service talks to (``chargewatch.bootstrap`` picks its adapter).
 
 Adapters translate their own failures into :class:`StorageUnavailable`; nothing above this package
 sees a third-party exception type.
@@ -6,16 +6,12 @@ sees a third-party exception type.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Sequence
+from typing import Literal, NamedTuple, Protocol, Sequence
 
 from chargewatch.pairing import PairingStore
 from chargewatch.readings import AnyReading
-
-if TYPE_CHECKING:
-    from chargewatch.settings import Settings
 
 Kind = Literal["meter", "vehicle"]
 
@@ -78,6 +74,11 @@ class ReadingStore(PairingStore, Protocol):
 
     def history(self, kind: Kind, device_id: str, start_ms: int, end_ms: int) -> list[StoredReading]: ...
 
+    def count_by_minute(self, kind: Kind, start_ms: int, end_ms: int) -> dict[int, int]:
+        """Stored readings of one kind timed in [start_ms, end_ms), per minute of reading time: the
+        minute's start (epoch ms) -> count, minutes without readings left out (the console's
+        ingest health)."""
+
     def drop_expired(self, now: datetime, retention_days: int) -> list[str]:
         """Drop whole UTC days older than retention; returns the day tables dropped (``meter_20261001``)."""
 
@@ -85,16 +86,3 @@ class ReadingStore(PairingStore, Protocol):
         """Raise StorageUnavailable unless the store can serve requests."""
 
     def close(self) -> None: ...
-
-
-_ADAPTERS = {
-    "sqlite": ("chargewatch.stores.sqlite", "SqliteReadingStore"),
-    "influx": ("chargewatch.stores.influx", "InfluxReadingStore"),
-}
-
-
-def open_store(settings: "Settings") -> ReadingStore:
-    """Build the adapter that ``CHARGEWATCH_STORE`` names."""
-    module_name, class_name = _ADAPTERS[settings.store]
-    adapter = getattr(importlib.import_module(module_name), class_name)
-    return adapter.from_settings(settings)

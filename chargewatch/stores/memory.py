@@ -10,14 +10,11 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StoredReading, WriteResult
-
-if TYPE_CHECKING:
-    from chargewatch.settings import Settings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -63,10 +60,6 @@ class InMemoryReadingStore:
         self._pairing_history: list[PairingInterval] = []
         self._pairings_version = 0
 
-    @classmethod
-    def from_settings(cls, settings: "Settings") -> "InMemoryReadingStore":
-        return cls()
-
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:
         stored = conflicts = 0
         with self._lock:
@@ -110,6 +103,15 @@ class InMemoryReadingStore:
                 if k == kind and d == device_id and start_ms <= time_ms < end_ms
             ]
         return sorted(entries, key=lambda entry: entry.time_ms)
+
+    def count_by_minute(self, kind: Kind, start_ms: int, end_ms: int) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        with self._lock:
+            for k, _, time_ms in self._history:
+                if k == kind and start_ms <= time_ms < end_ms:
+                    minute = time_ms // 60_000 * 60_000
+                    counts[minute] = counts.get(minute, 0) + 1
+        return counts
 
     def drop_expired(self, now: datetime, retention_days: int) -> list[str]:
         """Drop whole UTC days older than retention; returns day names like ``meter_20261123``."""

@@ -22,14 +22,15 @@ between InfluxDB's 204 and the delete), which InfluxDB absorbs as an identical o
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from chargewatch.stores import StorageUnavailable
+from chargewatch.lineprotocol import encode_point
+from chargewatch.readings import MeterReading
+from chargewatch.stores import PairedReading, StorageUnavailable
 
 if TYPE_CHECKING:
-    from chargewatch.stores.sqlite import SqliteReadingStore
+    from chargewatch.stores.sqlite_database import SqliteDatabase
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL, created_ms INTEGER NOT NULL)",
@@ -47,6 +48,23 @@ _ID_RANGE = "SELECT (SELECT min(id) FROM outbox), (SELECT max(id) FROM outbox)"
 _SET_STATE = "INSERT INTO forwarder_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _COUNT_FAILURE = ("INSERT INTO forwarder_failures (reason, count) VALUES (?, 1) "
                   "ON CONFLICT (reason) DO UPDATE SET count = count + 1")
+
+
+def reading_line(paired: PairedReading) -> str:
+    """The reading as InfluxDB stores it (docs/readings.md "Storage schema"), millisecond timestamp.
+
+    Both pairing tags are written when known (a missing partner's tag is omitted); fields are
+    always floats, since a field's type is fixed by its first write and an int would break later
+    writes with 422.
+    """
+    r = paired.reading
+    tags = {"meter_id": paired.meter_id, "vehicle_id": paired.vehicle_id}
+    if isinstance(r, MeterReading):
+        fields: dict[str, Any] = {"kwh_consumed_ac": float(r.kwh_consumed_ac), "voltage": float(r.voltage)}
+    else:
+        fields = {"soc": float(r.soc), "kwh_delivered_dc": float(r.kwh_delivered_dc),
+                  "battery_temp": float(r.battery_temp)}
+    return encode_point(r.kind, tags, fields, r.time_ms)
 
 
 class OutboxFull(StorageUnavailable):
@@ -92,12 +110,12 @@ class OutboxStats:
 
 
 class Outbox:
-    """The outbox tables of one SQLite file; transactions go through the store's write lock."""
+    """The outbox tables of the shared database; transactions go through its write lock."""
 
-    def __init__(self, store: "SqliteReadingStore", max_rows: int) -> None:
-        self.store = store
+    def __init__(self, database: SqliteDatabase, max_rows: int) -> None:
+        self.database = database
         self.max_rows = max_rows
-        store.ensure_tables(_SCHEMA, "outbox")
+        database.ensure_tables(_SCHEMA, "outbox")
 
     # -- ingest side (inside the group commit) -------------------------------------------------
 
@@ -119,12 +137,12 @@ class Outbox:
 
     def oldest(self, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` rows, oldest first."""
-        rows = self.store.read("SELECT id, line, created_ms FROM outbox ORDER BY id LIMIT ?", (int(limit),))
+        rows = self.database.read("SELECT id, line, created_ms FROM outbox ORDER BY id LIMIT ?", (int(limit),))
         return [OutboxRow(*row) for row in rows]
 
     def acknowledge(self, rows: Sequence[OutboxRow], now_ms: int) -> None:
         """Delete rows InfluxDB acknowledged, and count them as shipped."""
-        with self._transaction("acknowledging shipped rows") as conn:
+        with self.database.transaction("acknowledging shipped rows") as conn:
             conn.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
             conn.execute("INSERT INTO forwarder_state (key, value) VALUES ('shipped_total', ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value", (len(rows),))
@@ -132,7 +150,7 @@ class Outbox:
 
     def dead_letter(self, rows: Sequence[OutboxRow], status: int, errors: Sequence[str], now_ms: int) -> None:
         """Move rows InfluxDB refused to ``dead_letters``, each with its error."""
-        with self._transaction("moving rows to dead_letters") as conn:
+        with self.database.transaction("moving rows to dead_letters") as conn:
             conn.executemany(
                 "INSERT INTO dead_letters (outbox_id, line, created_ms, failed_ms, status, error) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -145,7 +163,7 @@ class Outbox:
         values: dict[str, object] = {"last_error": message[:500], "last_error_ms": now_ms, "heartbeat_ms": now_ms}
         if state is not None:
             values["state"] = state
-        with self._transaction("recording a forwarder failure") as conn:
+        with self.database.transaction("recording a forwarder failure") as conn:
             conn.execute(_COUNT_FAILURE, (reason,))
             _set_state(conn, values)
 
@@ -154,7 +172,7 @@ class Outbox:
         values: dict[str, object] = {"heartbeat_ms": now_ms}
         if state is not None:
             values["state"] = state
-        with self._transaction("recording the forwarder state") as conn:
+        with self.database.transaction("recording the forwarder state") as conn:
             _set_state(conn, values)
 
     # -- inspection and repair (CLI, /metrics) ------------------------------------------------
@@ -163,19 +181,19 @@ class Outbox:
         """Rows waiting. Without ``exact``: the id range (two index lookups), which over-counts only by
         rows dead-lettered from the middle of the queue while the rows around them still wait."""
         if exact:
-            return self.store.read("SELECT count(*) FROM outbox")[0][0]
-        return _depth(self.store.read(_ID_RANGE)[0])
+            return self.database.read("SELECT count(*) FROM outbox")[0][0]
+        return _depth(self.database.read(_ID_RANGE)[0])
 
     def stats(self, exact: bool = False) -> OutboxStats:
-        oldest = self.store.read("SELECT created_ms FROM outbox ORDER BY id LIMIT 1")
-        state = dict(self.store.read("SELECT key, value FROM forwarder_state"))
+        oldest = self.database.read("SELECT created_ms FROM outbox ORDER BY id LIMIT 1")
+        state = dict(self.database.read("SELECT key, value FROM forwarder_state"))
         return OutboxStats(
             depth=self.depth(exact),
             max_rows=self.max_rows,
             oldest_created_ms=oldest[0][0] if oldest else None,
-            dead_letters=self.store.read("SELECT count(*) FROM dead_letters")[0][0],
+            dead_letters=self.database.read("SELECT count(*) FROM dead_letters")[0][0],
             shipped_total=int(state.get("shipped_total", 0)),
-            failures=dict(self.store.read("SELECT reason, count FROM forwarder_failures ORDER BY reason")),
+            failures=dict(self.database.read("SELECT reason, count FROM forwarder_failures ORDER BY reason")),
             forwarder_state=state.get("state"),
             last_error=state.get("last_error"),
             last_success_ms=state.get("last_success_ms"),
@@ -185,7 +203,7 @@ class Outbox:
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, oldest first."""
         sql = "SELECT id, outbox_id, line, created_ms, failed_ms, status, error FROM dead_letters ORDER BY id"
-        rows = self.store.read(sql + " LIMIT ?", (limit,)) if limit is not None else self.store.read(sql)
+        rows = self.database.read(sql + " LIMIT ?", (limit,)) if limit is not None else self.database.read(sql)
         return [DeadLetter(*row) for row in rows]
 
     def requeue(self, ids: Iterable[int] | None = None) -> int:
@@ -195,7 +213,7 @@ class Outbox:
         does not apply: these rows were accepted once already.
         """
         where, params = _id_filter(ids)
-        with self._transaction("requeueing dead letters") as conn:
+        with self.database.transaction("requeueing dead letters") as conn:
             conn.execute(f"INSERT INTO outbox (line, created_ms) SELECT line, created_ms FROM dead_letters{where} "
                          "ORDER BY id", params)
             return conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
@@ -203,17 +221,9 @@ class Outbox:
     def purge(self, ids: Iterable[int] | None = None) -> int:
         """Delete dead letters for good (all when ``ids`` is None); returns how many."""
         where, params = _id_filter(ids)
-        with self._transaction("purging dead letters") as conn:
+        with self.database.transaction("purging dead letters") as conn:
             return conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
 
-    @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        conn = self.store.reader()
-        try:
-            with self.store.write_transaction(conn):
-                yield conn
-        except sqlite3.Error as err:
-            raise StorageUnavailable(f"{doing} failed: {err}") from err
 
 
 def _depth(id_range: Sequence[int | None]) -> int:

@@ -20,29 +20,23 @@ retention) serialise with either through the same ``flock``.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
 import threading
-import time
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
 from chargewatch.stores import Kind, PairedReading, StorageUnavailable, StoredReading, WriteResult
+from chargewatch.stores.outbox import Outbox, reading_line
+from chargewatch.stores.sqlite_database import SqliteDatabase
 from chargewatch.stores.sqlite_writer import SharedWriter
 
-if TYPE_CHECKING:
-    from chargewatch.settings import Settings
-
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 MS_PER_DAY = 86_400_000
 MS_PER_HOUR = 3_600_000
@@ -248,94 +242,47 @@ def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) ->
 
 
 class SqliteReadingStore:
-    """ReadingStore on one SQLite file; safe to share between threads and (forked) processes."""
+    """ReadingStore on one SQLite file; safe to share between threads and (forked) processes.
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        synchronous: str = "full",
-        busy_timeout_ms: int = 10_000,
-        cache_size_mib: int = 64,
-        writer: str = "group",
-    ) -> None:
-        self.path = Path(path)
-        self._options = {"synchronous": synchronous, "busy_timeout_ms": busy_timeout_ms,
-                         "cache_size_mib": cache_size_mib}
+    With ``outbox_max_rows`` (influx mode), every reading the day tables did not hold yet is also
+    encoded as a line-protocol row and appended to the :class:`Outbox` of the same database, in the
+    same transaction and group commit, so a 2xx still means durable; the forwarder ships the
+    outbox to InfluxDB. The day tables stay in influx mode: they are the dedupe index, so a
+    (device, timestamp) reaches InfluxDB once, with the pairing that held when it first arrived
+    (InfluxDB's own overwrite would not do: the pairing tags are part of the series key).
+    """
+
+    def __init__(self, database: SqliteDatabase | Path, *, writer: str = "group",
+                 outbox_max_rows: int | None = None, **database_options: Any) -> None:
+        self.database = database if isinstance(database, SqliteDatabase) else SqliteDatabase(
+            database, **database_options)
+        self.path = self.database.path
         self._writer_mode = writer
-        self._pragmas = (
-            f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}",
-            f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
-            f"PRAGMA cache_size = {-1024 * int(cache_size_mib)}",
-            "PRAGMA temp_store = MEMORY",
-        )
         self._shared: SharedWriter | None = None
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._leading = False
-        self._local = threading.local()
         self._owner_pid = -1
         self._writer: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
         self._tables: set[str] = set()
-        self._busy_timeout_s = busy_timeout_ms / 1000
         try:
-            self._patiently(self._open_schema)  # gunicorn workers booting together wait their turn
-        except (OSError, sqlite3.Error) as err:
+            self.database.patiently(self._create_schema)  # gunicorn workers booting together wait their turn
+        except sqlite3.Error as err:
             raise StorageUnavailable(f"cannot open the SQLite store at {self.path}: {err}") from err
+        self.outbox = Outbox(self.database, outbox_max_rows) if outbox_max_rows is not None else None
 
-    def _open_schema(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Readings, pairings and alert state are the operator's data: owner-only, like tokens.json.
-        # SQLite gives the -wal and -shm files the permissions of the database file. Only a file that
-        # does not exist yet is created here: closing any descriptor of a database file drops every
-        # POSIX lock this process holds on it, including those of SQLite connections already open
-        # (another store object on the same file), which lets other processes write under them.
-        try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
-        conn = self._connect()
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            with self.write_transaction(conn):
-                _execute_script(conn, _SCHEMA)
-        finally:
-            conn.close()
-
-    @classmethod
-    def from_settings(cls, settings: "Settings") -> "SqliteReadingStore":
-        return cls(settings.sqlite_path, **cls.options_from(settings))
-
-    @staticmethod
-    def options_from(settings: "Settings") -> dict[str, Any]:
-        """The constructor's keyword options as the settings give them."""
-        return {
-            "synchronous": settings.sqlite.synchronous,
-            "busy_timeout_ms": settings.sqlite.busy_timeout_ms,
-            "cache_size_mib": settings.sqlite.cache_size_mib,
-            "writer": settings.sqlite.writer,
-        }
+    def _create_schema(self) -> None:
+        conn = self.database.reader()
+        with self.database.write_transaction(conn):
+            _execute_script(conn, _SCHEMA)
 
     # -- connections -------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-        for pragma in self._pragmas:
-            conn.execute(pragma)
-        return conn
-
     def _reset_after_fork(self) -> None:
-        # Connections, the lock descriptor and a group commit in flight belong to the process that
-        # made them; a forked child (a gunicorn worker) starts its own.
+        # The writer connection and a group commit in flight belong to the process that made them;
+        # a forked child (a gunicorn worker) starts its own.
+        self.database.owned_here()
         if self._owner_pid != os.getpid():
-            try:
-                lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as err:
-                raise StorageUnavailable(f"cannot open the write lock {self.path}.lock: {err}") from err
-            self._lock_fd = lock_fd
-            self._local = threading.local()
             self._writer = None
             self._tables = set()
             self._queue_lock = threading.Lock()
@@ -343,65 +290,12 @@ class SqliteReadingStore:
             self._leading = False
             if self._shared is not None:
                 self._shared.abandon()
-            self._shared = SharedWriter(self.path, self._commit_requests, self._busy_timeout_s,
+            self._shared = SharedWriter(self.path, self._commit_requests, self.database.busy_timeout_s,
                                         spawn=self._writer_spec() if self._writer_mode == "process" else None)
             self._owner_pid = os.getpid()
 
-    def reader(self) -> sqlite3.Connection:
-        self._reset_after_fork()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    @contextmanager
-    def write_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction under the cross-process write lock."""
-        self._reset_after_fork()
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def ensure_tables(self, statements: Sequence[str], what: str) -> None:
-        """Run ``CREATE ... IF NOT EXISTS`` statements of a component that shares this file."""
-        conn = self.reader()
-        try:
-            with self.write_transaction(conn):
-                for statement in statements:
-                    conn.execute(statement)
-        except sqlite3.Error as err:
-            raise StorageUnavailable(f"cannot create the {what} tables in {self.path}: {err}") from err
-
     def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        try:
-            return self._patiently(lambda: self.reader().execute(sql, params).fetchall())
-        except sqlite3.Error as err:
-            raise StorageUnavailable(f"reading from {self.path.name} failed: {err}") from err
-
-    def _patiently(self, attempt: Callable[[], T]) -> T:
-        """Run ``attempt``, retrying "database is locked" until the busy timeout.
-
-        SQLite's busy handler does not cover every lock: while another process rebuilds the WAL
-        index (the first to open the file after the last one closed it, as when gunicorn workers
-        boot together) or switches the file to WAL, readers and writers get "database is locked"
-        at once."""
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                return attempt()
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        return self.database.read(sql, params)
 
     # -- writes (one writer shared by every process) -------------------------------------------
 
@@ -433,7 +327,7 @@ class SqliteReadingStore:
                 return ticket.answer()
         batch = [ticket]
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # held through the commit (write_transaction)
+            self.database.lock()  # held through the commit (write_transaction)
             with self._queue_lock:
                 batch, self._queue = [ticket, *self._queue], []
             try:
@@ -445,7 +339,7 @@ class SqliteReadingStore:
                 for waiting, result in zip(batch, results):
                     waiting.result = result
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self.database.unlock()
         finally:
             with self._queue_lock:
                 if self._queue:
@@ -469,35 +363,40 @@ class SqliteReadingStore:
         self._shared.connect()
 
     def _wire_row(self, paired: PairedReading) -> tuple:
-        return wire_row(paired)
+        if self.outbox is None:
+            return wire_row(paired)
+        # The line is encoded by the request thread, before the writer and its lock; the writer
+        # queues it only when the reading is new.
+        return (*wire_row(paired), reading_line(paired))
 
     def _writer_spec(self) -> dict[str, Any]:
         """How a writer process builds this store (``chargewatch.stores.sqlite_writer``)."""
         cls = type(self)
-        return {"store": f"{cls.__module__}:{cls.__qualname__}", "path": str(self.path), "options": self._options}
+        options = {**self.database.options, "outbox_max_rows": None if self.outbox is None else self.outbox.max_rows}
+        return {"store": f"{cls.__module__}:{cls.__qualname__}", "path": str(self.path), "options": options}
 
     def _commit_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
         """The writer's side: commit every request's rows in one transaction; returns
         (stored, duplicates, conflicts) per request."""
         try:
             try:
-                return self._patiently(lambda: self._write_requests(requests))
+                return self.database.patiently(lambda: self._write_requests(requests))
             except sqlite3.OperationalError as err:
                 if "no such table" not in str(err):
                     raise
                 self._tables.clear()  # another process dropped a day we had cached; recreate
-                return self._patiently(lambda: self._write_requests(requests))
+                return self.database.patiently(lambda: self._write_requests(requests))
         except sqlite3.Error as err:
             logger.error("group commit of %d requests failed: %s", len(requests), err)
             raise StorageUnavailable(f"writing to {self.path.name} failed: {err}") from err
 
     def _write_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
         if self._writer is None:
-            self._writer = self._connect()
+            self._writer = self.database.connect()
         conn = self._writer
         newest: dict[tuple[str, str], tuple] = {}
         results = []
-        with self.write_transaction(conn):
+        with self.database.write_transaction(conn):
             computed_through_ms, window_ms = conn.execute(_COMPUTED_THROUGH).fetchone()
             stale: set[tuple[int, int, str]] = set()
             for rows in requests:
@@ -529,16 +428,22 @@ class SqliteReadingStore:
             if stale:
                 # Late readings: the task runner recomputes these vehicles' windows at its next run.
                 # A sequence, not a clock: the runner clears only the marks it has seen (see
-                # SqliteEfficiencyStore.clear_stale_windows), whatever the order requests arrived in.
+                # SqliteWindowStore.clear_stale_windows), whatever the order requests arrived in.
                 (sequence,) = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'stale_sequence' "
                                            "RETURNING value").fetchone()
                 conn.executemany(_MARK_STALE, [(*key, sequence) for key in stale])
         return results
 
     def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
-        """Insert one day table's rows inside the group commit; returns how many were new."""
+        """Insert one day table's rows inside the group commit (queueing the new ones in the outbox,
+        if any); returns how many were new."""
         kind = table.split("_", 1)[0]
-        return conn.executemany(_INSERT[kind].format(table=table), [_history_row(r) for r in rows]).rowcount
+        if self.outbox is None:
+            return conn.executemany(_INSERT[kind].format(table=table), [_history_row(r) for r in rows]).rowcount
+        new = _insert_new(conn, table, rows)
+        if new:
+            self.outbox.append(conn, [(row[10], row[3]) for row in new])
+        return len(new)
 
     # -- the last-value cache ----------------------------------------------------------------
 
@@ -578,6 +483,16 @@ class SqliteReadingStore:
                 result.extend(_stored((kind, *row)) for row in self.read(sql, (device_id, start_ms, end_ms)))
         return result
 
+    def count_by_minute(self, kind: Kind, start_ms: int, end_ms: int) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        first_day, last_day = start_ms // MS_PER_DAY, (end_ms - 1) // MS_PER_DAY
+        for day, table in self._day_tables(kind).items():  # table names built from numbers, never input
+            if first_day <= day <= last_day:
+                for minute, count in self.read(f"SELECT time_ms / 60000 * 60000 AS minute, count(*) FROM {table} "
+                                               "WHERE time_ms >= ? AND time_ms < ? GROUP BY minute", (start_ms, end_ms)):
+                    counts[minute] = counts.get(minute, 0) + count
+        return counts
+
     def _day_tables(self, kind: Kind) -> dict[int, str]:
         """Existing history tables of one kind by day number."""
         rows = self.read(
@@ -591,22 +506,15 @@ class SqliteReadingStore:
         for kind in _KINDS:
             for day, table in sorted(self._day_tables(kind).items()):
                 if day < cutoff_day:
-                    conn = self.reader()
-                    try:
-                        with self.write_transaction(conn):
-                            conn.execute(f"DROP TABLE IF EXISTS {table}")
-                    except sqlite3.Error as err:
-                        raise StorageUnavailable(f"dropping {table} failed: {err}") from err
+                    with self.database.transaction(f"dropping {table}") as conn:
+                        conn.execute(f"DROP TABLE IF EXISTS {table}")
                     dropped.append(table)
         cutoff_ms = cutoff_day * MS_PER_DAY
         if self.read("SELECT 1 FROM pairing_history WHERE valid_to_ms < ? LIMIT 1", (cutoff_ms,)):
-            conn = self.reader()
-            try:
-                with self.write_transaction(conn):  # no reading that old is stored or accepted any more
-                    conn.execute("DELETE FROM pairing_history WHERE valid_to_ms < ?", (cutoff_ms,))
-                    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
-            except sqlite3.Error as err:
-                raise StorageUnavailable(f"pruning the pairing history failed: {err}") from err
+            # No reading that old is stored or accepted any more.
+            with self.database.transaction("pruning the pairing history") as conn:
+                conn.execute("DELETE FROM pairing_history WHERE valid_to_ms < ?", (cutoff_ms,))
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'pairings_version'")
         if dropped:
             logger.info("retention: dropped %s", ", ".join(dropped))
         return dropped
@@ -626,9 +534,9 @@ class SqliteReadingStore:
     def save_pairings(self, pairs: Mapping[str, str], *, replace: bool = False) -> None:
         check_one_to_one(pairs)
         now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
-        conn = self.reader()
+        conn = self.database.reader()
         try:
-            with self.write_transaction(conn):
+            with self.database.write_transaction(conn):
                 before = dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings"))
                 if replace:
                     conn.execute("DELETE FROM pairings")
@@ -645,9 +553,9 @@ class SqliteReadingStore:
             raise StorageUnavailable(f"saving pairings failed: {err}") from err
 
     def delete_pairing(self, vehicle_id: str) -> bool:
-        conn = self.reader()
+        conn = self.database.reader()
         try:
-            with self.write_transaction(conn):
+            with self.database.write_transaction(conn):
                 deleted = conn.execute("DELETE FROM pairings WHERE vehicle_id = ?", (vehicle_id,)).rowcount
                 if deleted:
                     now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
@@ -667,12 +575,24 @@ class SqliteReadingStore:
             return
         if self._shared is not None:
             self._shared.close()  # the writer thread, if it runs here, finishes before its connection closes
-        for conn in (self._writer, getattr(self._local, "conn", None)):
-            if conn is not None:
-                conn.close()
+        if self._writer is not None:
+            self._writer.close()
         self._writer = None
-        self._local = threading.local()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.database.close()
         self._owner_pid = -1
+
+
+def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> list[tuple]:
+    """Insert wire rows into a day table; returns the rows that were not there yet, in order."""
+    sql = _INSERT[table.split("_", 1)[0]].format(table=table)
+    history = [_history_row(r) for r in rows]
+    # One executemany in the usual case (no duplicates); only when its row count shows duplicates
+    # are the rows redone one by one to learn which were new (executemany discards RETURNING rows).
+    conn.execute("SAVEPOINT day_insert")
+    if conn.executemany(sql, history).rowcount == len(history):
+        new = rows
+    else:
+        conn.execute("ROLLBACK TO day_insert")
+        new = [row for row, values in zip(rows, history) if conn.execute(sql, values).rowcount]
+    conn.execute("RELEASE day_insert")
+    return new

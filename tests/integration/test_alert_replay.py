@@ -4,15 +4,17 @@ replayed over them (``analytics.replay``), by hand and by the runner's first run
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
-from analytics import replay
-from analytics.runner import TaskRunner
+from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.efficiency import EfficiencyWindow
+from chargewatch.efficiency_ports import EfficiencyStores
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from taskrunner import replay
+from taskrunner.runner import TaskRunner
 
 W = 300_000
 HOUR = 3_600_000
@@ -30,8 +32,8 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def stores(settings):
-    readings = SqliteReadingStore.from_settings(settings)
-    yield readings, SqliteEfficiencyStore(readings)
+    readings = open_reading_store(settings)
+    yield readings, sqlite_efficiency_stores(readings.database)
     readings.close()
 
 
@@ -48,11 +50,12 @@ def charging_windows(repaired_ms: int | None = None) -> list[EfficiencyWindow]:
     return sorted(windows, key=lambda w: (w.stop_ms, w.vehicle_id))
 
 
-def written(efficiency: SqliteEfficiencyStore, repaired_ms: int | None = None) -> SqliteEfficiencyStore:
+def written(efficiency: EfficiencyStores, repaired_ms: int | None = None) -> EfficiencyStores:
+    assert efficiency.window_writer is not None
     windows = charging_windows(repaired_ms)
     for hour in range(T0, END, HOUR):
-        efficiency.replace_windows(W, hour, hour + HOUR, [w for w in windows if hour < w.stop_ms <= hour + HOUR],
-                                   hour)
+        efficiency.window_writer.replace_windows(W, hour, hour + HOUR,
+                                                 [w for w in windows if hour < w.stop_ms <= hour + HOUR], hour)
     return efficiency
 
 
@@ -98,9 +101,9 @@ def test_a_replay_asked_to_notify_queues_the_webhooks(stores, settings) -> None:
 def test_a_new_runner_replays_the_history_before_its_first_span(stores, settings) -> None:
     readings, efficiency = stores
     # windows as given (no readings to recompute them from): the runner as in influx mode
-    runner = TaskRunner(written(efficiency), settings, compute_windows=False)
+    runner = TaskRunner(replace(written(efficiency), window_writer=None), settings)
     runner.run_once(END + runner.offset_ms)
-    firing = [a for a in efficiency.open_alerts() if a.state == "firing"]
+    firing = [a for a in efficiency.alerts.open_alerts() if a.state == "firing"]
     assert [(a.vehicle_id, a.replayed) for a in firing] == [(FAULTY, True)]
     assert firing[0].started_ms <= ONSET + 3 * W  # hours before the runner's first live span
     # still firing at the end of the replayed range: announced once, as a live runner would have
@@ -111,9 +114,9 @@ def test_a_new_runner_replays_the_history_before_its_first_span(stores, settings
 def test_a_new_runner_does_not_announce_an_alert_that_fired_and_resolved_in_the_replayed_history(
         stores, settings) -> None:
     readings, efficiency = stores
-    runner = TaskRunner(written(efficiency, repaired_ms=ONSET + HOUR), settings, compute_windows=False)
+    runner = TaskRunner(replace(written(efficiency, repaired_ms=ONSET + HOUR), window_writer=None), settings)
     runner.run_once(END + runner.offset_ms)
-    (alert,) = [a for a in efficiency.recent_alerts(0) if a.state != "cancelled"]
+    (alert,) = [a for a in efficiency.alerts.recent_alerts(0) if a.state != "cancelled"]
     assert (alert.vehicle_id, alert.state, alert.replayed) == (FAULTY, "resolved", True)
     assert ONSET + HOUR < alert.resolved_ms <= ONSET + HOUR + 45 * 60_000
     (queued,), = readings.read("SELECT count(*) FROM notifications")
@@ -121,7 +124,7 @@ def test_a_new_runner_does_not_announce_an_alert_that_fired_and_resolved_in_the_
 
 
 def test_an_alerts_table_from_before_replay_gets_the_column(tmp_path, settings) -> None:
-    readings = SqliteReadingStore.from_settings(settings)
+    readings = open_reading_store(settings)
     readings.close()
     conn = sqlite3.connect(settings.sqlite_path)
     conn.execute("""CREATE TABLE alerts (
@@ -132,9 +135,9 @@ def test_an_alerts_table_from_before_replay_gets_the_column(tmp_path, settings) 
     conn.execute("INSERT INTO alerts VALUES ('EV-1', 'low_efficiency', 1, 'firing', 'MTR-1', 0.7, 2, NULL, 2)")
     conn.commit()
     conn.close()
-    readings = SqliteReadingStore.from_settings(settings)
+    readings = open_reading_store(settings)
     try:
-        (alert,) = SqliteEfficiencyStore(readings).open_alerts()
+        (alert,) = sqlite_efficiency_stores(readings.database).alerts.open_alerts()
         assert alert.vehicle_id == "EV-1" and alert.replayed is False
     finally:
         readings.close()

@@ -69,7 +69,7 @@ def test_the_forwarder_healthcheck_fails_until_a_forwarder_runs_and_passes_while
 
 
 def test_the_task_runner_healthcheck_passes_exactly_while_a_runner_holds_its_lock(tmp_path):
-    from analytics.runner import hold_runner_lock
+    from taskrunner.runner import hold_runner_lock
 
     env = {**os.environ, "CHARGEWATCH_DATA_DIR": str(tmp_path)}
     assert run_healthcheck(env, "tasks") == 1  # no runner ever started

@@ -27,11 +27,11 @@ pytestmark = pytest.mark.slow
 def result(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("oracle")
     settings = Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
-    truth, efficiency, settings = replay(FLEET, DeliveryFaults(), START, 24, data_dir, settings)
+    truth, stores, settings = replay(FLEET, DeliveryFaults(), START, 24, data_dir, settings)
     try:
-        yield score(truth, efficiency, settings, START, 24)
+        yield score(truth, stores.efficiency, settings, START, 24)
     finally:
-        efficiency.readings.close()
+        stores.close()
 
 
 def test_24h_totals_equal_the_sums_of_the_distinct_readings(result) -> None:

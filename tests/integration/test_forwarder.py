@@ -15,9 +15,15 @@ import os
 import pytest
 
 from chargewatch.influx.forwarder import (
-    Forwarder, ForwarderBusy, InfluxWriteClient, WriteOutcome, _retry_after_seconds, hold_forwarder_lock,
+    Forwarder,
+    ForwarderBusy,
+    InfluxWriteClient,
+    WriteOutcome,
+    _retry_after_seconds,
+    hold_forwarder_lock,
 )
-from chargewatch.stores.influx import InfluxReadingStore, reading_line
+from chargewatch.stores.outbox import reading_line
+from chargewatch.stores.sqlite import SqliteReadingStore
 from tests.conftest import build_meter, build_paired
 from tests.influx_standin import InfluxStandin, StandinRequest, StandinResponse
 
@@ -38,7 +44,7 @@ def standin():
 
 @pytest.fixture
 def store(tmp_path):
-    store = InfluxReadingStore(tmp_path / "chargewatch.db")
+    store = SqliteReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=1_000_000)
     yield store
     store.close()
 
@@ -65,7 +71,7 @@ def build_forwarder(outbox, client, **options) -> Forwarder:
     return Forwarder(outbox, client, **settings)
 
 
-def queue(store: InfluxReadingStore, count: int, prefix: str = "MTR-", received_ms: int = 0,
+def queue(store: SqliteReadingStore, count: int, prefix: str = "MTR-", received_ms: int = 0,
           **overrides) -> list[str]:
     """Store ``count`` new meter readings (one per meter, ``overrides`` their fields); returns their lines."""
     readings = [build_paired(build_meter(meter_id=f"{prefix}{i}", **overrides), received_ms=received_ms)

@@ -9,12 +9,13 @@ from datetime import timedelta
 
 import pytest
 
+from chargewatch.bootstrap import open_reading_store
 from chargewatch.lineprotocol import parse_lines
 from chargewatch.readings import to_wire
 from chargewatch.settings import Settings
-from chargewatch.stores import StorageUnavailable, WriteResult, open_store
-from chargewatch.stores.influx import InfluxReadingStore, reading_line
-from chargewatch.stores.outbox import OutboxFull
+from chargewatch.stores import StorageUnavailable, WriteResult
+from chargewatch.stores.outbox import OutboxFull, reading_line
+from chargewatch.stores.sqlite import SqliteReadingStore
 from ingest import create_app
 
 WRITE = {"Authorization": "Token w"}
@@ -22,7 +23,7 @@ WRITE = {"Authorization": "Token w"}
 
 @pytest.fixture
 def store(tmp_path):
-    store = InfluxReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=10)
+    store = SqliteReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=10)
     yield store
     store.close()
 
@@ -34,7 +35,7 @@ def metric_value(exposition: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def queued_lines(store: InfluxReadingStore) -> list[str]:
+def queued_lines(store: SqliteReadingStore) -> list[str]:
     return [row.line for row in store.outbox.oldest(1000)]
 
 
@@ -90,8 +91,8 @@ def test_the_outbox_row_and_the_reading_commit_together_or_not_at_all(store, mak
 def test_ingest_answers_503_with_retry_after_when_the_outbox_is_full(tmp_path, make_meter, paired):
     settings = Settings(data_dir=tmp_path, store="influx", auth={"write_tokens": ["w"], "read_tokens": ["r"]},
                         influx={"outbox_max_rows": 3})
-    store = open_store(settings)
-    assert isinstance(store, InfluxReadingStore)
+    store = open_reading_store(settings)
+    assert store.outbox is not None and store.outbox.max_rows == 3
     client = create_app(settings, store).test_client()
     reading = to_wire(make_meter())
     reading.pop("timestamp")  # receive time: never too old for the retention check
@@ -115,7 +116,7 @@ def test_ingest_answers_503_with_retry_after_when_the_outbox_is_full(tmp_path, m
 
 def test_metrics_report_lag_dead_letters_and_forwarder_state(tmp_path, make_meter, paired):
     settings = Settings(data_dir=tmp_path, store="influx", auth={"enabled": False})
-    store = open_store(settings)
+    store = open_reading_store(settings)
     client = create_app(settings, store).test_client()
     try:
         arrived_ms = int(time.time() * 1000) - 60_000
@@ -139,7 +140,7 @@ def test_metrics_report_lag_dead_letters_and_forwarder_state(tmp_path, make_mete
 
 def test_the_embedded_store_exposes_no_outbox_metrics(tmp_path):
     settings = Settings(data_dir=tmp_path, auth={"enabled": False})
-    store = open_store(settings)
+    store = open_reading_store(settings)
     try:
         assert "chargewatch_outbox" not in create_app(settings, store).test_client().get("/metrics").get_data(as_text=True)
     finally:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from chargewatch.cli import main
-from chargewatch.stores.influx import InfluxReadingStore
+from chargewatch.stores.sqlite import SqliteReadingStore
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def store(tmp_path, monkeypatch):
     for name in ("CHARGEWATCH_STORE", "CHARGEWATCH_SQLITE__PATH", "CHARGEWATCH_INFLUX__TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CHARGEWATCH_DATA_DIR", str(tmp_path))
-    store = InfluxReadingStore(tmp_path / "chargewatch.db")
+    store = SqliteReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=1_000_000)
     yield store
     store.close()
 

@@ -3,16 +3,14 @@ the real store (docs/architecture.md "Stores: the ports and their adapters")."""
 
 from __future__ import annotations
 
-import time
-
 import random
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from chargewatch.pairing import PairingConflict, PairingRegistry, PairingRule
 from chargewatch.stores import WriteResult
-from chargewatch.stores.influx import InfluxReadingStore
 from chargewatch.stores.memory import InMemoryReadingStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 
@@ -33,7 +31,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         store = SqliteReadingStore(tmp_path / "chargewatch.db")
     elif request.param == "influx":
-        store = InfluxReadingStore(tmp_path / "chargewatch.db")
+        store = SqliteReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=1_000_000)
     else:
         store = InMemoryReadingStore()
     yield store
@@ -274,6 +272,21 @@ def test_history_is_half_open_and_ordered_by_time(store, make_meter, paired, rea
     got = store.history("meter", "METER_001", ms(reading_time - minutes(3)), ms(reading_time))
 
     assert [entry.time_ms for entry in got] == [ms(reading_time - minutes(n)) for n in (3, 2, 1)]
+
+
+def test_readings_are_counted_per_minute_of_their_own_time_half_open(
+    store, make_meter, make_vehicle, paired, reading_time
+):
+    minute = ms(reading_time) // 60_000 * 60_000
+    store.write([paired(make_meter(meter_id=f"METER_00{n}", timestamp=reading_time)) for n in (1, 2, 3)])
+    store.write([paired(make_meter(timestamp=reading_time - minutes(2))), paired(make_vehicle())])
+    store.write([paired(make_meter(timestamp=reading_time - timedelta(days=1)))])  # another day table
+
+    assert store.count_by_minute("meter", minute - 120_000, minute + 60_000) == {minute - 120_000: 1, minute: 3}
+    assert store.count_by_minute("meter", minute - 60_000, minute) == {}  # the stop is not in
+    assert store.count_by_minute("meter", minute - 86_400_000 - 120_000, minute + 60_000) == {
+        minute - 86_400_000: 1, minute - 120_000: 1, minute: 3}
+    assert store.count_by_minute("vehicle", minute, minute + 60_000) == {minute: 1}
 
 
 def test_history_returns_only_the_asked_device_and_kind(store, make_meter, make_vehicle, paired, reading_time):

@@ -9,12 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import analytics
-from analytics.runner import RunnerBusy, TaskRunner, hold_runner_lock
+from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.readings import READING, ReadingRules
 from chargewatch.settings import Settings
 from chargewatch.stores import PairedReading
-from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from taskrunner.runner import RunnerBusy, TaskRunner, hold_runner_lock
 from tests.efficiency_fixture import FIXTURE, expected_windows, time_ms
 
 FIXTURE_START = time_ms(FIXTURE["range"]["start"])
@@ -29,8 +28,8 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def stores(settings):
-    readings = SqliteReadingStore.from_settings(settings)
-    yield readings, SqliteEfficiencyStore(readings)
+    readings = open_reading_store(settings)
+    yield readings, sqlite_efficiency_stores(readings.database)
     readings.close()
 
 
@@ -55,7 +54,7 @@ def test_the_embedded_engine_reproduces_the_shared_fixture(stores, settings) -> 
     readings.write(fixture_readings(FIXTURE_END))
     runner = TaskRunner(efficiency, settings)
     runner.compute(FIXTURE_START, FIXTURE_END, FIXTURE_END)
-    assert efficiency.windows(W, FIXTURE_START, FIXTURE_END) == expected_windows()
+    assert efficiency.windows.windows(W, FIXTURE_START, FIXTURE_END) == expected_windows()
 
 
 def test_recomputing_a_range_rewrites_the_same_windows(stores, settings) -> None:
@@ -64,7 +63,7 @@ def test_recomputing_a_range_rewrites_the_same_windows(stores, settings) -> None
     runner = TaskRunner(efficiency, settings)
     for _ in range(3):
         runner.compute(FIXTURE_START, FIXTURE_END, FIXTURE_END)
-    assert efficiency.windows(W, FIXTURE_START, FIXTURE_END) == expected_windows()
+    assert efficiency.windows.windows(W, FIXTURE_START, FIXTURE_END) == expected_windows()
     (count,), = readings.read("SELECT count(*) FROM efficiency")
     assert count == len(expected_windows())
 
@@ -75,8 +74,8 @@ def test_a_run_computes_the_trailing_windows_then_each_new_one(stores, settings)
     runner = TaskRunner(efficiency, settings)
     report = runner.run_once(FIXTURE_END + 30_000)
     assert report.latest_stop_ms == FIXTURE_END
-    assert efficiency.windows(W, FIXTURE_START, FIXTURE_END) == expected_windows()
-    assert efficiency.runner_state()["last_stop_ms"] == FIXTURE_END
+    assert efficiency.windows.windows(W, FIXTURE_START, FIXTURE_END) == expected_windows()
+    assert efficiency.runner_state.load()["last_stop_ms"] == FIXTURE_END
 
 
 def test_a_reading_hours_late_is_counted_at_the_next_run(stores, settings, make_meter, paired) -> None:
@@ -89,11 +88,11 @@ def test_a_reading_hours_late_is_counted_at_the_next_run(stores, settings, make_
     late = make_meter(meter_id="METER_001", kwh_consumed_ac=2.0,
                       timestamp=datetime.fromtimestamp((day + 120_000) / 1000, timezone.utc))
     readings.write([paired(late, vehicle_id="VEHICLE_001", received_ms=day + 5 * 3_600_000)])
-    assert efficiency.stale_windows(W) == [(day + W, "VEHICLE_001", 1)]  # marked by ingest: computed without it
+    assert efficiency.window_writer.stale_windows(W) == [(day + W, "VEHICLE_001", 1)]  # marked by ingest: computed without it
     runner.run_once(day + 5 * 3_600_000)
-    (window,) = efficiency.windows(W, day, day + W, "VEHICLE_001")
+    (window,) = efficiency.windows.windows(W, day, day + W, "VEHICLE_001")
     assert (window.ac_kwh, window.ac_readings) == (1.25 + 2.0, 2)
-    assert efficiency.stale_windows(W) == []
+    assert efficiency.window_writer.stale_windows(W) == []
 
 
 def test_a_regular_run_recomputes_only_the_newest_window_and_the_vehicles_late_readings_marked(
@@ -118,14 +117,14 @@ def test_a_regular_run_recomputes_only_the_newest_window_and_the_vehicles_late_r
     second_run = first_run + W
     report = runner.run_once(second_run)
 
-    recomputed = {(w.vehicle_id, w.stop_ms) for w in efficiency.windows(W, base, base + 7 * W)
+    recomputed = {(w.vehicle_id, w.stop_ms) for w in efficiency.windows.windows(W, base, base + 7 * W)
                   if readings.read("SELECT computed_ms FROM efficiency WHERE window_ms = ? AND stop_ms = ? AND "
                                    "vehicle_id = ?", (W, w.stop_ms, w.vehicle_id))[0][0] == second_run}
     assert recomputed == {("VEHICLE_001", base + 3 * W), ("VEHICLE_002", base + 7 * W)}
     assert report.ranges_computed == 2  # the newest window, and one marked window
-    [late_window] = efficiency.windows(W, base + 2 * W, base + 3 * W, "VEHICLE_001")
+    [late_window] = efficiency.windows.windows(W, base + 2 * W, base + 3 * W, "VEHICLE_001")
     assert (late_window.ac_kwh, late_window.ac_readings) == (5 * 1.25 + 2.0, 6)
-    assert efficiency.vehicle_totals(W, base, base + 7 * W)["VEHICLE_001"].ac_kwh == 30 * 1.25 + 2.0
+    assert efficiency.windows.vehicle_totals(W, base, base + 7 * W)["VEHICLE_001"].ac_kwh == 30 * 1.25 + 2.0
 
 
 def test_after_downtime_one_run_catches_up(stores, settings, make_vehicle, paired) -> None:
@@ -139,7 +138,7 @@ def test_after_downtime_one_run_catches_up(stores, settings, make_vehicle, paire
              for m in range(0, 180)]
     readings.write(batch)
     runner.run_once(base + 3 * 3_600_000 + 30_000)  # three hours later
-    windows = efficiency.windows(W, base, base + 3 * 3_600_000, "VEHICLE_007")
+    windows = efficiency.windows.windows(W, base, base + 3 * 3_600_000, "VEHICLE_007")
     assert len(windows) == 36
     assert sum(w.dc_readings for w in windows) == 180
 

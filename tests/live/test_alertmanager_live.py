@@ -2,9 +2,9 @@
 127.0.0.1 with no cluster gossip).
 
 The alerts come from chargewatch's own rules: efficiency windows are written to a real SQLite store
-and the task runner evaluates them (``compute_windows=False``, as in influx mode where InfluxDB
+and the task runner evaluates them (without a window writer, as in influx mode where InfluxDB
 computes the windows), queueing notifications in the outbox; the notifier thread
-(``analytics.notify.Notifier``, as ``chargewatch tasks`` runs it) sends them to Alertmanager's API v2.
+(``taskrunner.notify.Notifier``, as ``chargewatch tasks`` runs it) sends them to Alertmanager's API v2.
 Alertmanager groups them by alertname and notifies a webhook receiver on 127.0.0.1. The last test runs
 the same path end to end: readings over HTTP into ingest, ``chargewatch tasks`` as a process.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -21,16 +22,15 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from analytics.alerts import LOW
-from analytics.notify import Notifier
-from analytics.runner import TaskRunner
+from chargewatch import bootstrap
+from chargewatch.alerts import LOW
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
-from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from taskrunner.notify import Notifier
+from taskrunner.runner import TaskRunner
+from tests.e2e.harness import free_port
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver, receiver_config
 from tests.live.conftest import attach_log
-from tests.e2e.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 W = 300_000
@@ -60,10 +60,12 @@ class Fleet:
                                  alerts={"alertmanager_urls": alertmanager_urls,
                                          "alertmanager_resend_seconds": resend_seconds,
                                          "webhook_backoff_seconds": 0.2})
-        self.readings = SqliteReadingStore.from_settings(self.settings)
-        self.store = SqliteEfficiencyStore(self.readings)
-        self.runner = TaskRunner(self.store, self.settings, EXTERNAL_URL, compute_windows=False)
-        self.notifier = Notifier(self.store, self.settings.alerts, self.runner.policy, EXTERNAL_URL)
+        self.stores = bootstrap.open_stores(self.settings)
+        self.store = self.stores.efficiency
+        # windows as written below, not recomputed from readings: the runner as in influx mode
+        self.runner = TaskRunner(replace(self.store, window_writer=None), self.settings, EXTERNAL_URL)
+        self.notifier = Notifier(self.store.alerts, self.store.notifications, self.settings.alerts,
+                                 self.runner.policy, EXTERNAL_URL)
         # The newest window stop the runner would evaluate now (real time): queued notifications are due at once.
         self.now_stop_ms = (int(time.time() * 1000) - self.runner.offset_ms) // W * W
         self._stopping = threading.Event()
@@ -75,7 +77,7 @@ class Fleet:
         windows = [EfficiencyWindow(vehicle_id, meter_of(vehicle_id), stop, 2.0, 2.0 * efficiency, 5, 5, 25.0,
                                     efficiency)
                    for stop in range(start_ms + W, end_ms + 1, W) for vehicle_id, efficiency in efficiencies.items()]
-        self.store.replace_windows(W, start_ms, end_ms, windows, end_ms)
+        self.store.window_writer.replace_windows(W, start_ms, end_ms, windows, end_ms)
 
     def evaluate_at(self, stop_ms: int) -> None:
         self.runner.run_once(stop_ms + self.runner.offset_ms)
@@ -85,14 +87,14 @@ class Fleet:
         start, end = self.now_stop_ms - 120 * MINUTE, self.now_stop_ms - 60 * MINUTE
         self.write_windows({**{v: 0.78 for v in FAULTY}, HEALTHY: 0.95}, start, end)
         self.evaluate_at(end)
-        assert sorted(a.vehicle_id for a in self.store.firing_alerts()) == list(FAULTY)
+        assert sorted(a.vehicle_id for a in self.store.alerts.firing_alerts()) == list(FAULTY)
 
     def resolve(self) -> None:
         """The last hour: every charger back at 0.95: the three resolve."""
         start, end = self.now_stop_ms - 60 * MINUTE, self.now_stop_ms
         self.write_windows({**{v: 0.95 for v in FAULTY}, HEALTHY: 0.95}, start, end)
         self.evaluate_at(end)
-        assert self.store.firing_alerts() == []
+        assert self.store.alerts.firing_alerts() == []
 
     def start_notifier(self) -> None:
         self._thread.start()
@@ -103,7 +105,7 @@ class Fleet:
 
     def close(self) -> None:
         self.stop_notifier()
-        self.readings.close()
+        self.stores.close()
 
 
 @pytest.fixture
@@ -139,11 +141,15 @@ def test_firing_alerts_arrive_grouped_stay_firing_while_resent_and_then_resolve(
     # One notification for the rule, holding all three vehicles: Alertmanager grouped them by alertname.
     assert firing["groupLabels"] == {"alertname": "ChargingEfficiencyLow"}
     assert firing["receiver"] == "test"
-    records = {r.vehicle_id: r for r in fleet.store.firing_alerts()}
+    records = {r.vehicle_id: r for r in fleet.store.alerts.firing_alerts()}
     for alert in firing["alerts"]:
         vehicle_id = alert["labels"]["vehicle_id"]
+        # The runner's first run found these in the hour before its first live span: replayed, and
+        # labelled so in Alertmanager as in the webhook body (the labels of one alert are one set).
+        assert records[vehicle_id].replayed
         assert alert["labels"] == {"alertname": "ChargingEfficiencyLow", "rule": LOW, "vehicle_id": vehicle_id,
-                                   "meter_id": meter_of(vehicle_id), "severity": "warning", "service": "chargewatch"}
+                                   "meter_id": meter_of(vehicle_id), "severity": "warning", "service": "chargewatch",
+                                   "replayed": "true"}
         assert parse_time(alert["startsAt"]) == records[vehicle_id].fired_ms
         assert alert["generatorURL"] == f"{EXTERNAL_URL}/v1/analytics/performance/{vehicle_id}"
         assert "0.780" in alert["annotations"]["summary"]
@@ -160,13 +166,13 @@ def test_firing_alerts_arrive_grouped_stay_firing_while_resent_and_then_resolve(
     resolved_at = time.monotonic()
     fleet.resolve()
     resolved = webhook_receiver.wait_for(notified("resolved", set(FAULTY)))
-    stored = {r.vehicle_id: r for r in fleet.store.recent_alerts(0) if r.state == "resolved"}
+    stored = {r.vehicle_id: r for r in fleet.store.alerts.recent_alerts(0) if r.state == "resolved"}
     for alert in resolved["alerts"]:
         record = stored[alert["labels"]["vehicle_id"]]
         assert parse_time(alert["endsAt"]) == record.resolved_ms  # the real end, not a timeout
         assert parse_time(alert["startsAt"]) == record.fired_ms
     print(f"\nresolved notification {time.monotonic() - resolved_at:.1f} s after the runner resolved them")
-    assert fleet.store.notification_counts() == {"pending": 0, "delivered": 6, "failed": 0}
+    assert fleet.store.notifications.notification_counts() == {"pending": 0, "delivered": 6, "failed": 0}
 
 
 def test_a_silence_set_in_alertmanager_suppresses_the_matched_vehicle(
@@ -201,7 +207,7 @@ def test_an_alertmanager_that_is_down_at_first_gets_the_alerts_once_it_is_up(
     fleet.start_notifier()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the outbox retries: every row failed at least twice
-        rows = fleet.readings.read("SELECT attempts, last_error, delivered_ms FROM notifications")
+        rows = fleet.stores.database.read("SELECT attempts, last_error, delivered_ms FROM notifications")
         if len(rows) == 3 and all(attempts >= 2 for attempts, _, _ in rows):
             break
         time.sleep(0.1)
@@ -213,9 +219,9 @@ def test_an_alertmanager_that_is_down_at_first_gets_the_alerts_once_it_is_up(
     webhook_receiver.wait_for(notified("firing", set(FAULTY)))
     # The first resend may bring them before the outbox's next retry; the rows follow within one interval.
     deadline = time.monotonic() + 10
-    while fleet.store.notification_counts()["pending"] and time.monotonic() < deadline:
+    while fleet.store.notifications.notification_counts()["pending"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert fleet.store.notification_counts() == {"pending": 0, "delivered": 3, "failed": 0}
+    assert fleet.store.notifications.notification_counts() == {"pending": 0, "delivered": 3, "failed": 0}
     fleet.resolve()
     webhook_receiver.wait_for(notified("resolved", set(FAULTY)))
 
@@ -245,7 +251,8 @@ def test_chargewatch_tasks_sends_the_alerts_of_readings_ingested_over_http_to_al
         request: pytest.FixtureRequest, alertmanager_factory, webhook_receiver: WebhookReceiver,
         tmp_path: Path) -> None:
     from tests.e2e.harness import IngestClient, IngestServer
-    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE, post_history
+    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE
+    from tests.e2e.test_analytics_service import post_history
 
     alertmanager = alertmanager_factory(receiver_config(webhook_receiver.url))
     env = {"CHARGEWATCH_ALERTS__ALERTMANAGER_URLS": alertmanager.url,

@@ -147,14 +147,11 @@ def test_the_analytics_queries_read_back_what_the_task_writes(settings, client, 
         assert (got.get("battery_temp_readings") or 0) == want.battery_temp_readings
 
 
-def test_the_influx_efficiency_store_reads_the_fixture_windows(settings, client, written, tmp_path):
-    from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
-    from chargewatch.stores.sqlite import SqliteReadingStore
-    from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+def test_the_influx_window_source_reads_the_fixture_windows(settings, client, written):
+    from chargewatch.stores.influx_windows import InfluxWindowSource
 
     run_task_as_query(settings, client, write=True)
-    local = SqliteReadingStore(tmp_path / "local.db", synchronous="normal")
-    store = InfluxEfficiencyStore.from_settings(settings, SqliteEfficiencyStore(local))
+    store = InfluxWindowSource.from_settings(settings)
     window_ms = FIXTURE["windowSeconds"] * 1000
     start_ms, stop_ms = (int(t.timestamp() * 1000) for t in (RANGE_START, RANGE_STOP))
     try:
@@ -174,7 +171,6 @@ def test_the_influx_efficiency_store_reads_the_fixture_windows(settings, client,
                 assert math.isclose(getattr(got, name), getattr(want, name), rel_tol=REL_TOLERANCE, abs_tol=1e-12)
     finally:
         store.close()
-        local.close()
 
 
 def test_the_installed_task_runs_inside_influxdb_and_writes_the_fixture_windows(settings, client, written,

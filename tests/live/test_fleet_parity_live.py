@@ -23,21 +23,20 @@ import math
 import shutil
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import requests
 
-from analytics.runner import TaskRunner
+from chargewatch import bootstrap
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
-from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
-from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from chargewatch.stores.influx_windows import InfluxWindowSource
 from simulator.devices import DeliveryFaults, FleetConfig
 from simulator.replay import replay
+from taskrunner.runner import TaskRunner
 from tests.e2e.harness import READ_TOKEN, IngestServer, free_port
 from tests.e2e.influx_mode import ForwarderProcess, wait_until
 from tests.live.conftest import chargewatch_env, run_chargewatch
@@ -97,9 +96,9 @@ def build(day: FleetDay) -> None:
     assert setup.returncode == 0, setup.stderr
 
     started = time.monotonic()
-    _, efficiency, _ = replay(FLEET, DeliveryFaults(), day.start, HOURS, day.embedded_dir,
-                              day.settings(day.embedded_dir))
-    efficiency.readings.close()
+    _, stores, _ = replay(FLEET, DeliveryFaults(), day.start, HOURS, day.embedded_dir,
+                          day.settings(day.embedded_dir))
+    stores.close()
     day.timings["replay_s"] = time.monotonic() - started
 
     # 1. The real forwarder drains the outbox into influxd.
@@ -128,18 +127,17 @@ def build(day: FleetDay) -> None:
         conn.execute("DELETE FROM notifications")
         conn.execute("DELETE FROM runner_state")
     embedded_rules = day.settings(day.rules_dir, store="sqlite")
-    local = SqliteReadingStore.from_settings(embedded_rules)
-    evaluate_day(day, TaskRunner(SqliteEfficiencyStore(local), embedded_rules, compute_windows=False))
-    local.close()
+    stores = bootstrap.open_stores(embedded_rules)
+    # the windows as the embedded engine left them, not recomputed
+    evaluate_day(day, TaskRunner(replace(stores.efficiency, window_writer=None), embedded_rules))
+    stores.close()
 
     influx_settings = day.settings(day.influx_dir)
-    local = SqliteReadingStore.from_settings(influx_settings)
-    store = InfluxEfficiencyStore.from_settings(influx_settings, SqliteEfficiencyStore(local))
+    stores = bootstrap.open_stores(influx_settings)
     started = time.monotonic()
-    evaluate_day(day, TaskRunner(store, influx_settings, compute_windows=False))
+    evaluate_day(day, TaskRunner(stores.efficiency, influx_settings))
     day.timings["influx_alert_day_s"] = time.monotonic() - started
-    store.close()
-    local.close()
+    stores.close()
 
 
 def evaluate_day(day: FleetDay, runner: TaskRunner) -> None:
@@ -151,22 +149,19 @@ def evaluate_day(day: FleetDay, runner: TaskRunner) -> None:
 
 
 def embedded_windows(day: FleetDay) -> list[EfficiencyWindow]:
-    local = SqliteReadingStore.from_settings(day.settings(day.embedded_dir, store="sqlite"))
+    stores = bootstrap.open_stores(day.settings(day.embedded_dir, store="sqlite"))
     try:
-        return SqliteEfficiencyStore(local).windows(WINDOW_MS, *day.range_ms)
+        return stores.efficiency.windows.windows(WINDOW_MS, *day.range_ms)
     finally:
-        local.close()
+        stores.close()
 
 
 def influx_windows(day: FleetDay) -> list[EfficiencyWindow]:
-    settings = day.settings(day.influx_dir)
-    local = SqliteReadingStore.from_settings(settings)
-    store = InfluxEfficiencyStore.from_settings(settings, SqliteEfficiencyStore(local))
+    store = InfluxWindowSource.from_settings(day.settings(day.influx_dir))
     try:
         return store.windows(WINDOW_MS, *day.range_ms)
     finally:
         store.close()
-        local.close()
 
 
 def close(a: float | None, b: float | None) -> bool:
@@ -227,11 +222,11 @@ def test_the_backfill_reports_its_progress_and_what_it_wrote(day):
 
 
 def alerts_of(data_dir: Path, settings: Settings) -> list[dict]:
-    local = SqliteReadingStore.from_settings(settings)
+    stores = bootstrap.open_stores(settings)
     try:
-        records = SqliteEfficiencyStore(local).recent_alerts(0, limit=100_000)
+        records = stores.efficiency.alerts.recent_alerts(0, limit=100_000)
     finally:
-        local.close()
+        stores.close()
     return sorted((asdict(r) for r in records), key=lambda a: (a["vehicle_id"], a["rule"], a["started_ms"]))
 
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chargewatch.influx.forwarder import Forwarder, InfluxWriteClient
-from chargewatch.stores.influx import InfluxReadingStore
+from chargewatch.stores.sqlite import SqliteReadingStore
 from tests.conftest import READING_TIME, build_meter, build_paired, build_vehicle
 from tests.integration.test_forwarder import Clock, build_forwarder, drain, queue  # shared with the stand-in's tests
 
@@ -49,8 +49,8 @@ def suspended(influxd) -> Iterator[None]:
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[InfluxReadingStore]:
-    store = InfluxReadingStore(tmp_path / "chargewatch.db")
+def store(tmp_path) -> Iterator[SqliteReadingStore]:
+    store = SqliteReadingStore(tmp_path / "chargewatch.db", outbox_max_rows=1_000_000)
     yield store
     store.close()
 

@@ -39,7 +39,7 @@ from chargewatch.pairing import Pairings
 from chargewatch.readings import MeterReading
 from chargewatch.settings import Settings
 from chargewatch.stores import PairedReading
-from chargewatch.stores.influx import reading_line
+from chargewatch.stores.outbox import reading_line
 from grafana import queries
 from simulator.devices import DeliveryFaults, Fleet, FleetConfig, simulate
 from tests.unit.test_grafana_provisioning import EXPRESSION_UID, GRAFANA_MACRO, all_panels, dashboards, rules

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analytics.alerts import (
+from chargewatch.alerts import (
     ABOVE_ONE,
     LOW,
     AlertPolicy,

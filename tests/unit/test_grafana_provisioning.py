@@ -315,7 +315,7 @@ def test_the_data_quality_rule_fires_above_one():
 
 
 def test_the_rules_use_chargewatchs_own_rule_and_alert_names():
-    from analytics.alerts import ABOVE_ONE, ALERT_NAMES, LOW
+    from chargewatch.alerts import ABOVE_ONE, ALERT_NAMES, LOW
 
     assert (alerting.LOW, alerting.ABOVE_ONE, alerting.ALERT_NAMES) == (LOW, ABOVE_ONE, ALERT_NAMES)
     expected = {(rule, ALERT_NAMES[rule]) for rule in (LOW, ABOVE_ONE)}

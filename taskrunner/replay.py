@@ -3,7 +3,7 @@
 A backfill (or a gateway's buffered hours) lands after the runner has judged those hours on the
 trailing span alone, so a fault that began in them raises no alert, or one stamped with the time
 the runner first saw it. A replay over (since, until] steps the same state machine
-(:func:`analytics.alerts.evaluate`) through every window stop in order, starting from the alerts
+(:func:`chargewatch.alerts.evaluate`) through every window stop in order, starting from the alerts
 that were open before ``since``, and then makes the stored alerts that started in the range
 exactly what it found, marked ``replayed``, with their real times: idempotent, so replaying twice
 changes nothing. An alert still open at ``until`` stays open and the live runner carries it on.
@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from analytics import alerts
-from chargewatch.stores.sqlite_efficiency import AlertRecord
+from chargewatch import alerts
+from chargewatch.efficiency_ports import AlertRecord
 
 if TYPE_CHECKING:
-    from analytics.runner import TaskRunner
+    from taskrunner.runner import TaskRunner
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,13 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
     window_ms = runner.window_ms
     since_ms = since_ms // window_ms * window_ms
     until_ms = until_ms // window_ms * window_ms
-    store, policy = runner.store, runner.policy
+    alert_store, policy = runner.stores.alerts, runner.policy
     # Alerts open at ``since`` carry on through the range, as they were then (one resolved since is
     # firing again at the start, so the replay resolves it at its real time).
-    carried = {(a.vehicle_id, a.rule): a for a in store.open_alerts()
+    carried = {(a.vehicle_id, a.rule): a for a in alert_store.open_alerts()
                if a.state == "pending" and a.started_ms <= since_ms}
     carried.update({(a.vehicle_id, a.rule): replace(a, state="firing", resolved_ms=None)
-                    for a in store.recent_alerts(since_ms, limit=1_000_000)
+                    for a in alert_store.recent_alerts(since_ms, limit=1_000_000)
                     if a.fired_ms is not None and a.fired_ms <= since_ms})
     open_now = dict(carried)
     found: dict[tuple[str, str, int], AlertRecord] = {}
@@ -89,7 +89,7 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
                   and (now := open_now.get((r.vehicle_id, r.rule))) is not None
                   and now.started_ms == r.started_ms and now.state == "firing"]
     notifications = runner.notifications(events)
-    removed = store.replace_alerts(since_ms, until_ms, kept, notifications, now_ms)
+    removed = alert_store.replace_alerts(since_ms, until_ms, kept, notifications, now_ms)
     report = ReplayReport(since_ms, until_ms, stops, sorted(kept, key=lambda r: (r.started_ms, r.vehicle_id)),
                           removed, len(notifications), time.perf_counter() - started)
     logger.info("replayed alerts over %d window stops: %d alerts (%d replaced), %d notifications", stops,
@@ -99,17 +99,17 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
 
 def queue_request(runner: "TaskRunner", since_ms: int, until_ms: int, notify: bool, now_ms: int) -> None:
     """Ask the running task runner to replay at its next run."""
-    runner.store.set_runner_state({REQUEST_SINCE: since_ms, REQUEST_UNTIL: until_ms, REQUEST_NOTIFY: int(notify),
+    runner.stores.runner_state.update({REQUEST_SINCE: since_ms, REQUEST_UNTIL: until_ms, REQUEST_NOTIFY: int(notify),
                                    REQUEST_AT: now_ms})
 
 
 def run_queued_request(runner: "TaskRunner", now_ms: int) -> ReplayReport | None:
     """The runner's side of :func:`queue_request`: replay once per request."""
-    state = runner.store.runner_state()
+    state = runner.stores.runner_state.load()
     requested = state.get(REQUEST_AT)
     if requested is None or state.get(DONE_AT, -1) >= requested:
         return None
     report = replay(runner, int(state[REQUEST_SINCE]), int(state[REQUEST_UNTIL]), now_ms,
                     notify=bool(state.get(REQUEST_NOTIFY)))
-    runner.store.set_runner_state({DONE_AT: requested, DONE_ALERTS: len(report.alerts)})
+    runner.stores.runner_state.update({DONE_AT: requested, DONE_ALERTS: len(report.alerts)})
     return report

@@ -8,11 +8,15 @@ tasks. Each run, ``offset`` after a window closes:
    (catch-up, in hour chunks), and, for late data, the windows of just the vehicles that late
    readings marked: before reading, a run records up to which window stop it computes, and from
    then on every reading committed for a window up to there marks (window, vehicle) stale
-   (``chargewatch.stores.sqlite``), so the next run recomputes exactly those;
+   (``chargewatch.stores.sqlite``), so the next run recomputes exactly those (embedded mode: in
+   influx mode the Flux task computes the windows and a run starts at step 3);
 2. writes them idempotently (a window is replaced whole);
 3. evaluates the alert rules at every window stop since the last run, and queues notifications
    (webhooks, Alertmanager), which a separate thread delivers so a failing receiver never stalls
-   the runner (``analytics/notify.py``).
+   the runner (``taskrunner/notify.py``).
+
+It works on the ports of ``chargewatch.efficiency_ports`` (``EfficiencyStores``, as
+``chargewatch.bootstrap`` builds them), never on an adapter.
 """
 
 from __future__ import annotations
@@ -23,18 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from analytics import alerts, replay
-from analytics.notify import alertmanager_endpoint, alertmanager_outbox_row
+from chargewatch import alerts
+from chargewatch.bootstrap import alert_policy
 from chargewatch.efficiency import combine
+from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores, QueuedNotification, WindowWriter
 from chargewatch.locks import AlreadyRunning, hold_instance_lock
 from chargewatch.settings import Settings
-from chargewatch.stores.sqlite import MS_PER_HOUR
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from taskrunner import replay
+from taskrunner.notify import alertmanager_endpoint, alertmanager_outbox_row
+
+MS_PER_HOUR = 3_600_000
 
 logger = logging.getLogger(__name__)
 
-ALERT_CATCHUP_WINDOWS = 288
-FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000  # analytics' default period  # after downtime, replay alert evaluation over at most a day of windows
+ALERT_CATCHUP_WINDOWS = 288  # after downtime, replay alert evaluation over at most a day of windows
+FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000  # analytics' default period
 # Influx mode: the Flux task runs at the same ``offset`` after a window closes; alerts wait this much
 # longer, so they read the windows the task has just written.
 INFLUX_TASK_GRACE_MS = 60_000
@@ -42,15 +49,6 @@ INFLUX_TASK_GRACE_MS = 60_000
 
 class RunnerBusy(AlreadyRunning):
     """Another task runner holds the lock for this data directory."""
-
-
-def policy_from(settings: Settings) -> alerts.AlertPolicy:
-    a = settings.alerts
-    return alerts.AlertPolicy(
-        threshold=a.threshold, above_one_threshold=a.above_one_threshold, span_ms=a.span_minutes * 60_000,
-        pending_ms=a.pending_minutes * 60_000, hysteresis=a.hysteresis, min_span_energy_kwh=a.min_span_energy_kwh,
-        max_session_ms=int(a.max_session_hours * 3_600_000), fast_span_ms=a.fast_span_minutes * 60_000,
-    )
 
 
 @dataclass(frozen=True)
@@ -64,20 +62,19 @@ class RunReport:
 
 
 class TaskRunner:
-    """Computes windows and alerts; ``run_once(now_ms)`` is deterministic given the store and ``now``.
+    """Computes windows and alerts; ``run_once(now_ms)`` is deterministic given the stores and ``now``.
 
-    With ``compute_windows=False`` (influx mode: the Flux task computes the windows inside InfluxDB
-    and ``store`` reads them from there) a run only evaluates alerts, ``INFLUX_TASK_GRACE_MS`` later.
+    Without a window writer (influx mode: the Flux task computes the windows inside InfluxDB and
+    ``stores.windows`` reads them from there) a run only evaluates alerts, ``INFLUX_TASK_GRACE_MS`` later.
     """
 
-    def __init__(self, store: SqliteEfficiencyStore, settings: Settings, external_url: str = "", *,
-                 compute_windows: bool = True) -> None:
-        self.store = store
+    def __init__(self, stores: EfficiencyStores, settings: Settings, external_url: str = "") -> None:
+        self.stores = stores
         self.settings = settings
-        self.compute_windows = compute_windows
+        self.compute_windows = stores.window_writer is not None
         self.window_ms = settings.efficiency.window_seconds * 1000
-        self.offset_ms = settings.efficiency.offset_seconds * 1000 + (0 if compute_windows else INFLUX_TASK_GRACE_MS)
-        self.policy = policy_from(settings)
+        self.offset_ms = settings.efficiency.offset_seconds * 1000 + (0 if self.compute_windows else INFLUX_TASK_GRACE_MS)
+        self.policy = alert_policy(settings)
         self.external_url = external_url
 
     def latest_stop(self, now_ms: int) -> int:
@@ -90,11 +87,11 @@ class TaskRunner:
     def run_once(self, now_ms: int) -> RunReport:
         started = time.perf_counter()
         latest = self.latest_stop(now_ms)
-        state = self.store.runner_state()
+        state = self.stores.runner_state.load()
         previous = int(state["last_stop_ms"]) if "last_stop_ms" in state else None
         # The windows late readings marked (read before refresh_windows clears them): their alert
         # verdicts were judged without those readings.
-        stale = self.store.stale_windows(self.window_ms) if self.compute_windows and previous is not None else []
+        stale = self.writer().stale_windows(self.window_ms) if self.compute_windows and previous is not None else []
         written, ranges = self.refresh_windows(latest, previous, now_ms) if self.compute_windows else (0, 0)
 
         # A new runner establishes alert state from the last span; after downtime it replays (capped).
@@ -116,21 +113,28 @@ class TaskRunner:
             changed += records
             queued += notified
         duration = time.perf_counter() - started
-        self.store.set_runner_state({
+        self.stores.runner_state.update({
             "last_stop_ms": latest, "last_run_ms": now_ms, "last_duration_s": duration,
             "last_windows_written": written, "runs_total": state.get("runs_total", 0) + 1,
         })
         return RunReport(latest, written, ranges, changed, queued, duration)
 
+    def writer(self) -> WindowWriter:
+        """The embedded engine's window writer; influx mode has none (the Flux task computes)."""
+        if self.stores.window_writer is None:
+            raise RuntimeError("no window writer: in influx mode the Flux task computes the windows")
+        return self.stores.window_writer
+
     def refresh_windows(self, latest: int, previous: int | None, now_ms: int) -> tuple[int, int]:
         """Compute the newest window, any gap since ``previous`` and the windows late readings
         marked; returns (windows written, ranges computed)."""
+        writer = self.writer()
         retention_start = latest - self.settings.retention_days * 86_400_000
         start = retention_start if previous is None else max(retention_start, min(previous, latest - self.window_ms))
-        stale = self.store.stale_windows(self.window_ms)
+        stale = writer.stale_windows(self.window_ms)
         # From here on, readings for windows up to ``latest`` mark them: none falls between this
         # run's reads and the next run.
-        self.store.mark_computing(self.window_ms, latest)
+        writer.mark_computing(self.window_ms, latest)
         ranges = _hour_chunks(start, latest)
         written = 0
         for range_start, range_end in ranges:
@@ -143,37 +147,39 @@ class TaskRunner:
         for stop, vehicle_ids in by_stop.items():
             written += self.compute_vehicles(stop, vehicle_ids, now_ms)
         if handled:
-            self.store.clear_stale_windows(self.window_ms, handled)
+            writer.clear_stale_windows(self.window_ms, handled)
         # The fleet summary's default span, ready-made for the dashboards that ask for it all day.
-        self.store.refresh_fleet_latest(self.window_ms, latest - FLEET_SUMMARY_SPAN_MS, latest)
+        writer.refresh_fleet_latest(self.window_ms, latest - FLEET_SUMMARY_SPAN_MS, latest)
         return written, len(ranges) + len(by_stop)
 
     def compute_vehicles(self, stop_ms: int, vehicle_ids: list[str], now_ms: int) -> int:
         """Recompute one window of some vehicles from the readings."""
-        ac, dc = self.store.side_totals(self.window_ms, stop_ms - self.window_ms, stop_ms, vehicle_ids)
+        writer = self.writer()
+        ac, dc = writer.side_totals(self.window_ms, stop_ms - self.window_ms, stop_ms, vehicle_ids)
         windows = combine(ac, dc, self.settings.efficiency.min_energy_kwh)
-        self.store.replace_vehicle_windows(self.window_ms, stop_ms, vehicle_ids, windows, now_ms)
+        writer.replace_vehicle_windows(self.window_ms, stop_ms, vehicle_ids, windows, now_ms)
         return len(windows)
 
     def compute(self, start_ms: int, end_ms: int, now_ms: int) -> int:
         """Recompute every window with stop in (start_ms, end_ms] from the readings."""
         if end_ms <= start_ms:
             return 0
-        ac, dc = self.store.side_totals(self.window_ms, start_ms, end_ms)
+        writer = self.writer()
+        ac, dc = writer.side_totals(self.window_ms, start_ms, end_ms)
         windows = combine(ac, dc, self.settings.efficiency.min_energy_kwh)
-        self.store.replace_windows(self.window_ms, start_ms, end_ms, windows, now_ms)
+        writer.replace_windows(self.window_ms, start_ms, end_ms, windows, now_ms)
         return len(windows)
 
     def evaluate_alerts(self, stop_ms: int, now_ms: int) -> tuple[int, int]:
         verdicts = self.verdicts_at(stop_ms)
-        records, events = alerts.evaluate(self.store.open_alerts(), verdicts, stop_ms, self.policy)
+        records, events = alerts.evaluate(self.stores.alerts.open_alerts(), verdicts, stop_ms, self.policy)
         notifications = self.notifications(events)
         for record, status in events:
             logger.info("alert %s %s for %s (efficiency %s)", record.rule, status, record.vehicle_id, record.value)
-        self.store.save_alerts(records, notifications, now_ms)
+        self.stores.alerts.save_alerts(records, notifications, now_ms)
         return len(records), len(notifications)
 
-    def notifications(self, events: list[tuple[alerts.AlertRecord, str]]) -> list[tuple[str, dict]]:
+    def notifications(self, events: list[tuple[AlertRecord, str]]) -> list[QueuedNotification]:
         """Outbox rows for alert events: a webhook body per webhook URL, an Alertmanager row per Alertmanager."""
         return [
             (url, alerts.webhook_payload(record, status, self.policy, self.external_url))
@@ -188,7 +194,7 @@ class TaskRunner:
         # The span plus the window before it: enough to tell whether a session began inside the span.
         fetched_from = stop_ms - self.policy.span_ms - self.window_ms
         by_vehicle: dict[str, list] = {}
-        for window in self.store.windows(self.window_ms, fetched_from, stop_ms):
+        for window in self.stores.windows.windows(self.window_ms, fetched_from, stop_ms):
             by_vehicle.setdefault(window.vehicle_id, []).append(window)
         earliest_stop = fetched_from + self.window_ms
         # An ended session measured whole may reach further back: read those vehicles' sessions in one go.
@@ -199,7 +205,7 @@ class TaskRunner:
         ]
         if reaching_back:
             longer: dict[str, list] = {vehicle_id: [] for vehicle_id in reaching_back}
-            for window in self.store.windows_of(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
+            for window in self.stores.windows.windows_of(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
                                                 reaching_back):
                 longer[window.vehicle_id].append(window)
             by_vehicle.update(longer)

@@ -1,6 +1,7 @@
-"""Efficiency windows, hourly rollups, task-runner state and alerts in the embedded SQLite file.
+"""Efficiency windows and their hourly rollups in the shared SQLite database: the embedded
+engine's WindowWriter and WindowSource (``chargewatch.efficiency_ports``).
 
-Sits beside :class:`SqliteReadingStore` on the same file and its write lock. Tables:
+Tables:
 
 - ``efficiency``: one row per (window length, window stop, vehicle, meter); ``meter_id`` is ``''``
   for an unpaired vehicle (SQLite primary keys cannot hold NULL the way we need). Keyed time first,
@@ -9,20 +10,22 @@ Sits beside :class:`SqliteReadingStore` on the same file and its write lock. Tab
 - ``efficiency_hourly``: per-vehicle sums of the windows of each hour, so a fleet summary over a
   day reads 24 rows per vehicle instead of 288. Summed by SQLite (plain float addition, a few ulps
   from exact): the fleet summary reads them; a vehicle's own report sums its windows exactly.
-- ``runner_state``, ``alerts``, ``notifications`` (the outbox of webhook and Alertmanager deliveries).
+- ``fleet_latest``: the fleet summary's default span, materialised by each run.
+
+The sums of the readings (``side_totals``) read the reading store's day tables, and
+``mark_computing`` / ``stale_windows`` its ``meta`` and ``stale_windows`` tables, on the same database.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey
+from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey, window_sums
 from chargewatch.stores import StorageUnavailable
-from chargewatch.stores.sqlite import MS_PER_DAY, MS_PER_HOUR, SqliteReadingStore, day_table
+from chargewatch.stores.sqlite import MS_PER_DAY, MS_PER_HOUR, day_table
+from chargewatch.stores.sqlite_database import SqliteDatabase
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS efficiency (
@@ -46,21 +49,6 @@ _SCHEMA = [
         windows INTEGER NOT NULL, battery_temp_sum REAL NOT NULL, battery_temp_readings INTEGER NOT NULL,
         PRIMARY KEY (window_ms, vehicle_id)
     ) WITHOUT ROWID""",
-    "CREATE TABLE IF NOT EXISTS runner_state (key TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE IF NOT EXISTS alerts (
-        vehicle_id TEXT NOT NULL, rule TEXT NOT NULL, started_ms INTEGER NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'firing', 'resolved', 'cancelled')),
-        meter_id TEXT, value REAL, fired_ms INTEGER, resolved_ms INTEGER, updated_ms INTEGER NOT NULL,
-        replayed INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (vehicle_id, rule, started_ms)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state)",
-    """CREATE TABLE IF NOT EXISTS notifications (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL, payload TEXT NOT NULL,
-        created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL,
-        delivered_ms INTEGER, failed_ms INTEGER, last_error TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS notifications_due ON notifications (delivered_ms, failed_ms, next_attempt_ms)",
 ]
 
 _WINDOW_COLUMNS = ("vehicle_id, meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp, "
@@ -81,96 +69,26 @@ class _FSum:
         return math.fsum(self.parts)
 
 
-@dataclass(frozen=True)
-class AlertRecord:
-    vehicle_id: str
-    rule: str
-    started_ms: int
-    state: str
-    meter_id: str | None
-    value: float | None
-    fired_ms: int | None
-    resolved_ms: int | None
-    updated_ms: int
-    replayed: bool = False  # found by ``chargewatch alerts replay`` (or the runner's replay of backfilled hours)
-
-
-_ALERT_COLUMNS = ("vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms, "
-                  "replayed")
-
-
-def _alert(row: Sequence) -> AlertRecord:
-    *fields, replayed = row
-    return AlertRecord(*fields, replayed=bool(replayed))
-
-
-@dataclass(frozen=True)
-class Notification:
-    id: int
-    url: str
-    payload: dict[str, Any]
-    attempts: int
-
-
 def _window(row: Sequence) -> EfficiencyWindow:
     vehicle_id, meter_id, *rest = row
     return EfficiencyWindow(vehicle_id, meter_id or None, *rest)
 
 
-# (meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp) of one window
-SumRow = tuple[str | None, int, float, float, int, int, float | None]
 _SUM_COLUMNS = "meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp"
 
 
-def window_sums(rows: Sequence[SumRow]) -> dict[str, Any]:
-    """Exact (fsum) sums over one vehicle's windows: ``ac_kwh``, ``dc_kwh``, the same for windows where
-    both sides reported (``matched_*``), reading counts, ``windows`` (distinct stops),
-    ``battery_temp_sum``/``battery_temp_readings`` and ``meters``. Both stores report with it; it
-    takes plain rows because a report is the hot path (no window objects built for 288 rows a day)."""
-    matched = [r for r in rows if r[4] and r[5]]
-    temps = [(r[6] * r[5], r[5]) for r in rows if r[6] is not None]
-    return {
-        "ac_kwh": math.fsum(r[2] for r in rows), "dc_kwh": math.fsum(r[3] for r in rows),
-        "matched_ac_kwh": math.fsum(r[2] for r in matched), "matched_dc_kwh": math.fsum(r[3] for r in matched),
-        "ac_readings": sum(r[4] for r in rows), "dc_readings": sum(r[5] for r in rows),
-        "windows": len({r[1] for r in rows}), "meters": sorted({r[0] for r in rows if r[0]}),
-        "battery_temp_sum": math.fsum(t for t, _ in temps), "battery_temp_readings": sum(n for _, n in temps),
-    }
+class SqliteWindowStore:
+    """Windows, rollups and the late-reading marks of the embedded store (WindowSource, WindowWriter)."""
 
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
+        database.ensure_tables(_SCHEMA, "efficiency")
 
-def sum_row(window: EfficiencyWindow) -> SumRow:
-    return (window.meter_id, window.stop_ms, window.ac_kwh, window.dc_kwh, window.ac_readings,
-            window.dc_readings, window.avg_battery_temp)
+    def ping(self) -> None:
+        self.database.read("SELECT 1")
 
-
-class SqliteEfficiencyStore:
-    """The efficiency side of the embedded store (window rows, rollups, runner state, alerts)."""
-
-    def __init__(self, readings: SqliteReadingStore) -> None:
-        self.readings = readings
-        readings.ensure_tables(_SCHEMA, "efficiency")
-        if not self._alerts_have_replayed():
-            # A file from before alert replay: the column every record now carries.
-            try:
-                self._write([("ALTER TABLE alerts ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0", ())])
-            except StorageUnavailable:
-                if not self._alerts_have_replayed():  # not another process adding it at the same moment
-                    raise
-
-    def _alerts_have_replayed(self) -> bool:
-        return "replayed" in {row[1] for row in self._read("PRAGMA table_info(alerts)")}
-
-    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return self.readings.read(sql, params)
-
-    def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        conn = self.readings.reader()
-        try:
-            with self.readings.write_transaction(conn):
-                for sql, params in statements:
-                    conn.execute(sql, params)
-        except sqlite3.Error as err:
-            raise StorageUnavailable(f"writing to {self.readings.path.name} failed: {err}") from err
+    def close(self) -> None:
+        self.database.close()
 
     # -- computing windows ---------------------------------------------------------------------
 
@@ -192,7 +110,7 @@ class SqliteEfficiencyStore:
     def _side_totals(
         self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str] | None
     ) -> tuple[dict[WindowKey, SideTotals], dict[WindowKey, SideTotals]]:
-        conn = self.readings.reader()
+        conn = self.database.reader()
         conn.create_aggregate("fsum", 1, _FSum)
         existing = {
             name for (name,) in conn.execute(
@@ -225,7 +143,7 @@ class SqliteEfficiencyStore:
                     ):
                         dc[(vehicle_id, meter_id, stop)] = SideTotals(kwh, count, temps)
         except sqlite3.Error as err:
-            raise StorageUnavailable(f"reading {self.readings.path.name} failed: {err}") from err
+            raise StorageUnavailable(f"reading {self.database.path.name} failed: {err}") from err
         return ac, dc
 
     def replace_windows(
@@ -237,15 +155,15 @@ class SqliteEfficiencyStore:
         last_hour_stop = -(-end_ms // MS_PER_HOUR) * MS_PER_HOUR
         rows = [(window_ms, w.vehicle_id, w.stop_ms, w.meter_id or "", w.ac_kwh, w.dc_kwh, w.ac_readings,
                  w.dc_readings, w.avg_battery_temp, w.efficiency, computed_ms) for w in windows]
-        conn = self.readings.reader()
+        conn = self.database.reader()
         conn.create_aggregate("fsum", 1, _FSum)
-        if not rows and not self._read(
+        if not rows and not self.database.read(
             "SELECT 1 FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ? LIMIT 1",
             (window_ms, start_ms, end_ms),
         ):
             return  # nothing there, nothing to write: spares a commit per empty hour on catch-up
         try:
-            with self.readings.write_transaction(conn):
+            with self.database.write_transaction(conn):
                 conn.execute("DELETE FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ?",
                              (window_ms, start_ms, end_ms))
                 conn.executemany("INSERT INTO efficiency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -273,9 +191,9 @@ class SqliteEfficiencyStore:
         hour_stop = -(-stop_ms // MS_PER_HOUR) * MS_PER_HOUR
         rows = [(window_ms, w.vehicle_id, w.stop_ms, w.meter_id or "", w.ac_kwh, w.dc_kwh, w.ac_readings,
                  w.dc_readings, w.avg_battery_temp, w.efficiency, computed_ms) for w in windows]
-        conn = self.readings.reader()
+        conn = self.database.reader()
         try:
-            with self.readings.write_transaction(conn):
+            with self.database.write_transaction(conn):
                 for first in range(0, len(vehicle_ids), 500):
                     chunk = list(vehicle_ids[first:first + 500])
                     marks = ", ".join("?" * len(chunk))
@@ -302,7 +220,7 @@ class SqliteEfficiencyStore:
     def mark_computing(self, window_ms: int, through_ms: int) -> None:
         """Before a run reads readings: from now on, a reading for a window with stop up to
         ``through_ms`` marks that vehicle's window stale (``stale_windows``)."""
-        self._write([
+        self.database.write([
             ("INSERT INTO meta (key, value) VALUES ('window_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
              (window_ms,)),
             ("INSERT INTO meta (key, value) VALUES ('windows_computed_through_ms', ?) "
@@ -311,25 +229,25 @@ class SqliteEfficiencyStore:
 
     def stale_windows(self, window_ms: int) -> list[tuple[int, str, int]]:
         """Windows late readings marked, as (stop ms, vehicle id, mark), in stop order."""
-        return self._read("SELECT stop_ms, vehicle_id, marked FROM stale_windows WHERE window_ms = ? "
+        return self.database.read("SELECT stop_ms, vehicle_id, marked FROM stale_windows WHERE window_ms = ? "
                           "ORDER BY stop_ms, vehicle_id", (window_ms,))
 
     def clear_stale_windows(self, window_ms: int, marks: Sequence[tuple[int, str, int]]) -> None:
         """Forget marks that were handled; a mark renewed since (a later late reading) stays."""
-        self._write(("DELETE FROM stale_windows WHERE window_ms = ? AND stop_ms = ? AND vehicle_id = ? "
+        self.database.write(("DELETE FROM stale_windows WHERE window_ms = ? AND stop_ms = ? AND vehicle_id = ? "
                      "AND marked <= ?", (window_ms, *mark)) for mark in marks)
 
-    # -- reading windows -----------------------------------------------------------------------
+    # -- reading windows (WindowSource) -----------------------------------------------------------------------
 
     def windows(self, window_ms: int, start_ms: int, end_ms: int, vehicle_id: str | None = None
                 ) -> list[EfficiencyWindow]:
         """Windows with stop in (start_ms, end_ms], ordered by stop (then vehicle, meter)."""
         if vehicle_id is None:
-            rows = self._read(
+            rows = self.database.read(
                 f"SELECT {_WINDOW_COLUMNS} FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ? "
                 "ORDER BY stop_ms, vehicle_id, meter_id", (window_ms, start_ms, end_ms))
         else:
-            rows = self._read(
+            rows = self.database.read(
                 f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? "
                 "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
         return [_window(row) for row in rows]
@@ -340,7 +258,7 @@ class SqliteEfficiencyStore:
         result: list[EfficiencyWindow] = []
         for first in range(0, len(vehicle_ids), 500):  # SQLite caps the number of bound parameters
             chunk = vehicle_ids[first:first + 500]
-            result.extend(_window(row) for row in self._read(
+            result.extend(_window(row) for row in self.database.read(
                 f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? "
                 f"AND vehicle_id IN ({', '.join('?' * len(chunk))}) AND stop_ms > ? AND stop_ms <= ? "
                 "ORDER BY vehicle_id, stop_ms, meter_id", (window_ms, *chunk, start_ms, end_ms)))
@@ -348,7 +266,7 @@ class SqliteEfficiencyStore:
 
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         """:func:`window_sums` of one vehicle's windows with stop in (start_ms, end_ms]."""
-        return window_sums(self._read(
+        return window_sums(self.database.read(
             f"SELECT {_SUM_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? "
             "AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ?", (window_ms, vehicle_id, start_ms, end_ms)))
 
@@ -356,14 +274,14 @@ class SqliteEfficiencyStore:
         """Per-vehicle sums over windows with stop in (start_ms, end_ms]: whole hours from the rollup,
         the partial hours at either end from the windows themselves. The span the task runner last
         materialised (``refresh_fleet_latest``) is read ready-made."""
-        cached = self._read("SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum, "
+        cached = self.database.read("SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum, "
                             "battery_temp_readings FROM fleet_latest WHERE window_ms = ? AND start_ms = ? AND end_ms = ?",
                             (window_ms, start_ms, end_ms))
         if cached:
             rows = cached
         else:
             sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
-            rows = self._read(sql, params)
+            rows = self.database.read(sql, params)
         return {
             vehicle_id: SpanTotals(ac, dc, int(nac), int(ndc), int(nw), temps, int(ntemps))
             for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in rows
@@ -377,8 +295,8 @@ class SqliteEfficiencyStore:
         hour_hi = (end_ms // MS_PER_HOUR) * MS_PER_HOUR
         if hour_lo >= hour_hi:
             hour_lo = hour_hi = end_ms
-        rows = self._read(
-            f"""SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
+        rows = self.database.read(
+            """SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
                 SELECT hour_stop_ms AS hour_stop, ac_kwh, dc_kwh FROM efficiency_hourly
                 WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
                 UNION ALL SELECT :hlo, ac_kwh, dc_kwh FROM efficiency
@@ -392,109 +310,11 @@ class SqliteEfficiencyStore:
     def refresh_fleet_latest(self, window_ms: int, start_ms: int, end_ms: int) -> None:
         """Materialise per-vehicle totals of (start_ms, end_ms] (the fleet summary's default span)."""
         sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
-        self._write([
+        self.database.write([
             ("DELETE FROM fleet_latest WHERE window_ms = ?", (window_ms,)),
             (f"INSERT INTO fleet_latest SELECT :w, vehicle_id, :lo, :hi, ac_kwh, dc_kwh, ac_readings, dc_readings, "
              f"windows, battery_temp_sum, battery_temp_readings FROM ({sql})", params),
         ])
-
-    # -- runner state --------------------------------------------------------------------------
-
-    def runner_state(self) -> dict[str, float]:
-        return dict(self._read("SELECT key, value FROM runner_state"))
-
-    def set_runner_state(self, values: dict[str, float]) -> None:
-        self._write(("INSERT INTO runner_state VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                     (key, float(value))) for key, value in values.items())
-
-    # -- alerts and notifications --------------------------------------------------------------
-
-    def open_alerts(self) -> list[AlertRecord]:
-        """Alerts in state pending or firing."""
-        return [_alert(row) for row in self._read(
-            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state IN ('pending', 'firing') ORDER BY vehicle_id, rule")]
-
-    def alert(self, vehicle_id: str, rule: str, started_ms: int) -> AlertRecord | None:
-        """One alert as it is stored now, or None."""
-        rows = self._read(
-            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
-            "FROM alerts WHERE vehicle_id = ? AND rule = ? AND started_ms = ?", (vehicle_id, rule, started_ms))
-        return AlertRecord(*rows[0]) if rows else None
-
-    def firing_alerts(self) -> list[AlertRecord]:
-        """Alerts in state firing, by vehicle and rule."""
-        return [AlertRecord(*row) for row in self._read(
-            "SELECT vehicle_id, rule, started_ms, state, meter_id, value, fired_ms, resolved_ms, updated_ms "
-            "FROM alerts WHERE state = 'firing' ORDER BY vehicle_id, rule")]
-
-    def recent_alerts(self, since_ms: int, limit: int = 500) -> list[AlertRecord]:
-        """Firing, and fired-then-resolved since ``since_ms``; newest first."""
-        return [_alert(row) for row in self._read(
-            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state = 'firing' OR (state = 'resolved' AND resolved_ms >= ?) "
-            "ORDER BY coalesce(fired_ms, started_ms) DESC LIMIT ?", (since_ms, limit))]
-
-    def save_alerts(self, records: Sequence[AlertRecord], notifications: Sequence[tuple[str, dict[str, Any]]],
-                    now_ms: int) -> None:
-        """Upsert alert records and enqueue their notifications in one transaction."""
-        statements = _alert_upserts(records) + _notification_inserts(notifications, now_ms)
-        if statements:
-            self._write(statements)
-
-    def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
-                       notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int) -> int:
-        """Make the alerts that started in (since_ms, until_ms] exactly ``records`` (a replay's
-        result; records that started earlier are upserted too), and enqueue ``notifications``, in
-        one transaction. Returns how many stored alerts it removed."""
-        removed = self._read("SELECT count(*) FROM alerts WHERE started_ms > ? AND started_ms <= ?",
-                             (since_ms, until_ms))[0][0]
-        self._write([("DELETE FROM alerts WHERE started_ms > ? AND started_ms <= ?", (since_ms, until_ms)),
-                     *_alert_upserts(records), *_notification_inserts(notifications, now_ms)])
-        return removed
-
-    def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
-        """Undelivered notifications whose next attempt is due, oldest first."""
-        return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in self._read(
-            "SELECT id, url, payload, attempts FROM notifications WHERE delivered_ms IS NULL AND failed_ms IS NULL "
-            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))]
-
-    def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
-                        retry_at_ms: int | None = None) -> None:
-        """Delivered (no error), to retry at ``retry_at_ms``, or given up (error and no retry)."""
-        if error is None:
-            sql, params = ("UPDATE notifications SET delivered_ms = ?, attempts = attempts + 1, last_error = NULL "
-                           "WHERE id = ?", (now_ms, notification_id))
-        elif retry_at_ms is not None:
-            sql, params = ("UPDATE notifications SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? "
-                           "WHERE id = ?", (retry_at_ms, error, notification_id))
-        else:
-            sql, params = ("UPDATE notifications SET attempts = attempts + 1, failed_ms = ?, last_error = ? "
-                           "WHERE id = ?", (now_ms, error, notification_id))
-        self._write([(sql, params)])
-
-    def notification_counts(self) -> dict[str, int]:
-        """pending / delivered / failed counts, for metrics."""
-        (pending, delivered, failed), = self._read(
-            "SELECT total(delivered_ms IS NULL AND failed_ms IS NULL), total(delivered_ms IS NOT NULL), "
-            "total(failed_ms IS NOT NULL) FROM notifications")
-        return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
-
-
-def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]:
-    return [
-        ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
-         "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
-         "fired_ms = excluded.fired_ms, resolved_ms = excluded.resolved_ms, updated_ms = excluded.updated_ms, "
-         "replayed = excluded.replayed",
-         (r.vehicle_id, r.rule, r.started_ms, r.state, r.meter_id, r.value, r.fired_ms, r.resolved_ms,
-          r.updated_ms, int(r.replayed)))
-        for r in records
-    ]
-
-
-def _notification_inserts(notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int
-                          ) -> list[tuple[str, Sequence]]:
-    return [("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
-             (url, json.dumps(payload), now_ms, now_ms)) for url, payload in notifications]
 
 
 def _vehicle_totals_query(window_ms: int, start_ms: int, end_ms: int) -> tuple[str, dict[str, int]]:

@@ -1,4 +1,4 @@
-"""InfluxEfficiencyStore and the analytics service in influx mode against a real InfluxDB: windows
+"""InfluxWindowSource and the analytics service in influx mode against a real InfluxDB: windows
 written into the efficiency bucket the way the task's ``to()`` writes them (tags vehicle_id and
 meter_id, a null field written as no field) come back equal to the embedded store's, and so do the
 reports, series and fleet summary built on them. Values travel as params (``extern``), so an id
@@ -6,7 +6,7 @@ cannot inject Flux; a wrong token, a missing bucket, a stopped engine become Sto
 503; the task runner in influx mode evaluates alerts over the windows InfluxDB holds.
 
 (The 500 and the error table in the middle of an answer stay with the stand-in in
-tests/integration/test_influx_efficiency_store.py: a real engine produces neither on demand.)
+tests/integration/test_influx_windows.py: a real engine produces neither on demand.)
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import pytest
 
 import analytics
 from analytics import queries
-from analytics.alerts import AlertPolicy
-from analytics.runner import INFLUX_TASK_GRACE_MS, TaskRunner
+from chargewatch.alerts import AlertPolicy
+from chargewatch.bootstrap import open_efficiency_stores
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.lineprotocol import encode_point
 from chargewatch.settings import Settings
 from chargewatch.stores import StorageUnavailable
-from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
+from chargewatch.stores.influx_windows import InfluxWindowSource
 from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
-from tests.efficiency_fixture import expected_windows
+from chargewatch.stores.sqlite_windows import SqliteWindowStore
+from taskrunner.runner import INFLUX_TASK_GRACE_MS, TaskRunner
 from tests.e2e.harness import free_port
+from tests.efficiency_fixture import expected_windows
 
 pytestmark = pytest.mark.influx
 
@@ -94,7 +95,7 @@ def influx_settings(tmp_path, server, org: str, **influx: Any) -> Settings:
 def embedded(tmp_path):
     """The embedded store holding the same windows, written as the task runner writes them."""
     readings = SqliteReadingStore(tmp_path / "embedded.db", synchronous="normal")
-    store = SqliteEfficiencyStore(readings)
+    store = SqliteWindowStore(readings.database)
     store.replace_windows(W, T0, T0 + 4 * HOUR, ALL_WINDOWS, 0)
     yield store
     readings.close()
@@ -109,8 +110,8 @@ def local(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path, influx, org, local):
-    store = InfluxEfficiencyStore.from_settings(influx_settings(tmp_path, influx, org), SqliteEfficiencyStore(local))
+def store(tmp_path, influx, org):
+    store = InfluxWindowSource.from_settings(influx_settings(tmp_path, influx, org))
     yield store
     store.close()
 
@@ -178,20 +179,19 @@ def test_an_id_reaches_influxdb_as_a_param_and_cannot_inject_flux(store) -> None
     assert {w.vehicle_id for w in store.windows(W, T0, T0 + 4 * HOUR, "EV-101")} == {"EV-101"}
 
 
-def test_the_bucket_comes_from_the_settings(tmp_path, influx, org, local) -> None:
+def test_the_bucket_comes_from_the_settings(tmp_path, influx, org) -> None:
     org_id = influx.api("GET", "/api/v2/orgs", params={"org": org})["orgs"][0]["id"]
     influx.api("POST", "/api/v2/buckets", json={"orgID": org_id, "name": "fleet_eff", "retentionRules": []})
     few = [w for w in ALL_WINDOWS if w.vehicle_id == "VEHICLE_002"][:5]
     write_windows(influx, org, "fleet_eff", few)
-    store = InfluxEfficiencyStore.from_settings(influx_settings(tmp_path, influx, org, efficiency_bucket="fleet_eff"),
-                                                SqliteEfficiencyStore(local))
+    store = InfluxWindowSource.from_settings(influx_settings(tmp_path, influx, org, efficiency_bucket="fleet_eff"))
     try:
         assert store.windows(W, T0, T0 + 4 * HOUR) == few
     finally:
         store.close()
 
 
-def failing_store(tmp_path, influx, org, local, failure: str) -> InfluxEfficiencyStore:
+def failing_store(tmp_path, influx, org, failure: str) -> InfluxWindowSource:
     """A store whose InfluxDB refuses: a wrong token (401), a bucket that is not there (404), or a port
     nothing listens on (connection refused, as a stopped influxd)."""
     overrides: dict[str, Any] = {"request_timeout_seconds": 5}
@@ -201,14 +201,13 @@ def failing_store(tmp_path, influx, org, local, failure: str) -> InfluxEfficienc
         overrides["efficiency_bucket"] = "no_such_bucket"
     elif failure == "refused":
         overrides["url"] = f"http://127.0.0.1:{free_port()}"
-    return InfluxEfficiencyStore.from_settings(influx_settings(tmp_path, influx, org, **overrides),
-                                               SqliteEfficiencyStore(local))
+    return InfluxWindowSource.from_settings(influx_settings(tmp_path, influx, org, **overrides))
 
 
 @pytest.mark.parametrize("failure, message", [("401", "answered 401"), ("404", "answered 404"),
                                               ("refused", "cannot reach")])
-def test_influxdb_failures_become_storage_unavailable(tmp_path, influx, org, local, failure, message) -> None:
-    store = failing_store(tmp_path, influx, org, local, failure)
+def test_influxdb_failures_become_storage_unavailable(tmp_path, influx, org, failure, message) -> None:
+    store = failing_store(tmp_path, influx, org, failure)
     try:
         with pytest.raises(StorageUnavailable, match=message):
             store.windows(W, T0, T0 + HOUR, "EV-101")
@@ -218,10 +217,9 @@ def test_influxdb_failures_become_storage_unavailable(tmp_path, influx, org, loc
         store.close()
 
 
-def test_a_store_without_a_token_refuses_to_start(tmp_path, influx, org, local) -> None:
+def test_a_store_without_a_token_refuses_to_start(tmp_path, influx, org) -> None:
     with pytest.raises(StorageUnavailable, match="CHARGEWATCH_INFLUX__TOKEN"):
-        InfluxEfficiencyStore.from_settings(influx_settings(tmp_path, influx, org, token=""),
-                                            SqliteEfficiencyStore(local))
+        InfluxWindowSource.from_settings(influx_settings(tmp_path, influx, org, token=""))
 
 
 def assert_json_close(got: Any, want: Any, path: str = "") -> None:
@@ -243,7 +241,7 @@ def test_the_analytics_routes_answer_alike_in_both_modes(tmp_path, influx, org, 
     influx_app = analytics.create_app(influx_settings(tmp_path, influx, org), local).test_client()
     embedded_app = analytics.create_app(
         Settings(data_dir=tmp_path / "embedded", sqlite={"synchronous": "normal"}, auth={"enabled": False}),
-        embedded.readings).test_client()
+        SqliteReadingStore(embedded.database)).test_client()
     span = "start=2026-11-23T06:00:00Z&stop=2026-11-23T10:00:00Z"
     for path in ["/v1/analytics/performance/EV-101", "/v1/analytics/performance/VEHICLE_002",
                  "/v1/analytics/efficiency/CAR-9", "/v1/analytics/efficiency/VEHICLE_003"]:
@@ -283,17 +281,16 @@ def test_the_runner_in_influx_mode_evaluates_alerts_over_the_tasks_windows(tmp_p
     low = [EfficiencyWindow("VEHICLE_009", "METER_009", last_stop - k * W, 2.0, 1.4, 5, 5, 25.0, 0.7)
            for k in range(24)]
     write_windows(influx, org, "runner_eff", low)
-    local_efficiency = SqliteEfficiencyStore(local)
-    store = InfluxEfficiencyStore.from_settings(settings, local_efficiency)
+    stores = open_efficiency_stores(settings, local.database)  # windows from InfluxDB, the rest local
     try:
-        runner = TaskRunner(store, settings, compute_windows=False)
+        runner = TaskRunner(stores, settings)
         now_ms = last_stop + settings.efficiency.offset_seconds * 1000 + INFLUX_TASK_GRACE_MS
         assert runner.latest_stop(now_ms) == last_stop and runner.latest_stop(now_ms - 1) == last_stop - W
         report = runner.run_once(now_ms)
     finally:
-        store.close()
+        stores.close()
     assert (report.latest_stop_ms, report.windows_written, report.ranges_computed) == (last_stop, 0, 0)
-    [alert] = local_efficiency.open_alerts()
+    [alert] = stores.alerts.open_alerts()
     assert (alert.vehicle_id, alert.rule, alert.state) == ("VEHICLE_009", "low_efficiency", "firing")
-    assert local_efficiency.windows(W, T0, last_stop) == []  # nothing computed or written locally
-    assert local_efficiency.runner_state()["last_stop_ms"] == last_stop
+    assert SqliteWindowStore(local.database).windows(W, T0, last_stop) == []  # nothing computed or written locally
+    assert stores.runner_state.load()["last_stop_ms"] == last_stop

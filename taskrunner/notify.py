@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 
 import requests
 
-from analytics.alerts import AlertPolicy, alertmanager_alert
+from chargewatch.alerts import AlertPolicy, alertmanager_alert
+from chargewatch.efficiency_ports import AlertRecord, AlertStore, Notification, NotificationOutbox
 from chargewatch.settings import AlertSettings
-from chargewatch.stores.sqlite_efficiency import AlertRecord, Notification, SqliteEfficiencyStore
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,11 @@ class Notifier:
     """Delivers the outbox and re-sends the firing alerts to every Alertmanager; one per data directory
     (it runs inside the task runner's process). ``clock`` gives seconds since the epoch."""
 
-    def __init__(self, store: SqliteEfficiencyStore, settings: AlertSettings, policy: AlertPolicy,
+    def __init__(self, alerts: AlertStore, outbox: NotificationOutbox, settings: AlertSettings, policy: AlertPolicy,
                  external_url: str = "", session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.store = store
+        self.alerts = alerts
+        self.outbox = outbox
         self.settings = settings
         self.policy = policy
         self.external_url = external_url
@@ -88,7 +89,7 @@ class Notifier:
         """Send every notification that is due once; returns how many were delivered."""
         delivered = 0
         to_alertmanager: dict[str, list[Notification]] = {}
-        for note in self.store.due_notifications(self._now_ms()):
+        for note in self.outbox.due_notifications(self._now_ms()):
             if "alertmanager" in note.payload:
                 to_alertmanager.setdefault(note.url, []).append(note)
             else:
@@ -101,16 +102,16 @@ class Notifier:
         error, _ = self._post(note.url, note.payload)
         now_ms = self._now_ms()
         if error is None:
-            self.store.record_delivery(note.id, now_ms)
+            self.outbox.record_delivery(note.id, now_ms)
             return 1
         attempt = note.attempts + 1
         if attempt >= self.settings.webhook_max_attempts:
             logger.error("giving up on webhook %s after %d attempts: %s", note.url, attempt, error)
-            self.store.record_delivery(note.id, now_ms, error=error)
+            self.outbox.record_delivery(note.id, now_ms, error=error)
         else:
             delay = min(self.settings.webhook_backoff_seconds * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             logger.warning("webhook %s failed (%s); retry %d in %.0f s", note.url, error, attempt, delay)
-            self.store.record_delivery(note.id, now_ms, error=error, retry_at_ms=now_ms + int(delay * 1000))
+            self.outbox.record_delivery(note.id, now_ms, error=error, retry_at_ms=now_ms + int(delay * 1000))
         return 0
 
     def _deliver_to_alertmanager(self, url: str, notes: Sequence[Notification]) -> int:
@@ -120,11 +121,11 @@ class Notifier:
         alerts: list[dict[str, Any]] = []
         for note in notes:
             key = note.payload["alertmanager"]
-            record = self.store.alert(key["vehicle_id"], key["rule"], key["started_ms"])
+            record = self.alerts.alert(key["vehicle_id"], key["rule"], key["started_ms"])
             if url not in self.endpoints:
-                self.store.record_delivery(note.id, now_ms, error="this Alertmanager is no longer configured")
+                self.outbox.record_delivery(note.id, now_ms, error="this Alertmanager is no longer configured")
             elif record is None or record.fired_ms is None:
-                self.store.record_delivery(note.id, now_ms, error="the alert is no longer stored")
+                self.outbox.record_delivery(note.id, now_ms, error="the alert is no longer stored")
             else:
                 sendable.append(note)
                 alerts.append(alertmanager_alert(record, self.policy, self.external_url, now_ms, self.valid_for_ms))
@@ -134,7 +135,7 @@ class Notifier:
         now_ms = self._now_ms()
         if error is None:
             for note in sendable:
-                self.store.record_delivery(note.id, now_ms)
+                self.outbox.record_delivery(note.id, now_ms)
             return len(sendable)
         if permanent:
             logger.error("Alertmanager %s refused %d alert(s): %s", url, len(alerts), error)
@@ -142,11 +143,11 @@ class Notifier:
             logger.warning("Alertmanager %s failed (%s); %d alert(s) kept for retry", url, error, len(alerts))
         for note in sendable:
             if permanent:
-                self.store.record_delivery(note.id, now_ms, error=error)
+                self.outbox.record_delivery(note.id, now_ms, error=error)
                 continue
             delay = min(self.settings.webhook_backoff_seconds * 2 ** note.attempts,
                         self.settings.alertmanager_resend_seconds)
-            self.store.record_delivery(note.id, now_ms, error=error, retry_at_ms=now_ms + int(delay * 1000))
+            self.outbox.record_delivery(note.id, now_ms, error=error, retry_at_ms=now_ms + int(delay * 1000))
         return 0
 
     # -- re-sending what fires -----------------------------------------------------------------
@@ -157,7 +158,7 @@ class Notifier:
         if not self.endpoints or self.clock() < self.next_resend_s:
             return 0
         self.next_resend_s = self.clock() + self.settings.alertmanager_resend_seconds
-        firing = self.store.firing_alerts()
+        firing = self.alerts.firing_alerts()
         now_ms = self._now_ms()
         alerts = [alertmanager_alert(record, self.policy, self.external_url, now_ms, self.valid_for_ms)
                   for record in firing]

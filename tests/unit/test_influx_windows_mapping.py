@@ -7,7 +7,7 @@ import sys
 from datetime import datetime, timezone
 
 from chargewatch.efficiency import EfficiencyWindow, SpanTotals
-from chargewatch.stores.influx_efficiency import totals_from_record, window_from_record
+from chargewatch.stores.influx_windows import totals_from_record, window_from_record
 
 STOP = datetime(2026, 11, 23, 6, 5, tzinfo=timezone.utc)
 
@@ -34,6 +34,7 @@ def test_a_totals_row_without_temperatures_has_zero_of_them() -> None:
 
 
 def test_nothing_imports_influxdb_client_until_an_influx_store_is_built() -> None:
-    code = ("import sys, analytics, chargewatch.stores.influx_efficiency, chargewatch.cli; "
+    code = ("import sys, analytics, taskrunner.cli, chargewatch.bootstrap, chargewatch.stores.influx_windows, "
+            "chargewatch.cli; "
             "sys.exit('influxdb_client' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,11 +1,11 @@
-"""InfluxEfficiencyStore against the stand-in InfluxDB, for the two failures a real engine does not
+"""InfluxWindowSource against the stand-in InfluxDB, for the two failures a real engine does not
 produce on demand: a 500 (InfluxDB OSS answers it for an internal fault such as a storage engine
 timeout) and an error table in the middle of a 200 answer (a Flux runtime error after the first
 table streamed). Both must become StorageUnavailable, and 503 on the analytics routes.
 
 Everything a real engine can show (windows and reports read back equal to the embedded store's,
 params sent as ``extern``, 401, a missing bucket's 404, a stopped engine, 503 while InfluxDB is
-down, the runner in influx mode) is in tests/live/test_influx_efficiency_store_live.py.
+down, the runner in influx mode) is in tests/live/test_influx_windows_live.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import pytest
 import analytics
 from chargewatch.settings import Settings
 from chargewatch.stores import StorageUnavailable
-from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
+from chargewatch.stores.influx_windows import InfluxWindowSource
 from chargewatch.stores.sqlite import SqliteReadingStore
-from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 from tests.influx_standin import InfluxStandin, error_table
 
 pytest.importorskip("influxdb_client")
@@ -57,8 +56,8 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("failure, message", [("500", "answered 500"), ("error table", "schema collision")])
-def test_influxdb_failures_become_storage_unavailable(tmp_path, standin, local, failure, message) -> None:
-    store = InfluxEfficiencyStore.from_settings(influx_settings(tmp_path, standin), SqliteEfficiencyStore(local))
+def test_influxdb_failures_become_storage_unavailable(tmp_path, standin, failure, message) -> None:
+    store = InfluxWindowSource.from_settings(influx_settings(tmp_path, standin))
     FAILURES[failure](standin)
     try:
         with pytest.raises(StorageUnavailable, match=message):

@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from chargewatch.efficiency import EfficiencyWindow
-from chargewatch.stores.sqlite_efficiency import AlertRecord
+from chargewatch.efficiency_ports import AlertRecord
 
 LOW = "low_efficiency"
 ABOVE_ONE = "efficiency_above_one"

@@ -1,12 +1,13 @@
-"""Influx mode's efficiency store: windows read from the ``efficiency`` bucket the Flux task fills.
+"""Influx mode's WindowSource (``chargewatch.efficiency_ports``): windows read from the
+``efficiency`` bucket the Flux task fills.
 
-The three reads analytics makes (``windows``, ``vehicle_window_sums``, ``vehicle_totals``) run the
-scripts in ``influxdb/queries/`` with ``query_api.query(source, params=...)``: influxdb-client sends
-the values as ``extern`` option statements, so an id never becomes Flux text. Results come back as
-the same types and values :class:`SqliteEfficiencyStore` returns for the same windows.
+The reads run the scripts in ``influxdb/queries/`` with ``query_api.query(source, params=...)``:
+influxdb-client sends the values as ``extern`` option statements, so an id never becomes Flux text.
+Results come back as the same types and values :class:`SqliteWindowStore` returns for the same
+windows (the contract suite, tests/integration/test_efficiency_store_contract.py, holds both to it).
 
-Everything else (runner state, alerts, the webhook outbox) stays in the local
-SQLite file in every mode: those calls go to the :class:`SqliteEfficiencyStore` this wraps.
+Alerts, notifications and runner state are not here: they stay in the shared SQLite database in
+every mode (``chargewatch.bootstrap`` composes the two).
 
 influxdb-client (the ``influx`` extra) is imported only when a store is built.
 """
@@ -17,16 +18,9 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
-from chargewatch.efficiency import EfficiencyWindow, SpanTotals
+from chargewatch.efficiency import EfficiencyWindow, SpanTotals, sum_row, window_sums
 from chargewatch.influx import flux
 from chargewatch.stores import StorageUnavailable
-from chargewatch.stores.sqlite_efficiency import (
-    AlertRecord,
-    Notification,
-    SqliteEfficiencyStore,
-    sum_row,
-    window_sums,
-)
 
 if TYPE_CHECKING:
     from influxdb_client import InfluxDBClient
@@ -38,7 +32,7 @@ _MS = timedelta(milliseconds=1)
 
 
 def _window_key(window: EfficiencyWindow) -> tuple[int, str, str]:
-    # SqliteEfficiencyStore's order: stop, vehicle, meter ('' for an unpaired vehicle sorts first).
+    # SqliteWindowStore's order: stop, vehicle, meter ('' for an unpaired vehicle sorts first).
     return window.stop_ms, window.vehicle_id, window.meter_id or ""
 
 
@@ -77,15 +71,14 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class InfluxEfficiencyStore:
-    """Efficiency windows from InfluxDB; runner state, alerts and notifications in ``local``.
+class InfluxWindowSource:
+    """Efficiency windows from InfluxDB's efficiency bucket.
 
     Reads raise StorageUnavailable when InfluxDB refuses (any HTTP error), cannot be reached, or
     fails the query mid-answer.
     """
 
-    def __init__(self, local: SqliteEfficiencyStore, client: InfluxDBClient, org: str, bucket: str) -> None:
-        self.local = local
+    def __init__(self, client: InfluxDBClient, org: str, bucket: str) -> None:
         self.client = client
         self.org = org
         self.bucket = bucket
@@ -93,7 +86,7 @@ class InfluxEfficiencyStore:
         self._queries = {name: flux.read_query(name) for name in ("windows", "vehicle_windows", "vehicle_totals")}
 
     @classmethod
-    def from_settings(cls, settings: Settings, local: SqliteEfficiencyStore) -> "InfluxEfficiencyStore":
+    def from_settings(cls, settings: Settings) -> InfluxWindowSource:
         """A client for ``CHARGEWATCH_INFLUX__*`` (token needs read access to the efficiency bucket)."""
         try:
             from influxdb_client import InfluxDBClient
@@ -106,12 +99,10 @@ class InfluxEfficiencyStore:
                                      f"{influx.efficiency_bucket!r} bucket)")
         client = InfluxDBClient(url=influx.url, token=token, org=influx.org,
                                 timeout=int(influx.request_timeout_seconds * 1000))
-        return cls(local, client, influx.org, influx.efficiency_bucket)
+        return cls(client, influx.org, influx.efficiency_bucket)
 
     def close(self) -> None:
         self.client.close()
-
-    # -- reading windows (InfluxDB) --------------------------------------------------------------
 
     def windows(self, window_ms: int, start_ms: int, end_ms: int, vehicle_id: str | None = None
                 ) -> list[EfficiencyWindow]:
@@ -138,7 +129,7 @@ class InfluxEfficiencyStore:
                 for window in self.windows(window_ms, start_ms, end_ms, vehicle_id)]
 
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
-        """Exact (fsum) sums over one vehicle's windows, as SqliteEfficiencyStore.vehicle_window_sums."""
+        """Exact (fsum) sums over one vehicle's windows, as SqliteWindowStore.vehicle_window_sums."""
         return window_sums([sum_row(w) for w in self.windows(window_ms, start_ms, end_ms, vehicle_id)])
 
     def vehicle_totals(self, window_ms: int, start_ms: int, end_ms: int) -> dict[str, SpanTotals]:
@@ -193,38 +184,6 @@ class InfluxEfficiencyStore:
             raise StorageUnavailable(f"InfluxDB failed {action}: {err.message}") from err
         except FluxCsvParserException as err:
             raise StorageUnavailable(f"unreadable answer from InfluxDB to {action}: {err}") from err
-
-    # -- everything else stays in the local SQLite file --------------------------------------------
-
-    def runner_state(self) -> dict[str, float]:
-        return self.local.runner_state()
-
-    def set_runner_state(self, values: dict[str, float]) -> None:
-        self.local.set_runner_state(values)
-
-    def open_alerts(self) -> list[AlertRecord]:
-        return self.local.open_alerts()
-
-    def recent_alerts(self, since_ms: int, limit: int = 500) -> list[AlertRecord]:
-        return self.local.recent_alerts(since_ms, limit)
-
-    def save_alerts(self, records: Sequence[AlertRecord], notifications: Sequence[tuple[str, dict[str, Any]]],
-                    now_ms: int) -> None:
-        self.local.save_alerts(records, notifications, now_ms)
-
-    def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
-                       notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int) -> int:
-        return self.local.replace_alerts(since_ms, until_ms, records, notifications, now_ms)
-
-    def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
-        return self.local.due_notifications(now_ms, limit)
-
-    def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
-                        retry_at_ms: int | None = None) -> None:
-        self.local.record_delivery(notification_id, now_ms, error=error, retry_at_ms=retry_at_ms)
-
-    def notification_counts(self) -> dict[str, int]:
-        return self.local.notification_counts()
 
 
 def _api_message(err: Any) -> str:
