@@ -120,6 +120,22 @@ def windows_from_readings(
     return combine(ac, dc, min_energy_kwh)
 
 
+def charging_windows(windows: Sequence[EfficiencyWindow], active_since_ms: int, active_kwh: float
+                     ) -> list[EfficiencyWindow]:
+    """``windows`` narrowed to the vehicles with a window stopping after ``active_since_ms`` whose
+    meters together reached ``active_kwh`` on either side (the alert rules' charging test), in order."""
+    ac: dict[tuple[str, int], float] = {}
+    dc: dict[tuple[str, int], float] = {}
+    for w in windows:
+        if w.stop_ms > active_since_ms:
+            key = (w.vehicle_id, w.stop_ms)
+            ac[key] = ac.get(key, 0.0) + w.ac_kwh
+            dc[key] = dc.get(key, 0.0) + w.dc_kwh
+    charging = {vehicle_id for (vehicle_id, stop) in ac
+                if ac[(vehicle_id, stop)] >= active_kwh or dc[(vehicle_id, stop)] >= active_kwh}
+    return [w for w in windows if w.vehicle_id in charging]
+
+
 @dataclass(frozen=True)
 class SpanTotals:
     """Sums over many windows of one vehicle: the basis of reports and alerts."""

@@ -69,6 +69,13 @@ class WindowSource(Protocol):
                    ) -> list[EfficiencyWindow]:
         """Windows of the given vehicles with stop in (start_ms, end_ms], ordered by vehicle, stop, meter."""
 
+    def charging_windows(self, window_ms: int, start_ms: int, end_ms: int, active_since_ms: int, active_kwh: float
+                         ) -> list[EfficiencyWindow]:
+        """:meth:`windows` of every vehicle, narrowed to the vehicles with a window stopping in
+        (active_since_ms, end_ms] whose meters together reached ``active_kwh`` on either side (as
+        :func:`chargewatch.efficiency.charging_windows`): the only vehicles the alert rules can
+        judge. An adapter may leave in a vehicle just below ``active_kwh``, never leave one out."""
+
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         """:func:`chargewatch.efficiency.window_sums` of one vehicle's windows with stop in
         (start_ms, end_ms]: exact sums."""
@@ -138,10 +145,11 @@ class AlertStore(Protocol):
         """Upsert records and queue their notifications, all or nothing."""
 
     def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
-                       notifications: Sequence[QueuedNotification], now_ms: int) -> int:
+                       notifications: Sequence[QueuedNotification], now_ms: int,
+                       vehicle_ids: Sequence[str] | None = None) -> int:
         """Make the alerts that started in (since_ms, until_ms] exactly ``records`` (records that
         started earlier are upserted) and queue ``notifications``, all or nothing; returns how many
-        stored alerts it removed."""
+        stored alerts it removed. ``vehicle_ids``: only those vehicles' alerts are replaced."""
 
 
 class NotificationOutbox(Protocol):

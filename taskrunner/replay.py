@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -49,11 +50,13 @@ class ReplayReport:
 
 
 def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, notify: bool = False,
-           notify_still_firing: bool = False) -> ReplayReport:
+           notify_still_firing: bool = False, vehicle_ids: Collection[str] | None = None) -> ReplayReport:
     """Evaluate the alert rules at every window stop in (since_ms, until_ms] (aligned down to window
     stops) and store what they find in place of the range's alerts. ``notify``: webhooks for every
     firing and resolution found; ``notify_still_firing``: only for alerts found firing that still
-    fire at ``until`` (a current condition, which the live runner would otherwise never announce)."""
+    fire at ``until`` (a current condition, which the live runner would otherwise never announce).
+    ``vehicle_ids``: replay only these vehicles (a verdict depends on its vehicle's windows alone, so
+    the others' alerts, judged on windows that have not changed, stay as they are)."""
     started = time.perf_counter()
     window_ms = runner.window_ms
     since_ms = since_ms // window_ms * window_ms
@@ -61,18 +64,22 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
     alert_store, policy = runner.stores.alerts, runner.policy
     # Alerts open at ``since`` carry on through the range, as they were then (one resolved since is
     # firing again at the start, so the replay resolves it at its real time).
+    only = None if vehicle_ids is None else set(vehicle_ids)
     carried = {(a.vehicle_id, a.rule): a for a in alert_store.open_alerts()
-               if a.state == "pending" and a.started_ms <= since_ms}
+               if a.state == "pending" and a.started_ms <= since_ms and (only is None or a.vehicle_id in only)}
     carried.update({(a.vehicle_id, a.rule): replace(a, state="firing", resolved_ms=None)
                     for a in alert_store.recent_alerts(since_ms, limit=1_000_000)
-                    if a.fired_ms is not None and a.fired_ms <= since_ms})
+                    if a.fired_ms is not None and a.fired_ms <= since_ms and (only is None or a.vehicle_id in only)})
+    chosen = None if only is None else sorted(only)
+    # The chosen vehicles' windows, read once for every stop of the range.
+    history = None if chosen is None else runner.history(since_ms - alerts.lookback_ms(policy), until_ms, chosen)
     open_now = dict(carried)
     found: dict[tuple[str, str, int], AlertRecord] = {}
     events: list[tuple[AlertRecord, str]] = []
     stops = 0
     for stop in range(since_ms + window_ms, until_ms + 1, window_ms):
         stops += 1
-        records, stepped = alerts.evaluate(open_now.values(), runner.verdicts_at(stop), stop, policy)
+        records, stepped = alerts.evaluate(open_now.values(), runner.verdicts_at(stop, chosen, history), stop, policy)
         for record in records:
             record = record if (record.vehicle_id, record.rule) in carried and record.started_ms <= since_ms \
                 else replace(record, replayed=True)
@@ -89,7 +96,7 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
                   and (now := open_now.get((r.vehicle_id, r.rule))) is not None
                   and now.started_ms == r.started_ms and now.state == "firing"]
     notifications = runner.notifications(events)
-    removed = alert_store.replace_alerts(since_ms, until_ms, kept, notifications, now_ms)
+    removed = alert_store.replace_alerts(since_ms, until_ms, kept, notifications, now_ms, vehicle_ids=chosen)
     report = ReplayReport(since_ms, until_ms, stops, sorted(kept, key=lambda r: (r.started_ms, r.vehicle_id)),
                           removed, len(notifications), time.perf_counter() - started)
     logger.info("replayed alerts over %d window stops: %d alerts (%d replaced), %d notifications", stops,

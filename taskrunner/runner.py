@@ -21,15 +21,16 @@ It works on the ports of ``chargewatch.efficiency_ports`` (``EfficiencyStores``,
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from chargewatch import alerts
 from chargewatch.bootstrap import alert_policy
-from chargewatch.efficiency import combine
+from chargewatch.efficiency import EfficiencyWindow, combine
 from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores, QueuedNotification, WindowWriter
 from chargewatch.locks import AlreadyRunning, hold_instance_lock
 from chargewatch.settings import Settings
@@ -104,8 +105,10 @@ class TaskRunner:
             min((stop - self.window_ms for stop, _, _ in stale), default=first_eval))
         replay_from = max(replay_from, latest - ALERT_CATCHUP_WINDOWS * self.window_ms)
         if replay_from < first_eval - self.window_ms:
+            # A later run replays only the vehicles whose windows late readings changed.
+            replayed = None if previous is None else {vehicle_id for _, vehicle_id, _ in stale}
             replay.replay(self, replay_from, first_eval - self.window_ms, now_ms,
-                          notify=self.settings.alerts.replay_notify, notify_still_firing=True)
+                          notify=self.settings.alerts.replay_notify, notify_still_firing=True, vehicle_ids=replayed)
         replay.run_queued_request(self, now_ms)
         changed = queued = 0
         for stop in range(first_eval, latest + 1, self.window_ms):
@@ -189,13 +192,28 @@ class TaskRunner:
             for record, _ in events for url in self.settings.alerts.alertmanager_urls
         ]
 
-    def verdicts_at(self, stop_ms: int) -> dict[str, alerts.SpanVerdict]:
-        """Every vehicle's span verdict at window stop ``stop_ms``, from the stored windows."""
+    def verdicts_at(self, stop_ms: int, vehicle_ids: Sequence[str] | None = None,
+                    history: Mapping[str, Sequence[EfficiencyWindow]] | None = None) -> dict[str, alerts.SpanVerdict]:
+        """Every vehicle's span verdict at window stop ``stop_ms``, from the stored windows; or only
+        ``vehicle_ids``' verdicts, from ``history`` when given (each vehicle's windows in stop order,
+        read once for a replay, reaching at least ``alerts.lookback_ms`` before ``stop_ms``)."""
         # The span plus the window before it: enough to tell whether a session began inside the span.
         fetched_from = stop_ms - self.policy.span_ms - self.window_ms
-        by_vehicle: dict[str, list] = {}
-        for window in self.stores.windows.windows(self.window_ms, fetched_from, stop_ms):
-            by_vehicle.setdefault(window.vehicle_id, []).append(window)
+        lookback_from = stop_ms - alerts.lookback_ms(self.policy)
+        by_vehicle: dict[str, list[EfficiencyWindow]] = {}
+        if history is not None:
+            for vehicle_id in vehicle_ids or ():
+                if windows := _stops_in(history.get(vehicle_id, ()), fetched_from, stop_ms):
+                    by_vehicle[vehicle_id] = windows
+        else:
+            # A vehicle not charging in the span has no verdict to give (``alerts.span_verdict`` finds no
+            # span): its open alerts step on the empty verdict, as ``alerts.evaluate`` gives them.
+            fetched = self.stores.windows.charging_windows(
+                self.window_ms, fetched_from, stop_ms, stop_ms - self.policy.span_ms, self.policy.active_kwh,
+            ) if vehicle_ids is None else self.stores.windows.windows_of(self.window_ms, fetched_from, stop_ms,
+                                                                         vehicle_ids)
+            for window in fetched:
+                by_vehicle.setdefault(window.vehicle_id, []).append(window)
         earliest_stop = fetched_from + self.window_ms
         # An ended session measured whole may reach further back: read those vehicles' sessions in one go.
         reaching_back = [
@@ -203,14 +221,32 @@ class TaskRunner:
             if (span := alerts.measured_span(windows, stop_ms, self.window_ms, self.policy))
             and span[0].stop_ms <= earliest_stop
         ]
-        if reaching_back:
-            longer: dict[str, list] = {vehicle_id: [] for vehicle_id in reaching_back}
-            for window in self.stores.windows.windows_of(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
-                                                reaching_back):
+        if reaching_back and history is not None:
+            by_vehicle.update({vehicle_id: _stops_in(history[vehicle_id], lookback_from, stop_ms)
+                               for vehicle_id in reaching_back})
+        elif reaching_back:
+            longer: dict[str, list[EfficiencyWindow]] = {vehicle_id: [] for vehicle_id in reaching_back}
+            for window in self.stores.windows.windows_of(self.window_ms, lookback_from, stop_ms, reaching_back):
                 longer[window.vehicle_id].append(window)
             by_vehicle.update(longer)
         return {vehicle_id: alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
                 for vehicle_id, windows in by_vehicle.items()}
+
+    def history(self, start_ms: int, end_ms: int, vehicle_ids: Sequence[str]) -> dict[str, list[EfficiencyWindow]]:
+        """The windows of ``vehicle_ids`` with stop in (start_ms, end_ms], per vehicle in stop order."""
+        by_vehicle: dict[str, list[EfficiencyWindow]] = {}
+        for window in self.stores.windows.windows_of(self.window_ms, start_ms, end_ms, vehicle_ids):
+            by_vehicle.setdefault(window.vehicle_id, []).append(window)
+        return by_vehicle
+
+
+def _stops_in(windows: Sequence[EfficiencyWindow], start_ms: int, end_ms: int) -> list[EfficiencyWindow]:
+    """The windows (in stop order) with stop in (start_ms, end_ms]."""
+    return list(windows[bisect.bisect_right(windows, start_ms, key=_stop):bisect.bisect_right(windows, end_ms, key=_stop)])
+
+
+def _stop(window: EfficiencyWindow) -> int:
+    return window.stop_ms
 
 
 def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
-from chargewatch.efficiency import EfficiencyWindow, SpanTotals, sum_row, window_sums
+from chargewatch.efficiency import EfficiencyWindow, SpanTotals, charging_windows, sum_row, window_sums
 from chargewatch.influx import flux
 from chargewatch.stores import StorageUnavailable
 
@@ -127,6 +127,10 @@ class InfluxWindowSource:
         """
         return [window for vehicle_id in sorted(set(vehicle_ids))
                 for window in self.windows(window_ms, start_ms, end_ms, vehicle_id)]
+
+    def charging_windows(self, window_ms: int, start_ms: int, end_ms: int, active_since_ms: int, active_kwh: float
+                         ) -> list[EfficiencyWindow]:
+        return charging_windows(self.windows(window_ms, start_ms, end_ms), active_since_ms, active_kwh)
 
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         """Exact (fsum) sums over one vehicle's windows, as SqliteWindowStore.vehicle_window_sums."""

@@ -13,7 +13,7 @@ import math
 import threading
 from typing import Any, Sequence
 
-from chargewatch.efficiency import EfficiencyWindow, SpanTotals, sum_row, window_sums
+from chargewatch.efficiency import EfficiencyWindow, SpanTotals, charging_windows, sum_row, window_sums
 from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores, Notification, QueuedNotification
 
 _MS_PER_HOUR = 3_600_000
@@ -53,6 +53,10 @@ class InMemoryWindowStore:
         wanted = set(vehicle_ids)
         chosen = [w for w in self._in(window_ms, start_ms, end_ms) if w.vehicle_id in wanted]
         return sorted(chosen, key=lambda w: (w.vehicle_id, w.stop_ms, w.meter_id or ""))
+
+    def charging_windows(self, window_ms: int, start_ms: int, end_ms: int, active_since_ms: int, active_kwh: float
+                         ) -> list[EfficiencyWindow]:
+        return charging_windows(self._in(window_ms, start_ms, end_ms), active_since_ms, active_kwh)
 
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         return window_sums([sum_row(w) for w in self.windows(window_ms, start_ms, end_ms, vehicle_id)])
@@ -188,9 +192,11 @@ class InMemoryAlertStore:
         self.outbox.queue(notifications, now_ms)
 
     def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
-                       notifications: Sequence[QueuedNotification], now_ms: int) -> int:
+                       notifications: Sequence[QueuedNotification], now_ms: int,
+                       vehicle_ids: Sequence[str] | None = None) -> int:
+        only = None if vehicle_ids is None else set(vehicle_ids)
         with self._lock:
-            doomed = [key for key in self._alerts if since_ms < key[2] <= until_ms]
+            doomed = [key for key in self._alerts if since_ms < key[2] <= until_ms and (only is None or key[0] in only)]
             for key in doomed:
                 del self._alerts[key]
             self._alerts.update(((r.vehicle_id, r.rule, r.started_ms), r) for r in records)

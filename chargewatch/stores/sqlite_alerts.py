@@ -88,11 +88,18 @@ class SqliteAlertStore:
             self.database.write(statements)
 
     def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
-                       notifications: Sequence[QueuedNotification], now_ms: int) -> int:
+                       notifications: Sequence[QueuedNotification], now_ms: int,
+                       vehicle_ids: Sequence[str] | None = None) -> int:
+        where = "started_ms > ? AND started_ms <= ?"
+        chunks: list[Sequence[str]] = [()] if vehicle_ids is None else [
+            vehicle_ids[first:first + 500] for first in range(0, len(vehicle_ids), 500)]  # SQLite's parameter cap
+        removed = 0
         with self.database.transaction("replacing alerts") as conn:
-            (removed,), = conn.execute("SELECT count(*) FROM alerts WHERE started_ms > ? AND started_ms <= ?",
-                                       (since_ms, until_ms))
-            conn.execute("DELETE FROM alerts WHERE started_ms > ? AND started_ms <= ?", (since_ms, until_ms))
+            for chunk in chunks:
+                only = f" AND vehicle_id IN ({', '.join('?' * len(chunk))})" if vehicle_ids is not None else ""
+                (count,), = conn.execute(f"SELECT count(*) FROM alerts WHERE {where}{only}", (since_ms, until_ms, *chunk))
+                conn.execute(f"DELETE FROM alerts WHERE {where}{only}", (since_ms, until_ms, *chunk))
+                removed += count
             for sql, params in (*_alert_upserts(records), *_notification_inserts(notifications, now_ms)):
                 conn.execute(sql, params)
         return removed

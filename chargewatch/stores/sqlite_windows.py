@@ -264,6 +264,19 @@ class SqliteWindowStore:
                 "ORDER BY vehicle_id, stop_ms, meter_id", (window_ms, *chunk, start_ms, end_ms)))
         return result
 
+    def charging_windows(self, window_ms: int, start_ms: int, end_ms: int, active_since_ms: int, active_kwh: float
+                         ) -> list[EfficiencyWindow]:
+        """Windows with stop in (start_ms, end_ms] of the vehicles charging after ``active_since_ms``,
+        chosen inside SQLite; a margin of a nanowatt-hour keeps in a vehicle whose meters' sum SQLite
+        rounds a last bit below the threshold Python's sum reaches."""
+        rows = self.database.read(
+            f"SELECT {_WINDOW_COLUMNS} FROM efficiency WHERE window_ms = :w AND stop_ms > :lo AND stop_ms <= :hi "
+            "AND vehicle_id IN (SELECT vehicle_id FROM efficiency WHERE window_ms = :w AND stop_ms > :since "
+            "AND stop_ms <= :hi GROUP BY vehicle_id, stop_ms HAVING total(ac_kwh) >= :kwh OR total(dc_kwh) >= :kwh) "
+            "ORDER BY stop_ms, vehicle_id, meter_id",
+            {"w": window_ms, "lo": start_ms, "hi": end_ms, "since": active_since_ms, "kwh": active_kwh - 1e-9})
+        return [_window(row) for row in rows]
+
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         """:func:`window_sums` of one vehicle's windows with stop in (start_ms, end_ms]."""
         return window_sums(self.database.read(

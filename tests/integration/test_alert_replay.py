@@ -8,9 +8,10 @@ from dataclasses import replace
 
 import pytest
 
+from chargewatch import alerts
 from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.efficiency import EfficiencyWindow
-from chargewatch.efficiency_ports import EfficiencyStores
+from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
 from taskrunner import replay
@@ -141,3 +142,47 @@ def test_an_alerts_table_from_before_replay_gets_the_column(tmp_path, settings) 
         assert alert.vehicle_id == "EV-1" and alert.replayed is False
     finally:
         readings.close()
+
+
+def test_a_replay_of_some_vehicles_finds_for_them_what_a_whole_fleet_replay_finds_and_keeps_the_others(
+        stores, settings) -> None:
+    readings, efficiency = stores
+    runner = TaskRunner(written(efficiency, repaired_ms=ONSET + HOUR), settings)
+    replay.replay(runner, T0, END, END + 60_000)
+    whole_fleet = [a for a in stored_alerts(readings) if a[0] == FAULTY]
+    assert whole_fleet
+    # As a live run judged it (the healthy vehicle's windows did not change): not the replay's to change.
+    live = AlertRecord(HEALTHY, "low_efficiency", ONSET, "pending", "MTR-8", 0.84, None, None, ONSET)
+    efficiency.alerts.save_alerts([live], [], END)
+    report = replay.replay(runner, T0, END, END + 120_000, vehicle_ids=[FAULTY])
+    assert [a for a in stored_alerts(readings) if a[0] == FAULTY] == whole_fleet
+    assert report.removed == len(whole_fleet)
+    assert efficiency.alerts.alert(HEALTHY, live.rule, live.started_ms) == live
+
+
+def test_verdicts_from_a_replays_history_are_those_read_stop_by_stop(stores, settings) -> None:
+    _, efficiency = stores
+    runner = TaskRunner(written(efficiency, repaired_ms=ONSET + HOUR), settings)
+    vehicles = [FAULTY, HEALTHY]
+    history = runner.history(T0 - 5 * HOUR, END, vehicles)
+    for stop in range(T0 + W, END + 1, W):
+        assert runner.verdicts_at(stop, vehicles, history) == runner.verdicts_at(stop, vehicles) \
+            == runner.verdicts_at(stop), stop
+
+
+def test_a_vehicle_idle_through_the_span_gets_no_verdict_and_its_alert_steps_as_on_its_own(stores, settings) -> None:
+    _, efficiency = stores
+    runner = TaskRunner(written(efficiency), settings)
+    assert efficiency.window_writer is not None
+    idle = [EfficiencyWindow(vehicle, vehicle.replace("EV", "MTR"), stop, 0.01, 0.008, 5, 5, 25.0, None)
+            for stop in range(END + W, END + HOUR + 1, W) for vehicle in (FAULTY, HEALTHY)]
+    efficiency.window_writer.replace_windows(W, END, END + HOUR, idle, END)
+    stop = END + HOUR
+    verdicts = runner.verdicts_at(stop)
+    assert verdicts == {}
+    firing = AlertRecord(FAULTY, "low_efficiency", END - HOUR, "firing", "MTR-7", 0.7, END - 50 * 60_000, None, END)
+    pending = replace(firing, vehicle_id=HEALTHY, state="pending", fired_ms=None)
+    own = {vehicle: alerts.span_verdict(vehicle, efficiency.windows.windows(W, stop - HOUR, stop, vehicle), stop, W,
+                                        runner.policy) for vehicle in (FAULTY, HEALTHY)}
+    assert alerts.evaluate([firing, pending], verdicts, stop, runner.policy) == \
+        alerts.evaluate([firing, pending], own, stop, runner.policy)

@@ -142,6 +142,21 @@ def test_windows_of_several_vehicles_come_by_vehicle_then_stop(source):
     assert got == want
 
 
+def test_charging_windows_are_those_of_the_vehicles_charging_after_the_given_stop(source):
+    # EV-1 and EV-2 idle in the window stopping at T0 + 8 W; EV-3 delivers 0.2-1.0 kWh DC in every
+    # window; EV-4's two meters reach 1.0 kWh AC only together (0.6 + 0.6), at stops 11-14 W.
+    def charging(active_kwh: float, since_ms: int, start_ms: int, end_ms: int) -> set[str]:
+        got = source.charging_windows(W, start_ms, end_ms, since_ms, active_kwh)
+        assert got == [w for w in source.windows(W, start_ms, end_ms) if w.vehicle_id in {v.vehicle_id for v in got}]
+        return {w.vehicle_id for w in got}
+
+    assert charging(0.1, T0 + 6 * W, T0 + 5 * W, T0 + 8 * W) == {"EV-1", "EV-2", "EV-3"}  # active at 7 W
+    assert charging(0.1, T0 + 7 * W, T0 + 5 * W, T0 + 8 * W) == {"EV-3"}  # only the idle window after 7 W
+    assert charging(1.0, T0 + 10 * W, T0, T0 + 14 * W) >= {"EV-4"}  # 0.6 + 0.6 from its two meters
+    assert "EV-4" not in charging(1.0, T0 + 14 * W, T0, T0 + 20 * W)  # its windows stop at 14 W
+    assert charging(5.0, T0, T0, T0 + 4 * HOUR) == set()
+
+
 @pytest.mark.parametrize("start_ms, end_ms", PERIODS)
 def test_a_vehicles_window_sums_are_exact(source, start_ms, end_ms):
     for vehicle_id in ("EV-1", "EV-3", "EV-4"):
@@ -290,3 +305,15 @@ def test_runner_state_keeps_each_key_until_it_is_set_again(stores):
     stores.runner_state.update({"last_stop_ms": T0, "runs_total": 1})
     stores.runner_state.update({"runs_total": 2, "last_duration_s": 0.25})
     assert stores.runner_state.load() == {"last_stop_ms": float(T0), "runs_total": 2.0, "last_duration_s": 0.25}
+
+
+def test_replacing_alerts_of_some_vehicles_leaves_the_other_vehicles_alerts_in_the_range(stores):
+    one, two, three = record("EV-1", "firing", T0 + HOUR), record("EV-2", "firing", T0 + HOUR), \
+        record("EV-3", "pending", T0 + HOUR)
+    stores.alerts.save_alerts([one, two, three], [], T0)
+    found = record("EV-2", "firing", T0 + HOUR + W, replayed=True)
+    removed = stores.alerts.replace_alerts(T0, T0 + 2 * HOUR, [found], [], T0, vehicle_ids=["EV-2", "EV-3"])
+    assert removed == 2
+    assert stores.alerts.open_alerts() == [one, found]
+    assert stores.alerts.replace_alerts(T0, T0 + 2 * HOUR, [], [], T0, vehicle_ids=[]) == 0
+    assert stores.alerts.open_alerts() == [one, found]
