@@ -101,25 +101,24 @@ def fleet_summary(store: WindowSource, period: Period, window_ms: int, policy: A
     """Fleet totals and the per-vehicle efficiency distribution; vehicles with less than the alert
     span's minimum AC energy in the period count as not charging and are left out of the ranking."""
     totals = store.vehicle_totals(window_ms, period.start_ms, period.end_ms)
-    rated = sorted(
-        (VehicleEfficiency(v, t.dc_kwh / t.ac_kwh, t.ac_kwh, t.dc_kwh)
-         for v, t in totals.items() if t.ac_kwh >= policy.min_span_energy_kwh),
-        key=lambda e: (e.efficiency, e.vehicle_id),
-    )
-    counts = [0] * (len(DISTRIBUTION_EDGES) + 1)
-    for item in rated:
-        counts[bisect.bisect_right(DISTRIBUTION_EDGES, item.efficiency)] += 1
+    # (efficiency, vehicle id) pairs sort as the ranking does; records only for the worst few.
+    rated = sorted((t.dc_kwh / t.ac_kwh, v) for v, t in totals.items() if t.ac_kwh >= policy.min_span_energy_kwh)
+    efficiencies = [efficiency for efficiency, _ in rated]
+    edges = [bisect.bisect_left(efficiencies, edge) for edge in DISTRIBUTION_EDGES]  # how many rate below each
+    counts = [high - low for low, high in zip([0, *edges], [*edges, len(rated)])]
     labels = [f"<{DISTRIBUTION_EDGES[0]:.2f}"] + [
         f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:])] + [
         f">={DISTRIBUTION_EDGES[-1]:.2f}"]
     ac = sum(t.ac_kwh for t in totals.values())
     dc = sum(t.dc_kwh for t in totals.values())
+    below = bisect.bisect_left(efficiencies, policy.threshold)
+    above = bisect.bisect_right(efficiencies, policy.above_one_threshold)
     return FleetSummary(
         period=period, vehicles=len(totals), vehicles_charging=len(rated), ac_kwh=ac, dc_kwh=dc,
         efficiency=dc / ac if ac > 0 else None, distribution=list(zip(labels, counts)),
-        below_threshold=[e.vehicle_id for e in rated if e.efficiency < policy.threshold],
-        above_one=[e.vehicle_id for e in rated if e.efficiency > policy.above_one_threshold],
-        worst=rated[:worst_n],
+        below_threshold=[v for _, v in rated[:below]],
+        above_one=[v for _, v in rated[above:]],
+        worst=[VehicleEfficiency(v, efficiency, totals[v].ac_kwh, totals[v].dc_kwh) for efficiency, v in rated[:worst_n]],
     )
 
 

@@ -106,7 +106,7 @@ def performance(vehicle_id: str) -> Response:
 @require("read")
 def fleet_summary() -> Response:
     summary = queries.fleet_summary(_stores().windows, _period(), _window_ms(), _policy(), _int_param("worst", 10, 1, 1000))
-    active = len(queries.list_alerts(_stores().alerts, 0, active_only=True))
+    active = _stores().alerts.firing_count()
     return jsonify(FleetSummaryBody.of(summary, _policy().threshold, active).model_dump(mode="json"))
 
 

@@ -136,9 +136,9 @@ def charging_windows(windows: Sequence[EfficiencyWindow], active_since_ms: int, 
     return [w for w in windows if w.vehicle_id in charging]
 
 
-@dataclass(frozen=True)
-class SpanTotals:
-    """Sums over many windows of one vehicle: the basis of reports and alerts."""
+class SpanTotals(NamedTuple):
+    """Sums over many windows of one vehicle: the basis of reports and alerts (a named tuple: a fleet
+    summary builds one per vehicle)."""
 
     ac_kwh: float
     dc_kwh: float

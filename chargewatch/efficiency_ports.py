@@ -134,6 +134,9 @@ class AlertStore(Protocol):
     def firing_alerts(self) -> list[AlertRecord]:
         """Alerts in state firing, by vehicle and rule."""
 
+    def firing_count(self) -> int:
+        """How many alerts are firing (``len(firing_alerts())``, without reading them)."""
+
     def alert(self, vehicle_id: str, rule: str, started_ms: int) -> AlertRecord | None:
         """One alert as it is stored now, or None."""
 

@@ -174,6 +174,9 @@ class InMemoryAlertStore:
     def firing_alerts(self) -> list[AlertRecord]:
         return self._sorted({"firing"})
 
+    def firing_count(self) -> int:
+        return len(self.firing_alerts())
+
     def alert(self, vehicle_id: str, rule: str, started_ms: int) -> AlertRecord | None:
         with self._lock:
             return self._alerts.get((vehicle_id, rule, started_ms))

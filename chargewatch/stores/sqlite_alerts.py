@@ -71,6 +71,10 @@ class SqliteAlertStore:
         return [_alert(row) for row in self.database.read(
             f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state = 'firing' ORDER BY vehicle_id, rule")]
 
+    def firing_count(self) -> int:
+        (count,), = self.database.read("SELECT count(*) FROM alerts WHERE state = 'firing'")
+        return int(count)
+
     def alert(self, vehicle_id: str, rule: str, started_ms: int) -> AlertRecord | None:
         rows = self.database.read(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE vehicle_id = ? AND rule = ? "
                                   "AND started_ms = ?", (vehicle_id, rule, started_ms))

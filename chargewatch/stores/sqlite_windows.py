@@ -295,10 +295,7 @@ class SqliteWindowStore:
         else:
             sql, params = _vehicle_totals_query(window_ms, start_ms, end_ms)
             rows = self.database.read(sql, params)
-        return {
-            vehicle_id: SpanTotals(ac, dc, int(nac), int(ndc), int(nw), temps, int(ntemps))
-            for vehicle_id, ac, dc, nac, ndc, nw, temps, ntemps in rows
-        }
+        return {row[0]: SpanTotals._make(row[1:]) for row in rows}  # counts are SQLite integers
 
     def fleet_hourly_energy(self, window_ms: int, start_ms: int, end_ms: int) -> list[tuple[int, float, float]]:
         """The whole fleet's (hour stop, AC kWh, DC kWh) per hour over windows with stop in
@@ -339,8 +336,8 @@ def _vehicle_totals_query(window_ms: int, start_ms: int, end_ms: int) -> tuple[s
                    "coalesce(avg_battery_temp * dc_readings, 0), "
                    "CASE WHEN avg_battery_temp IS NULL THEN 0 ELSE dc_readings END")
     sql = f"""SELECT vehicle_id, total(ac_kwh) AS ac_kwh, total(dc_kwh) AS dc_kwh,
-                total(ac_readings) AS ac_readings, total(dc_readings) AS dc_readings, total(windows) AS windows,
-                total(battery_temp_sum) AS battery_temp_sum, total(battery_temp_readings) AS battery_temp_readings
+                sum(ac_readings) AS ac_readings, sum(dc_readings) AS dc_readings, sum(windows) AS windows,
+                total(battery_temp_sum) AS battery_temp_sum, sum(battery_temp_readings) AS battery_temp_readings
             FROM (
             SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum,
                    battery_temp_readings

@@ -52,6 +52,20 @@ def test_the_fleet_summary_ranks_and_buckets_vehicles(efficiency) -> None:
                                           "0.90-0.95": 1, "0.95-1.00": 0, ">=1.00": 1}
 
 
+def test_a_vehicle_exactly_on_an_edge_counts_in_the_bucket_above_and_is_neither_below_nor_above(efficiency) -> None:
+    # 0.75 and 1.0 are exact in binary, so the ratios of the sums land exactly on the edges.
+    store_windows(efficiency, {"AT-075": (0.75, 1.0), "AT-100": (1.0, 1.0), "UNDER": (0.5, 1.0)}, 12)
+    totals = efficiency.windows.vehicle_totals(W, T0, T0 + HOUR)
+    assert [totals[v].dc_kwh / totals[v].ac_kwh for v in ("AT-075", "AT-100")] == [0.75, 1.0]
+    policy = AlertPolicy(threshold=0.75)
+    summary = queries.fleet_summary(efficiency.windows, queries.Period(T0, T0 + HOUR), W, policy, worst_n=10)
+    assert dict(summary.distribution) == {"<0.75": 1, "0.75-0.80": 1, "0.80-0.85": 0, "0.85-0.90": 0,
+                                          "0.90-0.95": 0, "0.95-1.00": 0, ">=1.00": 1}
+    assert summary.below_threshold == ["UNDER"] and summary.above_one == []
+    assert [(w.vehicle_id, w.efficiency, w.ac_kwh) for w in summary.worst] == [
+        ("UNDER", 0.5, 12.0), ("AT-075", 0.75, 12.0), ("AT-100", 1.0, 12.0)]
+
+
 def test_a_performance_report_counts_matched_and_unmatched_energy(efficiency) -> None:
     windows = [
         EfficiencyWindow("V1", "M1", T0 + W, 1.0, 0.9, 5, 5, 20.0, 0.9),

@@ -236,6 +236,7 @@ def test_open_alerts_are_the_pending_and_firing_ones_by_vehicle_and_rule(stores)
     stores.alerts.save_alerts(alerts, [], T0)
     assert stores.alerts.open_alerts() == [alerts[2], alerts[1], alerts[0]]
     assert stores.alerts.firing_alerts() == [alerts[2], alerts[0]]
+    assert stores.alerts.firing_count() == 2
 
 
 def test_an_alert_is_read_back_as_stored_with_its_replayed_mark(stores):
