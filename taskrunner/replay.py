@@ -79,7 +79,7 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
     stops = 0
     for stop in range(since_ms + window_ms, until_ms + 1, window_ms):
         stops += 1
-        records, stepped = alerts.evaluate(open_now.values(), runner.verdicts_at(stop, chosen, history), stop, policy)
+        records, stepped = alerts.evaluate(open_now.values(), runner.verdicts_at(stop, history), stop, policy)
         for record in records:
             record = record if (record.vehicle_id, record.rule) in carried and record.started_ms <= since_ms \
                 else replace(record, replayed=True)

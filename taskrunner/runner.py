@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 from chargewatch import alerts
 from chargewatch.bootstrap import alert_policy
-from chargewatch.efficiency import EfficiencyWindow, combine
+from chargewatch.efficiency import EfficiencyWindow, charging_windows, combine
 from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores, QueuedNotification, WindowWriter
 from chargewatch.locks import AlreadyRunning, hold_instance_lock
 from chargewatch.settings import Settings
@@ -192,28 +192,25 @@ class TaskRunner:
             for record, _ in events for url in self.settings.alerts.alertmanager_urls
         ]
 
-    def verdicts_at(self, stop_ms: int, vehicle_ids: Sequence[str] | None = None,
-                    history: Mapping[str, Sequence[EfficiencyWindow]] | None = None) -> dict[str, alerts.SpanVerdict]:
-        """Every vehicle's span verdict at window stop ``stop_ms``, from the stored windows; or only
-        ``vehicle_ids``' verdicts, from ``history`` when given (each vehicle's windows in stop order,
-        read once for a replay, reaching at least ``alerts.lookback_ms`` before ``stop_ms``)."""
+    def verdicts_at(self, stop_ms: int, history: Mapping[str, Sequence[EfficiencyWindow]] | None = None
+                    ) -> dict[str, alerts.SpanVerdict]:
+        """Every vehicle's span verdict at window stop ``stop_ms``, from the stored windows; or, given
+        ``history`` (:meth:`history`: some vehicles' windows, read once for a replay, reaching at least
+        ``alerts.lookback_ms`` before ``stop_ms``), those vehicles' verdicts."""
         # The span plus the window before it: enough to tell whether a session began inside the span.
         fetched_from = stop_ms - self.policy.span_ms - self.window_ms
         lookback_from = stop_ms - alerts.lookback_ms(self.policy)
-        by_vehicle: dict[str, list[EfficiencyWindow]] = {}
-        if history is not None:
-            for vehicle_id in vehicle_ids or ():
-                if windows := _stops_in(history.get(vehicle_id, ()), fetched_from, stop_ms):
-                    by_vehicle[vehicle_id] = windows
+        # Only the vehicles charging in the span: any other has no verdict to give (``alerts.span_verdict``
+        # finds no span), and its open alerts step on the empty verdict, as ``alerts.evaluate`` gives them.
+        since, active_kwh = stop_ms - self.policy.span_ms, self.policy.active_kwh
+        if history is None:
+            fetched = self.stores.windows.charging_windows(self.window_ms, fetched_from, stop_ms, since, active_kwh)
         else:
-            # A vehicle not charging in the span has no verdict to give (``alerts.span_verdict`` finds no
-            # span): its open alerts step on the empty verdict, as ``alerts.evaluate`` gives them.
-            fetched = self.stores.windows.charging_windows(
-                self.window_ms, fetched_from, stop_ms, stop_ms - self.policy.span_ms, self.policy.active_kwh,
-            ) if vehicle_ids is None else self.stores.windows.windows_of(self.window_ms, fetched_from, stop_ms,
-                                                                         vehicle_ids)
-            for window in fetched:
-                by_vehicle.setdefault(window.vehicle_id, []).append(window)
+            fetched = charging_windows([window for windows in history.values()
+                                        for window in _stops_in(windows, fetched_from, stop_ms)], since, active_kwh)
+        by_vehicle: dict[str, list[EfficiencyWindow]] = {}
+        for window in fetched:
+            by_vehicle.setdefault(window.vehicle_id, []).append(window)
         earliest_stop = fetched_from + self.window_ms
         # An ended session measured whole may reach further back: read those vehicles' sessions in one go.
         reaching_back = [
