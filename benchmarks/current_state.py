@@ -6,6 +6,10 @@ same code path the ingest service uses), then starts the service and has wrk rea
 with a read token, at two concurrencies: the default (-c32, latency includes queueing behind the
 other connections on 2 cores) and a low one (-c4, where p99 is close to service time).
 
+At the low concurrency, runs alternate with the same load on benchmarks/bare_flask.py's GET route
+under the same gunicorn options (``--repeats`` of each, medians): Flask + gunicorn's own latency on
+this machine, the floor under chargewatch's.
+
 Target: p99 <= 2 ms (judged at the low concurrency; the high one is reported for capacity).
 
     /work/venv/bin/python benchmarks/current_state.py --duration 10 --output current.json
@@ -89,6 +93,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: chargewatch's default)")
     parser.add_argument("--threads", type=int, help="threads per worker (default: chargewatch's default)")
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured warm-up seconds (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="low-concurrency runs of chargewatch and of bare Flask, alternating (default %(default)s)")
     args = parser.parse_args()
     if args.devices < 2:
         parser.error("--devices must be at least 2")
@@ -104,7 +110,7 @@ def main() -> int:
         "machine": harness.machine_info(),
     }
     data_dir = harness.make_data_dir("current")
-    server = None
+    server = bare = None
     try:
         result["preload"] = preload(data_dir / "chargewatch.db", args.devices)
         result["preload"]["current_state_rows"] = harness.count_rows(data_dir / "chargewatch.db", "current_state")
@@ -113,40 +119,49 @@ def main() -> int:
         script = harness.lua_script("current_state", data_dir)
         meters, vehicles = result["preload"]["meters"], result["preload"]["vehicles"]
         lua_args = [server.read_token, str(meters), str(vehicles)]
-        url = server.url + "/v1/ingest/devices"  # wrk needs a URL; the script sets every path
 
-        def load(connections: int, seconds: float) -> harness.WrkResult:
-            return harness.run_wrk(url, script, duration_s=seconds, connections=connections,
-                                   threads=min(args.wrk_threads, connections), args=lua_args, server=server)
+        bare = harness.start_bare_flask(server.gunicorn_options, data_dir)
+
+        def load(target: harness.Server, connections: int, seconds: float) -> harness.WrkResult:
+            # wrk needs a URL; the script sets every path
+            return harness.run_wrk(target.url + "/v1/ingest/devices", script, duration_s=seconds,
+                                   connections=connections, threads=min(args.wrk_threads, connections),
+                                   args=lua_args, server=target)
 
         if args.warmup > 0:
-            load(args.connections, args.warmup)
-        levels = [("high_concurrency", args.connections), ("low_concurrency", args.low_connections)]
+            load(server, args.connections, args.warmup)
+            load(bare, args.low_connections, args.warmup)
+        runs: dict[str, list[harness.WrkResult]] = {"high_concurrency": [load(server, args.connections, args.duration)]}
+        for _ in range(args.repeats):
+            runs.setdefault("low_concurrency", []).append(load(server, args.low_connections, args.duration))
+            runs.setdefault("bare_flask_low_concurrency", []).append(load(bare, args.low_connections, args.duration))
         if args.serial_connections:
-            levels.append(("serial", args.serial_connections))
-        for label, connections in levels:
-            run = load(connections, args.duration)
-            result[label] = {
-                "connections": connections,
-                "requests_per_s": round(run.requests_per_s, 1),
-                "latency_ms": {k: round(v / 1000, 3) for k, v in run.latency_us.items()},
-                "error_count": run.error_count,
-                "runs": [run.as_dict()],
-            }
+            runs["serial"] = [load(server, args.serial_connections, args.duration)]
+        levels = {"high_concurrency": args.connections, "low_concurrency": args.low_connections,
+                  "bare_flask_low_concurrency": args.low_connections, "serial": args.serial_connections}
+        for label, level_runs in runs.items():
+            result[label] = {"connections": levels[label], **harness.median_result(level_runs)}
+        cw_low, bare_low = result["low_concurrency"], result["bare_flask_low_concurrency"]
+        result["low_concurrency_vs_bare_flask"] = {
+            "p50_ratio": round(cw_low["latency_ms"]["p50"] / bare_low["latency_ms"]["p50"], 2),
+            "p99_ratio": round(cw_low["latency_ms"]["p99"] / bare_low["latency_ms"]["p99"], 2),
+            "requests_per_s_ratio": round(cw_low["requests_per_s"] / bare_low["requests_per_s"], 2),
+        }
         result["gunicorn_options"] = server.gunicorn_options
         # Reads fill each thread's SQLite page cache; how much memory that costs per worker.
         result["worker_memory_mb_after_reads"] = [{"pid": pid, **harness.memory_status(pid)}
                                                   for pid in server.workers()]
     finally:
         harness.stop(server.process if server else None)
+        harness.stop(bare.process if bare else None)
         harness.remove_data_dir(data_dir, args.keep_data)
 
     low, high = result["low_concurrency"], result["high_concurrency"]
     result["meets_target"] = {
         "p99_ms_at_low_concurrency": low["latency_ms"]["p99"] <= TARGET_P99_MS,
         "p99_ms_at_high_concurrency": high["latency_ms"]["p99"] <= TARGET_P99_MS,
-        "no_errors": all(result[k]["error_count"] == 0 for k in ("high_concurrency", "low_concurrency", "serial")
-                         if k in result),
+        "no_errors": all(result[k]["error_count"] == 0 for k in ("high_concurrency", "low_concurrency",
+                                                                  "bare_flask_low_concurrency", "serial") if k in result),
     }
     result["notes"] = [
         harness.CPU_SHARING_NOTE.format(cpus=result["machine"]["cpus_usable"]),

@@ -92,6 +92,10 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
         add(f"GET current, c{low['connections']} p99", low["latency_ms"]["p99"], "ms", "<= 2",
             r["meets_target"]["p99_ms_at_low_concurrency"])
         add(f"  c{low['connections']} p50 / req/s", f"{low['latency_ms']['p50']:.2f} ms / {low['requests_per_s']:,.0f}", "")
+        if "bare_flask_low_concurrency" in r:
+            bare = r["bare_flask_low_concurrency"]
+            add(f"  bare Flask GET, c{bare['connections']} p50 / p99",
+                f"{bare['latency_ms']['p50']:.2f} / {bare['latency_ms']['p99']:.2f}", "ms")
         add(f"  c{high['connections']} p50 / p99", f"{high['latency_ms']['p50']:.1f} / {high['latency_ms']['p99']:.1f}", "ms")
         add(f"  c{high['connections']} req/s", high["requests_per_s"], "req/s")
         if "serial" in r:
