@@ -105,7 +105,7 @@ def fleet_summary(store: WindowSource, period: Period, window_ms: int, policy: A
     rated = sorted((t.dc_kwh / t.ac_kwh, v) for v, t in totals.items() if t.ac_kwh >= policy.min_span_energy_kwh)
     efficiencies = [efficiency for efficiency, _ in rated]
     edges = [bisect.bisect_left(efficiencies, edge) for edge in DISTRIBUTION_EDGES]  # how many rate below each
-    counts = [high - low for low, high in zip([0, *edges], [*edges, len(rated)])]
+    counts = [high - low for low, high in zip([0, *edges], [*edges, len(rated)], strict=True)]
     labels = [f"<{DISTRIBUTION_EDGES[0]:.2f}"] + [
         f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:])] + [
         f">={DISTRIBUTION_EDGES[-1]:.2f}"]
@@ -115,10 +115,11 @@ def fleet_summary(store: WindowSource, period: Period, window_ms: int, policy: A
     above = bisect.bisect_right(efficiencies, policy.above_one_threshold)
     return FleetSummary(
         period=period, vehicles=len(totals), vehicles_charging=len(rated), ac_kwh=ac, dc_kwh=dc,
-        efficiency=dc / ac if ac > 0 else None, distribution=list(zip(labels, counts)),
+        efficiency=dc / ac if ac > 0 else None, distribution=list(zip(labels, counts, strict=True)),
         below_threshold=[v for _, v in rated[:below]],
         above_one=[v for _, v in rated[above:]],
-        worst=[VehicleEfficiency(v, efficiency, totals[v].ac_kwh, totals[v].dc_kwh) for efficiency, v in rated[:worst_n]],
+        worst=[VehicleEfficiency(v, efficiency, totals[v].ac_kwh, totals[v].dc_kwh)
+               for efficiency, v in rated[:worst_n]],
     )
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from chargewatch import alerts
 from chargewatch.bootstrap import alert_policy
@@ -239,7 +239,8 @@ class TaskRunner:
 
 def _stops_in(windows: Sequence[EfficiencyWindow], start_ms: int, end_ms: int) -> list[EfficiencyWindow]:
     """The windows (in stop order) with stop in (start_ms, end_ms]."""
-    return list(windows[bisect.bisect_right(windows, start_ms, key=_stop):bisect.bisect_right(windows, end_ms, key=_stop)])
+    first, last = bisect.bisect_right(windows, start_ms, key=_stop), bisect.bisect_right(windows, end_ms, key=_stop)
+    return list(windows[first:last])
 
 
 def _stop(window: EfficiencyWindow) -> int:

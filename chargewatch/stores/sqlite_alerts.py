@@ -101,8 +101,9 @@ class SqliteAlertStore:
         with self.database.transaction("replacing alerts") as conn:
             for chunk in chunks:
                 only = f" AND vehicle_id IN ({', '.join('?' * len(chunk))})" if vehicle_ids is not None else ""
-                (count,), = conn.execute(f"SELECT count(*) FROM alerts WHERE {where}{only}", (since_ms, until_ms, *chunk))
-                conn.execute(f"DELETE FROM alerts WHERE {where}{only}", (since_ms, until_ms, *chunk))
+                bound = (since_ms, until_ms, *chunk)
+                (count,), = conn.execute(f"SELECT count(*) FROM alerts WHERE {where}{only}", bound)
+                conn.execute(f"DELETE FROM alerts WHERE {where}{only}", bound)
                 removed += count
             for sql, params in (*_alert_upserts(records), *_notification_inserts(notifications, now_ms)):
                 conn.execute(sql, params)
