@@ -11,6 +11,7 @@ change that was not stored.
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Sequence
 
 from chargewatch.efficiency_ports import AlertRecord, Notification, QueuedNotification
@@ -87,9 +88,9 @@ class SqliteAlertStore:
 
     def save_alerts(self, records: Sequence[AlertRecord], notifications: Sequence[QueuedNotification],
                     now_ms: int) -> None:
-        statements = _alert_upserts(records) + _notification_inserts(notifications, now_ms)
-        if statements:
-            self.database.write(statements)
+        if records or notifications:
+            with self.database.transaction("saving alerts") as conn:
+                _store_alerts(conn, records, notifications, now_ms)
 
     def replace_alerts(self, since_ms: int, until_ms: int, records: Sequence[AlertRecord],
                        notifications: Sequence[QueuedNotification], now_ms: int,
@@ -105,8 +106,7 @@ class SqliteAlertStore:
                 (count,), = conn.execute(f"SELECT count(*) FROM alerts WHERE {where}{only}", bound)
                 conn.execute(f"DELETE FROM alerts WHERE {where}{only}", bound)
                 removed += count
-            for sql, params in (*_alert_upserts(records), *_notification_inserts(notifications, now_ms)):
-                conn.execute(sql, params)
+            _store_alerts(conn, records, notifications, now_ms)
         return removed
 
 
@@ -142,18 +142,18 @@ class SqliteNotificationOutbox:
         return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
 
 
-def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]:
-    return [
-        ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
-         "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
-         "fired_ms = excluded.fired_ms, resolved_ms = excluded.resolved_ms, updated_ms = excluded.updated_ms, "
-         "replayed = excluded.replayed",
-         (r.vehicle_id, r.rule, r.started_ms, r.state, r.meter_id, r.value, r.fired_ms, r.resolved_ms,
-          r.updated_ms, int(r.replayed)))
-        for r in records
-    ]
+_UPSERT_ALERT = (
+    "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
+    "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
+    "fired_ms = excluded.fired_ms, resolved_ms = excluded.resolved_ms, updated_ms = excluded.updated_ms, "
+    "replayed = excluded.replayed")
+_QUEUE_NOTIFICATION = "INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)"
 
 
-def _notification_inserts(notifications: Sequence[QueuedNotification], now_ms: int) -> list[tuple[str, Sequence]]:
-    return [("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
-             (url, json.dumps(payload), now_ms, now_ms)) for url, payload in notifications]
+def _store_alerts(conn: sqlite3.Connection, records: Sequence[AlertRecord],
+                  notifications: Sequence[QueuedNotification], now_ms: int) -> None:
+    """Upsert ``records`` and queue ``notifications`` on ``conn`` (inside a write transaction)."""
+    conn.executemany(_UPSERT_ALERT, [(r.vehicle_id, r.rule, r.started_ms, r.state, r.meter_id, r.value, r.fired_ms,
+                                      r.resolved_ms, r.updated_ms, int(r.replayed)) for r in records])
+    conn.executemany(_QUEUE_NOTIFICATION,
+                     [(url, json.dumps(payload), now_ms, now_ms) for url, payload in notifications])
