@@ -7,7 +7,8 @@ Measures, in one run against 127.0.0.1:
 - ``GET /v1/analytics/performance/{vehicleId}`` (24 h, random vehicles) p50/p99 with wrk;
 - ``GET /v1/analytics/fleet/summary`` (24 h) latency over repeated requests.
 
-Targets (issue 3): per-vehicle report p99 <= 10 ms, fleet summary <= 250 ms, one window <= 1 s.
+Targets (issues 3 and 12): per-vehicle report p99 <= 10 ms at 4 connections, fleet summary of
+10,000 vehicles p99 <= 100 ms, one window <= 1 s, a normal run <= 1.5 s, the catch-up no slower.
 
 The dataset is written straight into the store's day tables (as the issue allows, so it loads in
 minutes): every pair reports every minute, charging two hours in six at a power and efficiency
@@ -191,7 +192,8 @@ def main() -> int:
                 "max_ms": round(1000 * timings[-1], 1),
                 "vehicles": summary["vehicles"],
             },
-            "targets": {"performance_p99_ms": 10, "fleet_summary_ms": 250, "one_window_s": 1.0},
+            "targets": {"performance_p99_ms": 10, "fleet_summary_p99_ms": 100, "one_window_s": 1.0,
+                        "normal_run_s": 1.5},
         }
         harness.emit(result, args.output)
     finally:
