@@ -166,7 +166,7 @@ def test_the_fleet_summary_equals_the_embedded_one(store, embedded, period) -> N
     assert list(totals) == sorted(reference)
     for vehicle_id, want_totals in reference.items():
         got_totals = totals[vehicle_id]
-        for name, value in vars(want_totals).items():
+        for name, value in want_totals._asdict().items():
             assert getattr(got_totals, name) == pytest.approx(value, rel=1e-12, abs=1e-12), (vehicle_id, name)
             assert type(getattr(got_totals, name)) is type(value), (vehicle_id, name)
 
