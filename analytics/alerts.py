@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.stores.sqlite_efficiency import AlertRecord

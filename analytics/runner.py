@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from analytics import alerts, replay
 from analytics.notify import alertmanager_endpoint, alertmanager_outbox_row
@@ -34,7 +34,8 @@ from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 logger = logging.getLogger(__name__)
 
 ALERT_CATCHUP_WINDOWS = 288
-FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000  # analytics' default period  # after downtime, replay alert evaluation over at most a day of windows
+# analytics' default period; after downtime, alert evaluation is replayed over at most a day of windows
+FLEET_SUMMARY_SPAN_MS = 24 * 3_600_000
 # Influx mode: the Flux task runs at the same ``offset`` after a window closes; alerts wait this much
 # longer, so they read the windows the task has just written.
 INFLUX_TASK_GRACE_MS = 60_000
@@ -220,7 +221,8 @@ def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
 
 def hold_runner_lock(data_dir: Path) -> int:
     """Take the one-runner-per-data-directory lock; returns the descriptor to keep open."""
-    return hold_instance_lock(data_dir / "task-runner.lock", RunnerBusy(f"another task runner is running on {data_dir}"))
+    return hold_instance_lock(data_dir / "task-runner.lock",
+                              RunnerBusy(f"another task runner is running on {data_dir}"))
 
 
 def run_forever(runner: TaskRunner, stopping: Callable[[float], bool], clock: Callable[[], float] = time.time) -> None:

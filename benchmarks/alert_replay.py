@@ -12,12 +12,13 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import harness
+from console_overview import load_windows
+
 from analytics import replay
 from analytics.runner import TaskRunner
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
-from console_overview import load_windows
 
 
 def main() -> int:

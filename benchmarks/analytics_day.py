@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+
 from analytics.runner import TaskRunner
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import _DAY_SCHEMA, SqliteReadingStore, _execute_script, day_table

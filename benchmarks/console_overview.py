@@ -27,6 +27,7 @@ from typing import Any
 
 import harness
 from analytics_day import start_analytics
+
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import MS_PER_HOUR, SqliteReadingStore

@@ -40,7 +40,6 @@ from tests.e2e.influx_mode import SteadyLoad  # noqa: E402  (the e2e suite's loa
 from tests.live.engines import BUILD_HINT, Influxd, find_engine  # noqa: E402  (the live suite's influxd)
 
 
-
 def start_influxd(data_dir: Path) -> Influxd:
     """A real influxd in ``data_dir/influxd`` with a ``telemetry`` bucket; exits when it is not built."""
     if find_engine("influxd") is None:

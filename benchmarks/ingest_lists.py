@@ -28,7 +28,12 @@ TARGET_RATIO = 0.6
 def raw_sqlite_rate(db_path: Path, *, duration_s: float, size: int, synchronous: str) -> dict[str, Any]:
     """Insert 1,000-row batches like the server would, for ``duration_s``; rows/s inside SQLite."""
     from chargewatch.stores.sqlite import (
-        _DAY_SCHEMA, _INSERT, _UPSERT_CURRENT, MS_PER_DAY, SqliteReadingStore, day_table,
+        _DAY_SCHEMA,
+        _INSERT,
+        _UPSERT_CURRENT,
+        MS_PER_DAY,
+        SqliteReadingStore,
+        day_table,
     )
 
     store = SqliteReadingStore(db_path, synchronous=synchronous)  # schema, WAL
@@ -157,7 +162,8 @@ def main() -> int:
 
     server_rate_median = statistics.median(s["readings_per_s"] for s in servers)
     raw_median = statistics.median(r["readings_per_s"] for r in raws)
-    latency = {k: statistics.median(s["run"]["latency_us"][k] for s in servers) for k in servers[0]["run"]["latency_us"]}
+    latency = {k: statistics.median(s["run"]["latency_us"][k] for s in servers)
+               for k in servers[0]["run"]["latency_us"]}
     ratio = server_rate_median / raw_median if raw_median else 0.0
     result["chargewatch"] = {
         "readings_per_s": server_rate_median,

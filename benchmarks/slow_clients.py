@@ -83,7 +83,7 @@ class Holder:
             for key in list(selector.get_map().values()):
                 key.fileobj.close()  # type: ignore[union-attr]
 
-    def __enter__(self) -> "Holder":
+    def __enter__(self) -> Holder:
         self.thread.start()
         time.sleep(1.0)  # every held request has reached the server
         return self
@@ -122,11 +122,12 @@ class Probe:
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies_ms)
-        pick = (lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered else (lambda q: None)
+        pick = ((lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered
+                else (lambda q: None))
         return {"answered": len(ordered), "errors": self.errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
                 "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None}
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self.thread.start()
         return self
 

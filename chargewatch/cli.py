@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -346,7 +346,7 @@ def cmd_pairing(args: argparse.Namespace) -> int:
             if not store.delete_pairing(args.vehicle_id):
                 print(f"{args.vehicle_id} has no registry pairing", file=sys.stderr)
                 return 1
-            from chargewatch.pairing import Pairings, PairingRule
+            from chargewatch.pairing import PairingRule, Pairings
 
             now = Pairings(store.load_pairings(), PairingRule.from_strings(_settings().pairing.prefixes))
             meter = now.meter_for(args.vehicle_id)
@@ -384,7 +384,8 @@ def _running_here(settings: Settings) -> list[str]:
     from chargewatch.locks import AlreadyRunning, hold_instance_lock
 
     running = []
-    locks = {"chargewatch run": settings.data_dir / "run.lock", "the task runner": settings.data_dir / "task-runner.lock",
+    locks = {"chargewatch run": settings.data_dir / "run.lock",
+             "the task runner": settings.data_dir / "task-runner.lock",
              "the forwarder": settings.sqlite_path.with_name(settings.sqlite_path.name + ".forwarder.lock")}
     for what, path in locks.items():
         if path.exists():

@@ -21,8 +21,9 @@ Sums use ``math.fsum`` so a window's energy is the correctly rounded sum of its 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 DEFAULT_WINDOW_MS = 5 * 60 * 1000
 DEFAULT_MIN_ENERGY_KWH = 0.1

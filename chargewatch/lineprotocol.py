@@ -124,9 +124,7 @@ def parse_lines(
         body = body.replace("\r\n", "\n").removesuffix("\r")
     if max_lines is not None and body.count("\n") >= max_lines:
         # Blank lines cost nothing to skip here, in the regex engine; only lines with content count.
-        lines_with_content = 0
-        for _ in _CONTENT_LINE.finditer(body):
-            lines_with_content += 1
+        for lines_with_content, _ in enumerate(_CONTENT_LINE.finditer(body), start=1):
             if lines_with_content > max_lines:
                 raise TooManyLines(f"the body holds more than {max_lines} lines; at most {max_lines} "
                                    "are accepted per request")

@@ -176,7 +176,8 @@ def write_line_protocol() -> Response | tuple[Response, int]:
         return Response(status=204)
     details = [{"line": r.line, "text": r.text, "errors": [vars(e) for e in r.errors]} for r in rejections]
     first = rejections[0]
-    summary = f"line {first.line}: {first.errors[0].field + ': ' if first.errors[0].field else ''}{first.errors[0].message}"
+    error = first.errors[0]
+    summary = f"line {first.line}: {error.field + ': ' if error.field else ''}{error.message}"
     if readings:
         status, code, influx_code = 422, "partial_write", "unprocessable entity"
         message = f"partial write: {summary} dropped={len(rejections)}"
@@ -247,7 +248,8 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 def list_pairings() -> Response:
     pairings = _pairings().current()
     body = PairingList(
-        pairings=[PairingBody(vehicle_id=v, meter_id=m, source="registry") for v, m in sorted(pairings.explicit.items())],
+        pairings=[PairingBody(vehicle_id=v, meter_id=m, source="registry")
+                  for v, m in sorted(pairings.explicit.items())],
         rule_prefixes=[f"{v}:{m}" for v, m in pairings.rule.prefixes],
     )
     return jsonify(body.model_dump(mode="json"))

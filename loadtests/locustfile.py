@@ -164,7 +164,8 @@ class DeviceUser(FastHttpUser):
         pairs = max(1, options.pairs_per_user if options else 50)
         self.fleet = _fleet(self, pairs)
         self.pacing_seconds = INTERVAL.total_seconds() / (2 * pairs)
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Token {options.write_token if options else ''}"}
+        token = options.write_token if options else ""
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Token {token}"}
         self.queue: list[Generated] = []
         self.next_due = _start_at_random_phase(self.pacing_seconds)
 
@@ -190,7 +191,8 @@ class GatewayUser(FastHttpUser):
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.fleet = _fleet(self, max(1, options.gateway_pairs if options else 100))
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Token {options.write_token if options else ''}"}
+        token = options.write_token if options else ""
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Token {token}"}
         self.next_due = _start_at_random_phase(INTERVAL.total_seconds())
 
     def wait_time(self) -> float:

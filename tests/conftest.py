@@ -9,13 +9,15 @@ Builders are fixtures (not imports from this file) so every folder can use them 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from chargewatch.readings import READING, MeterReading, ReadingRules, VehicleReading
 from chargewatch.stores import PairedReading
+from tests.fluxcheck import flux_checker as flux_checker  # the Flux type check, a fixture for every folder
 
 READING_TIME = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
 RULES = ReadingRules(now=READING_TIME + timedelta(minutes=1))

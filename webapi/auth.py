@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from functools import wraps
-from typing import Callable, TypeVar
-
 import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar
 
 from flask import Flask, current_app, request
 

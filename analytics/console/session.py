@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, redirect, request, session, url_for

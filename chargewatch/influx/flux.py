@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Mapping
 
 from chargewatch.settings import Settings
 
@@ -148,7 +148,7 @@ def render_options(source: str, values: Mapping[str, str]) -> str:
         found = len(pattern.findall(source))
         if found != 1:
             raise ValueError(f"expected one 'option {name} = ...' line, found {found}")
-        source = pattern.sub(lambda _: f"option {name} = {value}", source)
+        source = pattern.sub(lambda _, line=f"option {name} = {value}": line, source)
     return source
 
 

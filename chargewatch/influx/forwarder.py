@@ -41,9 +41,10 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -106,7 +107,7 @@ class InfluxWriteClient:
             self.session.headers["Content-Encoding"] = "gzip"
 
     @classmethod
-    def from_settings(cls, settings: "InfluxSettings") -> "InfluxWriteClient":
+    def from_settings(cls, settings: InfluxSettings) -> InfluxWriteClient:
         return cls(settings.url, settings.org, settings.telemetry_bucket, settings.token.get_secret_value(),
                    timeout_seconds=settings.request_timeout_seconds, use_gzip=settings.gzip)
 
@@ -201,7 +202,7 @@ class Forwarder:
         self._last_heartbeat = float("-inf")
 
     @classmethod
-    def from_settings(cls, outbox: Outbox, client: InfluxWriteClient, settings: "InfluxSettings") -> "Forwarder":
+    def from_settings(cls, outbox: Outbox, client: InfluxWriteClient, settings: InfluxSettings) -> Forwarder:
         return cls(
             outbox, client,
             batch_max_lines=settings.batch_max_lines,

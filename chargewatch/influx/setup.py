@@ -224,7 +224,9 @@ def _retention_of(bucket: Any) -> str:
     if not seconds:
         return "retention forever"
     shortest = min(seconds)
-    return f"retention {shortest // SECONDS_PER_DAY} d" if shortest % SECONDS_PER_DAY == 0 else f"retention {shortest} s"
+    if shortest % SECONDS_PER_DAY == 0:
+        return f"retention {shortest // SECONDS_PER_DAY} d"
+    return f"retention {shortest} s"
 
 
 def _retention_text(days: int) -> str:

@@ -7,9 +7,10 @@ sees a third-party exception type.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from chargewatch.pairing import PairingStore
 from chargewatch.readings import AnyReading
@@ -93,7 +94,7 @@ _ADAPTERS = {
 }
 
 
-def open_store(settings: "Settings") -> ReadingStore:
+def open_store(settings: Settings) -> ReadingStore:
     """Build the adapter that ``CHARGEWATCH_STORE`` names."""
     module_name, class_name = _ADAPTERS[settings.store]
     adapter = getattr(importlib.import_module(module_name), class_name)

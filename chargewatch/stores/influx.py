@@ -60,7 +60,7 @@ class InfluxReadingStore(SqliteReadingStore):
         self.outbox = Outbox(self, max_rows=outbox_max_rows)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "InfluxReadingStore":
+    def from_settings(cls, settings: Settings) -> InfluxReadingStore:
         return cls(settings.sqlite_path, outbox_max_rows=settings.influx.outbox_max_rows,
                    **cls.options_from(settings))
 
@@ -87,6 +87,6 @@ def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> list
         new = rows
     else:
         conn.execute("ROLLBACK TO day_insert")
-        new = [row for row, values in zip(rows, history) if conn.execute(sql, values).rowcount]
+        new = [row for row, values in zip(rows, history, strict=True) if conn.execute(sql, values).rowcount]
     conn.execute("RELEASE day_insert")
     return new

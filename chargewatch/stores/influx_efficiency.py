@@ -14,8 +14,9 @@ influxdb-client (the ``influx`` extra) is imported only when a store is built.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.efficiency import EfficiencyWindow, SpanTotals
 from chargewatch.influx import flux
@@ -93,7 +94,7 @@ class InfluxEfficiencyStore:
         self._queries = {name: flux.read_query(name) for name in ("windows", "vehicle_windows", "vehicle_totals")}
 
     @classmethod
-    def from_settings(cls, settings: Settings, local: SqliteEfficiencyStore) -> "InfluxEfficiencyStore":
+    def from_settings(cls, settings: Settings, local: SqliteEfficiencyStore) -> InfluxEfficiencyStore:
         """A client for ``CHARGEWATCH_INFLUX__*`` (token needs read access to the efficiency bucket)."""
         try:
             from influxdb_client import InfluxDBClient

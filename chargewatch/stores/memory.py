@@ -8,9 +8,10 @@ names (``meter_20261123``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
@@ -64,7 +65,7 @@ class InMemoryReadingStore:
         self._pairings_version = 0
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "InMemoryReadingStore":
+    def from_settings(cls, settings: Settings) -> InMemoryReadingStore:
         return cls()
 
     def write(self, readings: Sequence[PairedReading]) -> WriteResult:

@@ -22,9 +22,10 @@ between InfluxDB's 204 and the delete), which InfluxDB absorbs as an identical o
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from chargewatch.stores import StorageUnavailable
 
@@ -44,7 +45,8 @@ _SCHEMA = [
 # Two single-aggregate subqueries: SQLite answers each from the end of the rowid b-tree, whereas
 # max(id) - min(id) in one SELECT, or count(*), would scan the whole queue.
 _ID_RANGE = "SELECT (SELECT min(id) FROM outbox), (SELECT max(id) FROM outbox)"
-_SET_STATE = "INSERT INTO forwarder_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+_SET_STATE = ("INSERT INTO forwarder_state (key, value) VALUES (?, ?) "
+              "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _COUNT_FAILURE = ("INSERT INTO forwarder_failures (reason, count) VALUES (?, 1) "
                   "ON CONFLICT (reason) DO UPDATE SET count = count + 1")
 
@@ -94,7 +96,7 @@ class OutboxStats:
 class Outbox:
     """The outbox tables of one SQLite file; transactions go through the store's write lock."""
 
-    def __init__(self, store: "SqliteReadingStore", max_rows: int) -> None:
+    def __init__(self, store: SqliteReadingStore, max_rows: int) -> None:
         self.store = store
         self.max_rows = max_rows
         store.ensure_tables(_SCHEMA, "outbox")
@@ -136,7 +138,8 @@ class Outbox:
             conn.executemany(
                 "INSERT INTO dead_letters (outbox_id, line, created_ms, failed_ms, status, error) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(row.id, row.line, row.created_ms, now_ms, status, error) for row, error in zip(rows, errors)],
+                [(row.id, row.line, row.created_ms, now_ms, status, error)
+                 for row, error in zip(rows, errors, strict=True)],
             )
             conn.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
 

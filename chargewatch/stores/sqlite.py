@@ -26,11 +26,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
@@ -305,11 +306,11 @@ class SqliteReadingStore:
             conn.close()
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "SqliteReadingStore":
+    def from_settings(cls, settings: Settings) -> SqliteReadingStore:
         return cls(settings.sqlite_path, **cls.options_from(settings))
 
     @staticmethod
-    def options_from(settings: "Settings") -> dict[str, Any]:
+    def options_from(settings: Settings) -> dict[str, Any]:
         """The constructor's keyword options as the settings give them."""
         return {
             "synchronous": settings.sqlite.synchronous,
@@ -442,7 +443,7 @@ class SqliteReadingStore:
                 for waiting in batch:
                     waiting.error = err
             else:
-                for waiting, result in zip(batch, results):
+                for waiting, result in zip(batch, results, strict=True):
                     waiting.result = result
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -632,7 +633,7 @@ class SqliteReadingStore:
                 before = dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings"))
                 if replace:
                     conn.execute("DELETE FROM pairings")
-                for vehicle, meter in pairs.items():
+                for vehicle in pairs:
                     conn.execute("DELETE FROM pairings WHERE vehicle_id = ?", (vehicle,))
                 for vehicle, meter in pairs.items():
                     holder = conn.execute("SELECT vehicle_id FROM pairings WHERE meter_id = ?", (meter,)).fetchone()

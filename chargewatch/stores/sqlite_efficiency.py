@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey
 from chargewatch.stores import StorageUnavailable
@@ -279,8 +280,8 @@ class SqliteEfficiencyStore:
                 for first in range(0, len(vehicle_ids), 500):
                     chunk = list(vehicle_ids[first:first + 500])
                     marks = ", ".join("?" * len(chunk))
-                    conn.execute(f"DELETE FROM efficiency WHERE window_ms = ? AND stop_ms = ? AND vehicle_id IN ({marks})",
-                                 (window_ms, stop_ms, *chunk))
+                    conn.execute("DELETE FROM efficiency WHERE window_ms = ? AND stop_ms = ? "
+                                 f"AND vehicle_id IN ({marks})", (window_ms, stop_ms, *chunk))
                     if first == 0:
                         conn.executemany("INSERT INTO efficiency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     conn.execute(f"DELETE FROM efficiency_hourly WHERE window_ms = ? AND hour_stop_ms = ? "
@@ -303,8 +304,8 @@ class SqliteEfficiencyStore:
         """Before a run reads readings: from now on, a reading for a window with stop up to
         ``through_ms`` marks that vehicle's window stale (``stale_windows``)."""
         self._write([
-            ("INSERT INTO meta (key, value) VALUES ('window_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-             (window_ms,)),
+            ("INSERT INTO meta (key, value) VALUES ('window_ms', ?) "
+             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (window_ms,)),
             ("INSERT INTO meta (key, value) VALUES ('windows_computed_through_ms', ?) "
              "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)", (through_ms,)),
         ])
@@ -330,8 +331,9 @@ class SqliteEfficiencyStore:
                 "ORDER BY stop_ms, vehicle_id, meter_id", (window_ms, start_ms, end_ms))
         else:
             rows = self._read(
-                f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? "
-                "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
+                f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle "
+                "WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ? ORDER BY stop_ms, meter_id",
+                (window_ms, vehicle_id, start_ms, end_ms))
         return [_window(row) for row in rows]
 
     def windows_of(self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str]
@@ -357,7 +359,8 @@ class SqliteEfficiencyStore:
         the partial hours at either end from the windows themselves. The span the task runner last
         materialised (``refresh_fleet_latest``) is read ready-made."""
         cached = self._read("SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum, "
-                            "battery_temp_readings FROM fleet_latest WHERE window_ms = ? AND start_ms = ? AND end_ms = ?",
+                            "battery_temp_readings FROM fleet_latest "
+                            "WHERE window_ms = ? AND start_ms = ? AND end_ms = ?",
                             (window_ms, start_ms, end_ms))
         if cached:
             rows = cached
@@ -378,7 +381,7 @@ class SqliteEfficiencyStore:
         if hour_lo >= hour_hi:
             hour_lo = hour_hi = end_ms
         rows = self._read(
-            f"""SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
+            """SELECT hour_stop, total(ac_kwh), total(dc_kwh) FROM (
                 SELECT hour_stop_ms AS hour_stop, ac_kwh, dc_kwh FROM efficiency_hourly
                 WHERE window_ms = :w AND hour_stop_ms > :hlo AND hour_stop_ms <= :hhi
                 UNION ALL SELECT :hlo, ac_kwh, dc_kwh FROM efficiency

@@ -19,11 +19,12 @@ How:
   threads whose requests were committed; nothing wakes threads that have to keep waiting.
 - The writer reads every complete frame waiting on any connection, hands them all to ``commit``
   (one transaction) and answers each. While it commits, new frames queue in the sockets.
-- An answer is ``("ok", result)`` or ``("error", StorageUnavailable subclass name, message)``. A writer that stops in order answers
-  every frame it has read and then says ``("goodbye",)``: the frame the client is waiting on was
-  not read, so it is sent again to the next writer. A connection that ends without an answer
-  (the writer's process was killed) leaves the outcome unknown: that request fails with
-  StorageUnavailable (503), and a device's retry is answered as a duplicate if it had been stored.
+- An answer is ``("ok", result)`` or ``("error", StorageUnavailable subclass name, message)``.
+  A writer that stops in order answers every frame it has read and then says ``("goodbye",)``:
+  the frame the client is waiting on was not read, so it is sent again to the next writer. A
+  connection that ends without an answer (the writer's process was killed) leaves the outcome
+  unknown: that request fails with StorageUnavailable (503), and a device's retry is answered as a
+  duplicate if it had been stored.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from chargewatch.stores import StorageUnavailable
 
@@ -61,7 +63,7 @@ _RESPAWN_SECONDS = 2.0
 Commit = Callable[[list[list[tuple]]], list[Any]]  # rows of each request -> one answer each
 
 
-_RUNNING: "weakref.WeakSet[SharedWriter]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[SharedWriter] = weakref.WeakSet()
 _INHERITED: list[Any] = []  # a forked child's copy of its parent's writer thread object, never used
 
 
@@ -382,7 +384,7 @@ class _WriterThread(threading.Thread):
             answers = [("ok", result) for result in self._commit([rows for _, rows in requests])]
         except StorageUnavailable as err:
             answers = [("error", type(err).__name__, str(err))] * len(requests)
-        for (conn, _), answer in zip(requests, answers):
+        for (conn, _), answer in zip(requests, answers, strict=True):
             if conn in self._buffers:
                 try:
                     conn.sendall(_frame(answer))

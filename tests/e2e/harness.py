@@ -57,7 +57,7 @@ class IngestServer:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "IngestServer":
+    def start(self) -> IngestServer:
         command = ["tasks"] if self.service == "tasks" else ["serve", self.service]
         with (self.data_dir / f"{self.service}.log").open("ab") as log:
             self.process = subprocess.Popen(

@@ -43,7 +43,8 @@ def test_pairings_are_imported_listed_set_and_deleted(tmp_path) -> None:
     assert chargewatch(tmp_path, "pairing", "set", "VEHICLE_003", "GRID-3").returncode == 0
     deleted = chargewatch(tmp_path, "pairing", "delete", "VEHICLE_001")
     assert deleted.returncode == 0
-    assert deleted.stdout.strip() == "deleted the registry pairing of VEHICLE_001; the default rule pairs it with METER_001"
+    assert deleted.stdout.strip() == ("deleted the registry pairing of VEHICLE_001; "
+                                      "the default rule pairs it with METER_001")
     listed = json.loads(chargewatch(tmp_path, "pairing", "list").stdout)
     assert listed == {"VEHICLE_002": "GRID-2", "VEHICLE_003": "GRID-3"}
     conflict = chargewatch(tmp_path, "pairing", "set", "VEHICLE_009", "GRID-2")

@@ -25,7 +25,8 @@ def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: lis
         sequence += 1
         at = base + timedelta(seconds=sequence)
         if sequence % 5 == 0:  # every fifth request is a gateway list
-            batch = [MeterReading(meter_id=f"DUR-M{worker}-{sequence}-{i}", kwh_consumed_ac=0.5, voltage=230, timestamp=at)
+            batch = [MeterReading(meter_id=f"DUR-M{worker}-{sequence}-{i}", kwh_consumed_ac=0.5, voltage=230,
+                                  timestamp=at)
                      for i in range(20)]
         else:
             batch = [VehicleReading(vehicle_id=f"DUR-V{worker}", soc=50, kwh_delivered_dc=0.4, battery_temp=25,
@@ -66,7 +67,8 @@ def test_every_acknowledged_reading_survives_kill_9(tmp_path, writer) -> None:
         assert missing == [], f"{len(missing)} of {len(acked)} acknowledged readings were lost"
         print(f"\n{len(acked)} readings acknowledged before kill -9, all {len(stored)} rows back after restart")
         assert server.query("PRAGMA integrity_check") == [("ok",)]
-        newest_soc = server.query("SELECT count(*) FROM current_state WHERE kind = 'vehicle' AND device_id LIKE 'DUR-V%'")
+        newest_soc = server.query(
+            "SELECT count(*) FROM current_state WHERE kind = 'vehicle' AND device_id LIKE 'DUR-V%'")
         assert newest_soc == [(8,)]
     finally:
         stop.set()

@@ -230,7 +230,7 @@ def test_bad_meter_readings_get_a_422_naming_the_field_and_store_nothing(
     before = server.total_rows()
     if isinstance(value, str) and value.endswith("-literal"):
         literal = value.removesuffix("-literal")
-        text = json.dumps({**payload, field: 0.0}).replace('"%s": 0.0' % field, f'"{field}": {literal}')
+        text = json.dumps({**payload, field: 0.0}).replace(f'"{field}": 0.0', f'"{field}": {literal}')
         response = client.post("/v1/ingest", data=text, headers={"Content-Type": "application/json"})
     else:
         response = client.post_readings({**payload, field: value})

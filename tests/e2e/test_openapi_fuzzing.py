@@ -8,7 +8,7 @@ Bounded: ``MAX_EXAMPLES`` per operation, a 30 s timeout per request."""
 from __future__ import annotations
 
 import urllib.parse
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests

@@ -15,7 +15,12 @@ import os
 import pytest
 
 from chargewatch.influx.forwarder import (
-    Forwarder, ForwarderBusy, InfluxWriteClient, WriteOutcome, _retry_after_seconds, hold_forwarder_lock,
+    Forwarder,
+    ForwarderBusy,
+    InfluxWriteClient,
+    WriteOutcome,
+    _retry_after_seconds,
+    hold_forwarder_lock,
 )
 from chargewatch.stores.influx import InfluxReadingStore, reading_line
 from tests.conftest import build_meter, build_paired

@@ -3,9 +3,8 @@ the real store (docs/architecture.md "Stores: the ports and their adapters")."""
 
 from __future__ import annotations
 
-import time
-
 import random
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest

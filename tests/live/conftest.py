@@ -23,6 +23,9 @@ import pytest
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver
 from tests.live.engines import ExternalInflux, InfluxApi, Influxd, external_influx, log_tail
 
+# (ingest, forwarder) on a test's own influxd: the forwarder tests and the outbox tests share it.
+from tests.live.test_forwarder_live import running as running
+
 _LOGS_KEY = pytest.StashKey[list[Path]]()
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -28,9 +28,9 @@ from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.settings import Settings
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
+from tests.e2e.harness import free_port
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver, receiver_config
 from tests.live.conftest import attach_log
-from tests.e2e.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 W = 300_000
@@ -245,7 +245,8 @@ def test_chargewatch_tasks_sends_the_alerts_of_readings_ingested_over_http_to_al
         request: pytest.FixtureRequest, alertmanager_factory, webhook_receiver: WebhookReceiver,
         tmp_path: Path) -> None:
     from tests.e2e.harness import IngestClient, IngestServer
-    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE, post_history
+    from tests.e2e.test_analytics_service import FAULTY as FAULTY_VEHICLE
+    from tests.e2e.test_analytics_service import post_history
 
     alertmanager = alertmanager_factory(receiver_config(webhook_receiver.url))
     env = {"CHARGEWATCH_ALERTS__ALERTMANAGER_URLS": alertmanager.url,

@@ -213,7 +213,7 @@ def test_influxdb_windows_equal_the_embedded_engines_window_by_window(day):
     assert len(embedded) > 10_000
     assert [key(w) for w in influx] == [key(w) for w in embedded]
     print(f"\n{len(embedded)} windows equal on both engines; timings {day.timings}")
-    for got, want in zip(influx, embedded):
+    for got, want in zip(influx, embedded, strict=True):
         assert (got.ac_readings, got.dc_readings) == (want.ac_readings, want.dc_readings), (got, want)
         for name in ("ac_kwh", "dc_kwh", "avg_battery_temp", "efficiency"):
             assert close(getattr(got, name), getattr(want, name)), (name, got, want)
@@ -241,7 +241,7 @@ def test_the_alert_rules_record_the_same_alerts_on_both_engines(day):
     fired = [a for a in embedded if a["fired_ms"]]
     assert len(fired) >= 5, "the day has faulty chargers to alert on"
     assert len(influx) == len(embedded)
-    for got, want in zip(influx, embedded):
+    for got, want in zip(influx, embedded, strict=True):
         assert {k: v for k, v in got.items() if k not in ("id", "value")} == \
             {k: v for k, v in want.items() if k not in ("id", "value")}
         assert close(got["value"], want["value"])
@@ -279,7 +279,7 @@ def assert_same(got, want, where: str = "") -> None:
             assert_same(got[name], want[name], f"{where}.{name}")
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), (where, got, want)
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_same(g, w, f"{where}[{i}]")
     elif isinstance(want, float) and not isinstance(want, bool):
         assert isinstance(got, (int, float)) and close(float(got), want), (where, got, want)

@@ -28,8 +28,8 @@ from chargewatch.stores import StorageUnavailable
 from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
 from chargewatch.stores.sqlite import SqliteReadingStore
 from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
-from tests.efficiency_fixture import expected_windows
 from tests.e2e.harness import free_port
+from tests.efficiency_fixture import expected_windows
 
 pytestmark = pytest.mark.influx
 
@@ -233,7 +233,7 @@ def assert_json_close(got: Any, want: Any, path: str = "") -> None:
             assert_json_close(got[key], want[key], f"{path}.{key}")
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), path
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_json_close(g, w, f"{path}[{i}]")
     else:
         assert got == want, path

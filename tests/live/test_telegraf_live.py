@@ -24,7 +24,7 @@ import pytest
 
 from chargewatch.readings import READING, AnyReading, ReadingRules, to_wire
 from grafana import queries
-from tests.e2e.harness import IngestClient, IngestServer, WRITE_TOKEN, free_port
+from tests.e2e.harness import WRITE_TOKEN, IngestClient, IngestServer, free_port
 from tests.e2e.influx_mode import ForwarderProcess, influx_env, wait_until
 from tests.live.conftest import attach_log
 from tests.live.engines import REPO, EngineProcess, require_engine

@@ -191,7 +191,7 @@ def test_the_setup_job_runs_once_influxdb_is_healthy_and_the_services_start_afte
 def test_every_mounted_host_path_exists_and_every_named_volume_is_declared():
     for path in COMPOSE_FILES:
         document = compose(path)
-        declared = set((compose().get("volumes") or {}))
+        declared = set(compose().get("volumes") or {})
         for name, service in document["services"].items():
             for volume in service.get("volumes", []):
                 source = volume.split(":")[0]

@@ -10,7 +10,7 @@ import pytest
 
 from chargewatch.influx import flux
 from chargewatch.settings import Settings
-from tests.fluxcheck import REPO, flux_checker  # noqa: F401 (fixture)
+from tests.fluxcheck import REPO
 
 SKIPPED_DIRS = {"node_modules", ".git", ".venv", "venv", "build", "dist"}
 NOW = datetime(2026, 11, 23, 6, 30, tzinfo=timezone.utc)
@@ -52,8 +52,9 @@ BROKEN = {
     "missing parenthesis": ('from(bucket: "b"\n    |> range(start: -1h)\n', 1, "expected RPAREN"),
     "unknown function argument": ('from(bucket: "b") |> range(start: -1h, until: now())\n', 1, "until"),
     "unknown package member": ('import "date"\nx = date.nosuchthing(t: now())\n', 2, "nosuchthing"),
-    "option shadowing window()": ('option window = 5m\nfrom(bucket: "b") |> range(start: -1h) |> window(every: window)\n',
-                                  2, "expected duration"),
+    "option shadowing window()": (
+        'option window = 5m\nfrom(bucket: "b") |> range(start: -1h) |> window(every: window)\n', 2,
+        "expected duration"),
     "undeclared query parameter": ('// params: _start: time\nfrom(bucket: "b") |> range(start: _start, stop: _stop)\n',
                                    2, "undefined identifier _stop"),
     "parameter of the wrong type": ('// params: _n: string\nfrom(bucket: "b") |> range(start: -1h) |> limit(n: _n)\n',
@@ -116,7 +117,8 @@ def test_the_efficiency_task_takes_its_options_from_the_settings():
 
 def test_render_options_replaces_only_whole_option_lines():
     source = 'option a = 1\nx = "option a = 1"\n// option b = 2\noption ab = 3\n'
-    assert flux.render_options(source, {"a": "5"}) == 'option a = 5\nx = "option a = 1"\n// option b = 2\noption ab = 3\n'
+    rendered = flux.render_options(source, {"a": "5"})
+    assert rendered == 'option a = 5\nx = "option a = 1"\n// option b = 2\noption ab = 3\n'
 
 
 @pytest.mark.parametrize("values", [{"b": "1"}, {"a": "1\nx = 2"}])

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from chargewatch.settings import AlertSettings, Settings
 from grafana import alerting, generate, panels, queries
-from tests.fluxcheck import REPO, flux_checker  # noqa: F401 (fixture)
+from tests.fluxcheck import REPO
 
 GRAFANA = REPO / "grafana"
 PROVISIONING = GRAFANA / "provisioning"
@@ -102,7 +103,7 @@ def duration_seconds(text: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600}
     parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
     assert parts and text, f"{text!r} is not a duration like 1m or 90s"
-    return sum(int(value) * units[unit] for value, unit in zip(parts.groups(), "hms") if value)
+    return sum(int(value) * units[unit] for value, unit in zip(parts.groups(), "hms", strict=True) if value)
 
 
 # -- files parse, generated files are fresh ------------------------------------------------------
