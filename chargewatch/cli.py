@@ -18,11 +18,15 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from chargewatch import __version__
 from chargewatch.settings import Settings
+
+if TYPE_CHECKING:
+    from chargewatch.stores import ReadingStore
 
 logger = logging.getLogger("chargewatch")
 
@@ -40,7 +44,7 @@ def _settings() -> Settings:
         raise SystemExit(f"chargewatch: invalid configuration: {problems}") from None
 
 
-def _open_store(settings: Settings):
+def _open_store(settings: Settings) -> ReadingStore:
     from chargewatch.stores import StorageUnavailable, open_store
 
     try:
@@ -51,7 +55,7 @@ def _open_store(settings: Settings):
 
 # -- serve / run ---------------------------------------------------------------------------------
 
-def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict:
+def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict[str, Any]:
     """gunicorn settings; the defaults were chosen by benchmarks/ (see README, Performance)."""
     from webapi.worker import worker_class
 
@@ -79,7 +83,7 @@ def gunicorn_options(settings: Settings, service: str, host: str | None, port: i
     }
 
 
-def _start_store_writer(worker) -> None:
+def _start_store_writer(worker: Any) -> None:
     # Connect to the SQLite store's shared writer (starting it) before the first request arrives.
     app = getattr(worker, "application", worker.wsgi)  # GuardedThreadWorker wraps the app it serves
     store = app.extensions.get("reading_store")
@@ -87,7 +91,7 @@ def _start_store_writer(worker) -> None:
         store.start_writer()
 
 
-def _mark_worker_dead(server, worker) -> None:
+def _mark_worker_dead(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
@@ -145,7 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # service its own, so ingest and analytics never take over each other's.
                 self.cfg.set("control_socket", str(settings.data_dir / f"{args.service}.ctl"))
 
-        def load(self):
+        def load(self) -> Any:
             from gunicorn.util import import_app
 
             return import_app(app_uri)
@@ -173,33 +177,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_lock, stopping = run_once_in_foreground(hold_run_lock)
     _prepare_store(settings)
     command = [sys.executable, "-m", "chargewatch"]
-    children = [
-        subprocess.Popen([*command, "serve", "ingest"]),
-        subprocess.Popen([*command, "serve", "analytics"]),
-        subprocess.Popen([*command, "tasks"]),
-    ]
+    roles = [["serve", "ingest"], ["serve", "analytics"], ["tasks"]]
     if settings.store == "influx":  # the outbox only drains while a forwarder runs
-        children.append(subprocess.Popen([*command, "forward"]))
+        roles.append(["forward"])
+    children = {" ".join(role): subprocess.Popen([*command, *role]) for role in roles}
     print(_banner(settings), flush=True)
     try:
         while not stopping.wait(0.5):
-            for child in children:
+            for role, child in children.items():
                 if child.poll() is not None:
-                    print(f"chargewatch: {' '.join(child.args[3:])} exited with status {child.returncode}; "
+                    print(f"chargewatch: {role} exited with status {child.returncode}; "
                           "stopping", file=sys.stderr)
                     stopping.set()
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in children.values():
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
     os.close(run_lock)
-    failed = [c.returncode for c in children if c.returncode and c.returncode > 0]
+    failed = [c.returncode for c in children.values() if c.returncode and c.returncode > 0]
     return failed[0] if failed else 0
 
 
@@ -228,7 +229,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     settings = _settings()
     lock, stopping = run_once_in_foreground(lambda: hold_runner_lock(settings.data_dir))
     store = _open_store(settings)
-    efficiency = SqliteEfficiencyStore(store)
+    # Both reading adapters are SqliteReadingStores (InfluxReadingStore extends it); no shared database object yet.
+    efficiency = SqliteEfficiencyStore(store)  # type: ignore[arg-type]
     analytics_url = f"http://{settings.analytics.host}:{settings.analytics.port}"
     if settings.store == "influx":  # the Flux task computes the windows; alerts are evaluated here
         from chargewatch.stores import StorageUnavailable
@@ -238,7 +240,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             windows_source = InfluxEfficiencyStore.from_settings(settings, efficiency)
         except StorageUnavailable as err:
             raise SystemExit(f"chargewatch: {err}") from None
-        runner = TaskRunner(windows_source, settings, external_url=analytics_url, compute_windows=False)
+        # InfluxEfficiencyStore duck-types SqliteEfficiencyStore: there is no analytics port yet.
+        runner = TaskRunner(windows_source, settings, external_url=analytics_url,  # type: ignore[arg-type]
+                            compute_windows=False)
     else:
         runner = TaskRunner(efficiency, settings, external_url=analytics_url)
     notifier = threading.Thread(target=Notifier(efficiency, settings.alerts, runner.policy, analytics_url).run,
@@ -539,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("CHARGEWATCH_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    status: int = args.func(args)
+    return status
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _moment(value: str) -> datetime:
     return parse_moment(value, datetime.now(timezone.utc))
 
 
-def _open(settings: Settings):
+def _open(settings: Settings) -> tuple[Any, Any, Any]:
     """(reading store, efficiency store, runner) as ``chargewatch tasks`` builds them."""
     from analytics.runner import TaskRunner
     from chargewatch.cli import _open_store
@@ -49,7 +49,8 @@ def _open(settings: Settings):
     from chargewatch.stores.sqlite_efficiency import SqliteEfficiencyStore
 
     store = _open_store(settings)
-    efficiency = SqliteEfficiencyStore(store)
+    # Both reading adapters are SqliteReadingStores (InfluxReadingStore extends it); no shared database object yet.
+    efficiency = SqliteEfficiencyStore(store)  # type: ignore[arg-type]
     url = f"http://{settings.analytics.host}:{settings.analytics.port}"
     if settings.store != "influx":
         return store, efficiency, TaskRunner(efficiency, settings, external_url=url)
@@ -59,7 +60,9 @@ def _open(settings: Settings):
         windows = InfluxEfficiencyStore.from_settings(settings, efficiency)
     except StorageUnavailable as err:
         raise SystemExit(f"chargewatch: {err}") from None
-    return store, windows, TaskRunner(windows, settings, external_url=url, compute_windows=False)
+    # InfluxEfficiencyStore duck-types SqliteEfficiencyStore: there is no analytics port yet.
+    runner = TaskRunner(windows, settings, external_url=url, compute_windows=False)  # type: ignore[arg-type]
+    return store, windows, runner
 
 
 def _iso(ms: int | None) -> str:
@@ -72,7 +75,7 @@ def _alert_json(alert: Any) -> dict[str, Any]:
     return AlertBody.of(alert).model_dump(mode="json")
 
 
-def _print_table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+def _print_table(headers: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
@@ -92,7 +95,7 @@ def _print_alerts(alerts: list[Any]) -> None:
         ["VEHICLE", "RULE", "STATE", "STARTED", "FIRED", "ENDED", "EFFICIENCY", "METER"],
         [[a.vehicle_id, a.rule, a.state + (" (replayed)" if a.replayed else ""), _iso(a.started_ms),
           _iso(a.fired_ms), _iso(a.resolved_ms), "" if a.value is None else f"{a.value * 100:.1f} %", a.meter_id or ""]
-         for a in alerts], right={6})
+         for a in alerts], right=frozenset({6}))
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -211,7 +214,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             [[r.vehicle_id, "n/a" if r.efficiency is None else f"{r.efficiency * 100:.1f} %", r.status,
               f"{r.ac_kwh:.2f}", f"{r.dc_kwh:.2f}", f"{r.lost_kwh:.2f}",
               f"{r.alert.state} since {_iso(r.alert.started_ms)}" if r.alert else ""] for r in overview.rows],
-            right={1, 3, 4, 5})
+            right=frozenset({1, 3, 4, 5}))
     if overview.matching > len(overview.rows):
         print(f"... {overview.matching - len(overview.rows)} more (--limit)")
     return 0

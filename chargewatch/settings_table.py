@@ -30,7 +30,7 @@ _MARKERS = re.compile(r"(<!-- settings:(\w+) -->\n)(.*?)(<!-- /settings:\2 -->)"
 def _default(field: FieldInfo) -> str:
     if field.default_factory is default_data_dir:
         return "`$XDG_DATA_HOME/chargewatch` or `~/.local/share/chargewatch`"
-    value: Any = field.default_factory() if field.default_factory is not None else field.default
+    value: Any = field.get_default(call_default_factory=True, validated_data={})
     if value is PydanticUndefined or value is None or value == [] or value == SecretStr(""):
         return "(none)"
     if isinstance(value, SecretStr):

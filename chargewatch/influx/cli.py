@@ -11,8 +11,9 @@ from typing import Any
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``influx`` and its subcommands on the top-level ``chargewatch`` parser."""
-    influx = subparsers.add_parser("influx", help="prepare an InfluxDB 2.x (buckets, Flux tasks)",
-                                   description="Prepare the InfluxDB 2.x that CHARGEWATCH_INFLUX__* names.")
+    influx: argparse.ArgumentParser = subparsers.add_parser(
+        "influx", help="prepare an InfluxDB 2.x (buckets, Flux tasks)",
+        description="Prepare the InfluxDB 2.x that CHARGEWATCH_INFLUX__* names.")
     actions = influx.add_subparsers(dest="influx_action", required=True, metavar="ACTION")
     setup = actions.add_parser(
         "setup", help="create missing buckets, create or update the Flux tasks (idempotent: run it on every deploy)",

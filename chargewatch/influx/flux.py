@@ -15,6 +15,7 @@ No I/O beyond reading the files; nothing here imports influxdb-client.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -59,7 +60,7 @@ class FluxQuery:
             allowed = _PARAM_TYPES.get(flux_type, ())
             if isinstance(value, bool) and flux_type != "bool" or not isinstance(value, allowed):
                 raise ValueError(f"query {self.name}: param {name} must be a Flux {flux_type}, not {value!r}")
-            if flux_type == "time" and value.tzinfo is None:
+            if isinstance(value, datetime) and value.tzinfo is None:
                 raise ValueError(f"query {self.name}: param {name} must be timezone-aware")
 
 
@@ -148,8 +149,13 @@ def render_options(source: str, values: Mapping[str, str]) -> str:
         found = len(pattern.findall(source))
         if found != 1:
             raise ValueError(f"expected one 'option {name} = ...' line, found {found}")
-        source = pattern.sub(lambda _, line=f"option {name} = {value}": line, source)
+        source = pattern.sub(functools.partial(_replacement, f"option {name} = {value}"), source)
     return source
+
+
+def _replacement(line: str, _: re.Match[str]) -> str:
+    # A function, not a template: ``re.sub`` would read backslashes in ``line`` as escapes.
+    return line
 
 
 def task_options(source: str) -> dict[str, str]:

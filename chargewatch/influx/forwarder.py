@@ -146,8 +146,8 @@ def _error_message(response: requests.Response) -> str:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    if isinstance(body, dict) and isinstance(message := body.get("message"), str):
+        return message
     return response.text[:2000] or f"HTTP {response.status_code}"
 
 
@@ -301,7 +301,7 @@ class Forwarder:
         else:
             reason = "throttled" if status == 429 else "server_error"
         self.failures += 1
-        delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** min(self.failures - 1, 30))
+        delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2.0 ** min(self.failures - 1, 30))
         delay *= 0.5 + 0.5 * self.jitter()  # restarted forwarders must not retry in step
         if outcome.retry_after_seconds is not None:
             delay = max(delay, min(outcome.retry_after_seconds, self.backoff_max_seconds))
@@ -345,7 +345,7 @@ def _named_lines(message: str) -> dict[str, str]:
     A line ends at the first ``': `` after the quote: chargewatch's lines hold no quote (ids are
     ``[A-Za-z0-9._:-]``, fields are floats). One pass over the message, however many lines it names.
     """
-    named = {}
+    named: dict[str, str] = {}
     for entry in message.split("\n"):
         if entry.startswith(_UNPARSABLE):
             end = entry.find("': ", len(_UNPARSABLE))

@@ -10,7 +10,10 @@ import os
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chargewatch.stores.influx import InfluxReadingStore
 
 logger = logging.getLogger("chargewatch.forward")
 
@@ -54,7 +57,7 @@ def _ids(text: str) -> list[int] | str:
     return ids
 
 
-def _open(settings: Any):
+def _open(settings: Any) -> InfluxReadingStore:
     from chargewatch.stores import StorageUnavailable
     from chargewatch.stores.influx import InfluxReadingStore
 

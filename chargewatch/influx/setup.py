@@ -107,7 +107,8 @@ def find_org(settings: Settings, client: InfluxDBClient) -> Any:
 
     def find() -> list[Any]:
         try:
-            return client.organizations_api().find_organizations(org=name)
+            found: list[Any] = client.organizations_api().find_organizations(org=name)
+            return found
         except ApiException as err:
             if err.status != 404:  # OSS answers 404 for an unknown name
                 raise
@@ -154,7 +155,8 @@ def _ensure_bucket(settings: Settings, client: InfluxDBClient, org: Any, name: s
             raise
         return SetupStep("bucket", name, "created", f"retention {_retention_text(days)}")
 
-    return _call(settings, f"create bucket {name!r}", create)
+    step: SetupStep = _call(settings, f"create bucket {name!r}", create)
+    return step
 
 
 def _ensure_task(settings: Settings, client: InfluxDBClient, org: Any, name: str, source: str) -> list[SetupStep]:
@@ -214,7 +216,7 @@ def _api_message(err: Any) -> str:
     import json
 
     try:
-        return json.loads(err.body)["message"]
+        return str(json.loads(err.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(err.reason or err.body or "")
 

@@ -98,4 +98,5 @@ def open_store(settings: Settings) -> ReadingStore:
     """Build the adapter that ``CHARGEWATCH_STORE`` names."""
     module_name, class_name = _ADAPTERS[settings.store]
     adapter = getattr(importlib.import_module(module_name), class_name)
-    return adapter.from_settings(settings)
+    store: ReadingStore = adapter.from_settings(settings)
+    return store

@@ -64,19 +64,19 @@ class InfluxReadingStore(SqliteReadingStore):
         return cls(settings.sqlite_path, outbox_max_rows=settings.influx.outbox_max_rows,
                    **cls.options_from(settings))
 
-    def _wire_row(self, paired: PairedReading) -> tuple:
+    def _wire_row(self, paired: PairedReading) -> tuple[Any, ...]:
         # The line is encoded by the request thread, before the writer and its lock; the writer
         # queues it only when the reading is new.
         return (*wire_row(paired), reading_line(paired))
 
-    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
         new = _insert_new(conn, table, rows)
         if new:
             self.outbox.append(conn, [(row[10], row[3]) for row in new])
         return len(new)
 
 
-def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> list[tuple]:
+def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Insert wire rows into a day table; returns the rows that were not there yet, in order."""
     sql = _INSERT[table.split("_", 1)[0]].format(table=table)
     history = [_history_row(r) for r in rows]

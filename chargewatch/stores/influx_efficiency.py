@@ -232,6 +232,6 @@ def _api_message(err: Any) -> str:
     import json
 
     try:
-        return json.loads(err.body)["message"]
+        return str(json.loads(err.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(err.reason or err.body or "")

@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.stores import StorageUnavailable
 
@@ -166,7 +166,8 @@ class Outbox:
         """Rows waiting. Without ``exact``: the id range (two index lookups), which over-counts only by
         rows dead-lettered from the middle of the queue while the rows around them still wait."""
         if exact:
-            return self.store.read("SELECT count(*) FROM outbox")[0][0]
+            count: int = self.store.read("SELECT count(*) FROM outbox")[0][0]
+            return count
         return _depth(self.store.read(_ID_RANGE)[0])
 
     def stats(self, exact: bool = False) -> OutboxStats:
@@ -221,14 +222,14 @@ class Outbox:
 
 def _depth(id_range: Sequence[int | None]) -> int:
     low, high = id_range
-    return 0 if low is None else high - low + 1
+    return 0 if low is None or high is None else high - low + 1
 
 
 def _set_state(conn: sqlite3.Connection, values: dict[str, object]) -> None:
     conn.executemany(_SET_STATE, list(values.items()))
 
 
-def _id_filter(ids: Iterable[int] | None) -> tuple[str, tuple]:
+def _id_filter(ids: Iterable[int] | None) -> tuple[str, tuple[Any, ...]]:
     if ids is None:
         return "", ()
     wanted = tuple(int(i) for i in ids)

@@ -172,7 +172,7 @@ def _execute_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def wire_row(reading: PairedReading) -> tuple:
+def wire_row(reading: PairedReading) -> tuple[Any, ...]:
     """The row a request sends the writer: the last-value cache's columns, from which the writer
     also takes the history row (``_history_row``)."""
     r = reading.reading
@@ -183,7 +183,7 @@ def wire_row(reading: PairedReading) -> tuple:
             r.kwh_delivered_dc, None, r.soc, r.battery_temp)
 
 
-def _history_row(row: Sequence) -> tuple:
+def _history_row(row: Sequence[Any]) -> tuple[Any, ...]:
     kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp = row[:10]
     if kind == "meter":
         return (device_id, time_ms, vehicle_id, kwh, voltage, received_ms)
@@ -197,11 +197,11 @@ _STORED_VALUES = {
 }
 
 
-def _values(row: Sequence) -> tuple:
+def _values(row: Sequence[Any]) -> tuple[Any, ...]:
     return (row[6], row[7]) if row[0] == "meter" else (row[8], row[6], row[9])
 
 
-def _stored(row: Sequence) -> StoredReading:
+def _stored(row: Sequence[Any]) -> StoredReading:
     kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp = row
     if kind == "meter":
         values = {"kwhConsumedAc": kwh, "voltage": voltage}
@@ -227,7 +227,7 @@ def _record_history(conn: sqlite3.Connection, before: Mapping[str, str], after: 
 class _Ticket:
     __slots__ = ("rows", "wake", "lead", "result", "error")
 
-    def __init__(self, rows: list[tuple]) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
         self.wake = threading.Event()
         self.lead = False
@@ -241,7 +241,7 @@ class _Ticket:
         return self.result
 
 
-def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
     """Rows whose (device, timestamp) is stored with other values (the stored copy, the first, is
     kept). Run only when an insert found duplicates; a row just inserted matches itself."""
     sql = _STORED_VALUES[rows[0][0]].format(table=table)
@@ -355,11 +355,16 @@ class SqliteReadingStore:
             conn = self._local.conn = self._connect()
         return conn
 
+    @property
+    def _write_lock(self) -> int:
+        assert self._lock_fd is not None, "opened by _reset_after_fork"
+        return self._lock_fd
+
     @contextmanager
     def write_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction under the cross-process write lock."""
         self._reset_after_fork()
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fcntl.flock(self._write_lock, fcntl.LOCK_EX)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -370,7 +375,7 @@ class SqliteReadingStore:
                     conn.execute("ROLLBACK")
                 raise
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
     def ensure_tables(self, statements: Sequence[str], what: str) -> None:
         """Run ``CREATE ... IF NOT EXISTS`` statements of a component that shares this file."""
@@ -382,7 +387,7 @@ class SqliteReadingStore:
         except sqlite3.Error as err:
             raise StorageUnavailable(f"cannot create the {what} tables in {self.path}: {err}") from err
 
-    def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._patiently(lambda: self.reader().execute(sql, params).fetchall())
         except sqlite3.Error as err:
@@ -416,7 +421,7 @@ class SqliteReadingStore:
         assert self._shared is not None
         return WriteResult(*self._shared.send(rows))
 
-    def _group_commit(self, rows: list[tuple]) -> tuple[int, int, int]:
+    def _group_commit(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
         """This process's group commit: the first thread to arrive leads; it takes the file's write
         lock first and only then the requests queued behind it (those that arrived while it waited
         for the other processes join too), commits them in one transaction, wakes exactly those
@@ -434,7 +439,7 @@ class SqliteReadingStore:
                 return ticket.answer()
         batch = [ticket]
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # held through the commit (write_transaction)
+            fcntl.flock(self._write_lock, fcntl.LOCK_EX)  # held through the commit (write_transaction)
             with self._queue_lock:
                 batch, self._queue = [ticket, *self._queue], []
             try:
@@ -446,7 +451,7 @@ class SqliteReadingStore:
                 for waiting, result in zip(batch, results, strict=True):
                     waiting.result = result
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
         finally:
             with self._queue_lock:
                 if self._queue:
@@ -469,7 +474,7 @@ class SqliteReadingStore:
         assert self._shared is not None
         self._shared.connect()
 
-    def _wire_row(self, paired: PairedReading) -> tuple:
+    def _wire_row(self, paired: PairedReading) -> tuple[Any, ...]:
         return wire_row(paired)
 
     def _writer_spec(self) -> dict[str, Any]:
@@ -477,7 +482,7 @@ class SqliteReadingStore:
         cls = type(self)
         return {"store": f"{cls.__module__}:{cls.__qualname__}", "path": str(self.path), "options": self._options}
 
-    def _commit_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
+    def _commit_requests(self, requests: list[list[tuple[Any, ...]]]) -> list[tuple[int, int, int]]:
         """The writer's side: commit every request's rows in one transaction; returns
         (stored, duplicates, conflicts) per request."""
         try:
@@ -492,18 +497,18 @@ class SqliteReadingStore:
             logger.error("group commit of %d requests failed: %s", len(requests), err)
             raise StorageUnavailable(f"writing to {self.path.name} failed: {err}") from err
 
-    def _write_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
+    def _write_requests(self, requests: list[list[tuple[Any, ...]]]) -> list[tuple[int, int, int]]:
         if self._writer is None:
             self._writer = self._connect()
         conn = self._writer
-        newest: dict[tuple[str, str], tuple] = {}
+        newest: dict[tuple[str, str], tuple[Any, ...]] = {}
         results = []
         with self.write_transaction(conn):
             computed_through_ms, window_ms = conn.execute(_COMPUTED_THROUGH).fetchone()
             stale: set[tuple[int, int, str]] = set()
             for rows in requests:
                 stored = conflicts = 0
-                groups: dict[str, list[tuple]] = {}
+                groups: dict[str, list[tuple[Any, ...]]] = {}
                 for row in rows:
                     kind, device_id, time_ms, received_ms = row[:4]
                     table = day_table(kind, time_ms // MS_PER_DAY)
@@ -536,7 +541,7 @@ class SqliteReadingStore:
                 conn.executemany(_MARK_STALE, [(*key, sequence) for key in stale])
         return results
 
-    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
         """Insert one day table's rows inside the group commit; returns how many were new."""
         kind = table.split("_", 1)[0]
         return conn.executemany(_INSERT[kind].format(table=table), [_history_row(r) for r in rows]).rowcount
@@ -553,7 +558,8 @@ class SqliteReadingStore:
         self, kind: Kind | None = None, after: tuple[str, str] | None = None, limit: int = 100,
         unpaired_only: bool = False,
     ) -> list[StoredReading]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if kind is not None:
             where.append("kind = ?")
             params.append(kind)
@@ -615,7 +621,8 @@ class SqliteReadingStore:
     # -- pairings ----------------------------------------------------------------------------
 
     def pairings_version(self) -> int:
-        return self.read("SELECT value FROM meta WHERE key = 'pairings_version'")[0][0]
+        version: int = self.read("SELECT value FROM meta WHERE key = 'pairings_version'")[0][0]
+        return version
 
     def load_pairings(self) -> dict[str, str]:
         return dict(self.read("SELECT vehicle_id, meter_id FROM pairings"))

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey
@@ -100,9 +100,9 @@ _ALERT_COLUMNS = ("vehicle_id, rule, started_ms, state, meter_id, value, fired_m
                   "replayed")
 
 
-def _alert(row: Sequence) -> AlertRecord:
-    *fields, replayed = row
-    return AlertRecord(*fields, replayed=bool(replayed))
+def _alert(row: Sequence[Any]) -> AlertRecord:
+    record = AlertRecord(*row)
+    return replace(record, replayed=bool(record.replayed))
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Notification:
     attempts: int
 
 
-def _window(row: Sequence) -> EfficiencyWindow:
+def _window(row: Sequence[Any]) -> EfficiencyWindow:
     vehicle_id, meter_id, *rest = row
     return EfficiencyWindow(vehicle_id, meter_id or None, *rest)
 
@@ -161,10 +161,10 @@ class SqliteEfficiencyStore:
     def _alerts_have_replayed(self) -> bool:
         return "replayed" in {row[1] for row in self._read("PRAGMA table_info(alerts)")}
 
-    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         return self.readings.read(sql, params)
 
-    def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
+    def _write(self, statements: Iterable[tuple[str, Sequence[Any] | Mapping[str, Any]]]) -> None:
         conn = self.readings.reader()
         try:
             with self.readings.write_transaction(conn):
@@ -194,7 +194,8 @@ class SqliteEfficiencyStore:
         self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str] | None
     ) -> tuple[dict[WindowKey, SideTotals], dict[WindowKey, SideTotals]]:
         conn = self.readings.reader()
-        conn.create_aggregate("fsum", 1, _FSum)
+        # typeshed types an aggregate's finalize() as returning int; sqlite3 takes any SQL value (a float here)
+        conn.create_aggregate("fsum", 1, _FSum)  # type: ignore[arg-type]
         existing = {
             name for (name,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND (name GLOB 'meter_[0-9]*' "
@@ -239,7 +240,8 @@ class SqliteEfficiencyStore:
         rows = [(window_ms, w.vehicle_id, w.stop_ms, w.meter_id or "", w.ac_kwh, w.dc_kwh, w.ac_readings,
                  w.dc_readings, w.avg_battery_temp, w.efficiency, computed_ms) for w in windows]
         conn = self.readings.reader()
-        conn.create_aggregate("fsum", 1, _FSum)
+        # typeshed types an aggregate's finalize() as returning int; sqlite3 takes any SQL value (a float here)
+        conn.create_aggregate("fsum", 1, _FSum)  # type: ignore[arg-type]
         if not rows and not self._read(
             "SELECT 1 FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ? LIMIT 1",
             (window_ms, start_ms, end_ms),
@@ -448,8 +450,8 @@ class SqliteEfficiencyStore:
         """Make the alerts that started in (since_ms, until_ms] exactly ``records`` (a replay's
         result; records that started earlier are upserted too), and enqueue ``notifications``, in
         one transaction. Returns how many stored alerts it removed."""
-        removed = self._read("SELECT count(*) FROM alerts WHERE started_ms > ? AND started_ms <= ?",
-                             (since_ms, until_ms))[0][0]
+        removed: int = self._read("SELECT count(*) FROM alerts WHERE started_ms > ? AND started_ms <= ?",
+                                  (since_ms, until_ms))[0][0]
         self._write([("DELETE FROM alerts WHERE started_ms > ? AND started_ms <= ?", (since_ms, until_ms)),
                      *_alert_upserts(records), *_notification_inserts(notifications, now_ms)])
         return removed
@@ -463,6 +465,7 @@ class SqliteEfficiencyStore:
     def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
                         retry_at_ms: int | None = None) -> None:
         """Delivered (no error), to retry at ``retry_at_ms``, or given up (error and no retry)."""
+        params: tuple[Any, ...]
         if error is None:
             sql, params = ("UPDATE notifications SET delivered_ms = ?, attempts = attempts + 1, last_error = NULL "
                            "WHERE id = ?", (now_ms, notification_id))
@@ -482,7 +485,7 @@ class SqliteEfficiencyStore:
         return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
 
 
-def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]:
+def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence[Any]]]:
     return [
         ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
          "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
@@ -495,7 +498,7 @@ def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]
 
 
 def _notification_inserts(notifications: Sequence[tuple[str, dict[str, Any]]], now_ms: int
-                          ) -> list[tuple[str, Sequence]]:
+                          ) -> list[tuple[str, Sequence[Any]]]:
     return [("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
              (url, json.dumps(payload), now_ms, now_ms)) for url, payload in notifications]
 
