@@ -5,6 +5,7 @@ Production: ``gunicorn 'analytics:create_app()'`` (``chargewatch serve analytics
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from analytics.console import install_console
 from analytics.openapi import openapi_document
@@ -32,11 +33,14 @@ def create_app(settings: Settings | None = None, store: SqliteReadingStore | Non
         from chargewatch.stores.influx_efficiency import InfluxEfficiencyStore
         from chargewatch.stores.outbox import Outbox
 
-        efficiency = InfluxEfficiencyStore.from_settings(settings, efficiency)
-        checks["influxdb"] = efficiency.ping
+        windows = InfluxEfficiencyStore.from_settings(settings, efficiency)
+        checks["influxdb"] = windows.ping
+        # InfluxEfficiencyStore duck-types SqliteEfficiencyStore: there is no analytics port yet.
+        efficiency = windows  # type: ignore[assignment]
         outbox = Outbox(store, settings.influx.outbox_max_rows)
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = DefaultJSONProvider(app)
+    app.json.sort_keys = False  # responses keep the models' field order
     app.extensions["chargewatch_settings"] = settings
     app.extensions["efficiency_store"] = efficiency
     app.extensions["alert_policy"] = policy_from(settings)

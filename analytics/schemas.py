@@ -146,7 +146,7 @@ class AlertBody(ApiModel):
 
     @classmethod
     def of(cls, a: AlertRecord) -> AlertBody:
-        return cls(vehicle_id=a.vehicle_id, meter_id=a.meter_id, rule=a.rule, state=a.state,  # type: ignore[arg-type]
+        return cls(vehicle_id=a.vehicle_id, meter_id=a.meter_id, rule=a.rule, state=a.state,
                    value=a.value, started_at=from_ms(a.started_ms),
                    fired_at=from_ms(a.fired_ms) if a.fired_ms else None,
                    resolved_at=from_ms(a.resolved_ms) if a.resolved_ms else None, replayed=a.replayed)

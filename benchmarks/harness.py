@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +44,20 @@ _started: list[subprocess.Popen] = []
 
 # -- process lifetime ------------------------------------------------------------------------
 
+# What spawn() and _stop_group() know of each process (Popen takes no attributes of ours).
+_grace_seconds: weakref.WeakKeyDictionary[subprocess.Popen[Any], float] = weakref.WeakKeyDictionary()
+_stopped: weakref.WeakSet[subprocess.Popen[Any]] = weakref.WeakSet()
+
+
 def _stop_group(process: subprocess.Popen, grace_seconds: float = 30.0) -> None:
     """SIGTERM the process (gunicorn: graceful stop), then SIGKILL whatever is left of its group.
 
     The group is signalled only while its leader is known not to have been reaped before this
     call, so a process-group id that the kernel may since have reused is never signalled.
     """
-    if getattr(process, "bench_stopped", False):
+    if process in _stopped:
         return
-    process.bench_stopped = True  # type: ignore[attr-defined]
+    _stopped.add(process)
     if process.poll() is not None:
         return  # exited and reaped earlier (wrk after its run, a server that failed to start)
     pgid = process.pid  # started with start_new_session=True, so pgid == pid
@@ -74,7 +80,7 @@ def _stop_group(process: subprocess.Popen, grace_seconds: float = 30.0) -> None:
 def stop(process: subprocess.Popen | None) -> None:
     if process is None:
         return
-    _stop_group(process, getattr(process, "bench_grace_seconds", 30.0))
+    _stop_group(process, _grace_seconds.get(process, 30.0))
     if process in _started:
         _started.remove(process)
 
@@ -112,7 +118,7 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, log_path: P
             out = log or subprocess.DEVNULL
             err = None if show_stderr else out
         process = subprocess.Popen(list(argv), env=env, start_new_session=True, stdout=out, stderr=err, cwd=cwd)
-    process.bench_grace_seconds = grace_seconds  # type: ignore[attr-defined]
+    _grace_seconds[process] = grace_seconds
     _started.append(process)
     return process
 

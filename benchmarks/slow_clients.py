@@ -37,7 +37,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import harness
 
@@ -68,20 +68,20 @@ class Holder:
                 self._open(selector)
             while not self.stopping.is_set():
                 for key, _ in selector.select(timeout=0.1):
-                    sock = key.fileobj
+                    sock = cast(socket.socket, key.fileobj)  # only sockets are registered
                     try:
-                        data = sock.recv(65536)  # type: ignore[union-attr]
+                        data = sock.recv(65536)
                     except (BlockingIOError, InterruptedError):
                         continue
                     except OSError:
                         data = b""
                     if not data:  # the server closed it: replace it
                         selector.unregister(sock)
-                        sock.close()  # type: ignore[union-attr]
+                        sock.close()
                         self.ended_by_server += 1
                         self._open(selector)
             for key in list(selector.get_map().values()):
-                key.fileobj.close()  # type: ignore[union-attr]
+                cast(socket.socket, key.fileobj).close()
 
     def __enter__(self) -> Holder:
         self.thread.start()

@@ -36,7 +36,7 @@ class PairingRule:
     @classmethod
     def from_strings(cls, pairs: Iterable[str]) -> PairingRule:
         """Build from ``"VEHICLE_:METER_"`` strings (as in ``CHARGEWATCH_PAIRING__PREFIXES``)."""
-        return cls(tuple(tuple(item.split(":", 1)) for item in pairs))  # type: ignore[misc]
+        return cls(tuple((vehicle, meter) for vehicle, _, meter in (item.partition(":") for item in pairs)))
 
     def meter_for(self, vehicle_id: str) -> str | None:
         return _swap_prefix(vehicle_id, ((v, m) for v, m in self.prefixes))

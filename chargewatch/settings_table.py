@@ -46,11 +46,11 @@ def settings_rows(sections: tuple[str, ...]) -> Iterator[tuple[str, str, str]]:
     """(environment variable, default, meaning) of every setting in ``sections``, in model order."""
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
-        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if not nested and "" in sections:
-            yield f"{ENV_PREFIX}{name.upper()}", _default(field), field.description or ""
-        elif nested and name in sections:
-            for sub_name, sub_field in annotation.model_fields.items():  # type: ignore[union-attr]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            if "" in sections:
+                yield f"{ENV_PREFIX}{name.upper()}", _default(field), field.description or ""
+        elif name in sections:
+            for sub_name, sub_field in annotation.model_fields.items():
                 yield (f"{ENV_PREFIX}{name.upper()}__{sub_name.upper()}", _default(sub_field),
                        sub_field.description or "")
 

@@ -18,7 +18,7 @@ whole: its span gives no verdict (Grafana's noDataState OK resolves the alert).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from grafana_foundation_sdk.builders import alerting, expr
 from grafana_foundation_sdk.cog import builder as cogbuilder
@@ -34,6 +34,8 @@ FOLDER_TITLE = "Chargewatch alerts"  # not the dashboards' folder: each provisio
 INTERVAL_SECONDS = 60  # a multiple of Grafana's 10 s scheduler tick; windows close every 5 min
 EXPRESSION_UID = "__expr__"
 EXPRESSION_DATASOURCE = DataSourceRef(type_val=EXPRESSION_UID, uid=EXPRESSION_UID)
+# The threshold comparisons the rules use (Grafana's threshold evaluator types).
+Comparison = Literal["gt", "lt"]
 # The rule names and alert names of chargewatch's own evaluator (analytics/alerts.py; a test keeps
 # them equal), so a webhook receiver sees the same alertname from either source. Not imported:
 # importing the analytics package builds its Flask and metrics machinery.
@@ -61,7 +63,8 @@ class _AlertFlux(cogbuilder.Builder[AlertFluxQuery]):
         return self._internal
 
 
-def _queries(condition_type: str, threshold: float, resolve_type: str, resolve_threshold: float) -> list[Any]:
+def _queries(condition_type: Comparison, threshold: float, resolve_type: Comparison, resolve_threshold: float
+             ) -> list[Any]:
     span_seconds = int(queries.SPAN.total_seconds())
     return [
         alerting.Query("A").datasource_uid(panels.DATASOURCE_UID)
@@ -80,7 +83,7 @@ def _queries(condition_type: str, threshold: float, resolve_type: str, resolve_t
     ]
 
 
-def _rule(uid: str, rule: str, condition_type: str, threshold: float, resolve_type: str,
+def _rule(uid: str, rule: str, condition_type: Comparison, threshold: float, resolve_type: Comparison,
           resolve_threshold: float, severity: str, summary: str, description: str) -> alerting.Rule:
     builder = (
         alerting.Rule(ALERT_NAMES[rule]).uid(uid).condition("C")

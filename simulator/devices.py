@@ -116,8 +116,9 @@ class PairProfile:
 
     def efficiency_at(self, moment: datetime) -> float:
         """The charger's true efficiency (DC/AC) at a true time."""
-        if self.is_faulty and self.fault_onset is not None and moment >= self.fault_onset:
-            return self.faulty_efficiency  # type: ignore[return-value]
+        if (self.is_faulty and self.faulty_efficiency is not None and self.fault_onset is not None
+                and moment >= self.fault_onset):
+            return self.faulty_efficiency
         return self.healthy_efficiency
 
 

@@ -89,6 +89,8 @@ class GuardedThreadWorker(gthread.ThreadWorker):
     """gthread with the guards above; ``request_timeout_seconds`` is set by :func:`worker_class`."""
 
     request_timeout_seconds = 10.0
+    wsgi: Any  # the app gunicorn calls (set by load_wsgi; gunicorn is untyped)
+    application: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

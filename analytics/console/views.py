@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, send_file, url_for
+from flask.typing import ResponseReturnValue
 
 from analytics import queries
 from analytics.alerts import AlertPolicy
@@ -155,7 +156,7 @@ def _headers(response: Response) -> Response:
 
 
 @bp.get("/")
-def root() -> Response:
+def root() -> ResponseReturnValue:
     return redirect(url_for("console.fleet"))
 
 
@@ -165,7 +166,7 @@ def favicon() -> Response:
 
 
 @bp.get("/console/")
-def home() -> Response:
+def home() -> ResponseReturnValue:
     return redirect(url_for("console.fleet"))
 
 
@@ -175,7 +176,7 @@ def sign_in_form() -> str:
 
 
 @bp.post("/console/sign-in")
-def sign_in_submit() -> Response | tuple[str, int]:
+def sign_in_submit() -> ResponseReturnValue:
     target = safe_next(request.form.get("next"))
     if sign_in(request.form.get("token", "").strip()):
         return redirect(target, code=303)
@@ -183,7 +184,7 @@ def sign_in_submit() -> Response | tuple[str, int]:
 
 
 @bp.post("/console/sign-out")
-def sign_out_submit() -> Response:
+def sign_out_submit() -> ResponseReturnValue:
     sign_out()
     return redirect(url_for("console.sign_in_form"), code=303)
 

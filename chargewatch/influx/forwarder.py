@@ -63,7 +63,9 @@ _DROPPED = re.compile(r"dropped=(\d+)")
 _UNPARSABLE = "unable to parse '"
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 _GZIP_LEVEL = 1  # line protocol is repetitive: level 1 already shrinks it ~10x, at a fraction of 6's CPU
-_CONFIG_HINTS = {
+_CONFIG_REASONS: dict[int | None, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large"}
+_CONFIG_HINTS: dict[int | None, str] = {
     401: "InfluxDB refused the token: check CHARGEWATCH_INFLUX__TOKEN",
     403: "the token may not write to the bucket: give it write permission on CHARGEWATCH_INFLUX__TELEMETRY_BUCKET",
     404: "InfluxDB does not know the org or the bucket: check CHARGEWATCH_INFLUX__ORG and "
@@ -313,11 +315,10 @@ class Forwarder:
 
     def _stop_for_configuration(self, rows: Sequence[OutboxRow], outcome: WriteOutcome) -> float:
         status = outcome.status
-        reason = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                  413: "too_large"}.get(status, "unexpected_status")  # type: ignore[arg-type]
+        reason = _CONFIG_REASONS.get(status, "unexpected_status")
         self.failures += 1
         self._count(reason, outcome, "config_error")
-        hint = _CONFIG_HINTS.get(status, "the write request itself was refused")  # type: ignore[arg-type]
+        hint = _CONFIG_HINTS.get(status, "the write request itself was refused")
         logger.error("InfluxDB answered %s to a write: %s. %s. Shipping is stopped and every line is kept; "
                      "retrying in %.0f s", status, outcome.message, hint, self.config_error_retry_seconds)
         return self.config_error_retry_seconds

@@ -48,7 +48,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from chargewatch.stores import StorageUnavailable
 
@@ -319,7 +319,7 @@ class _WriterThread(threading.Thread):
                     if key.data == "accept":
                         self._accept_all(requests)
                     elif key.data == "conn":
-                        self._read(key.fileobj, requests)  # type: ignore[arg-type]
+                        self._read(cast(socket.socket, key.fileobj), requests)  # a connection we registered
                 if requests:
                     self._answer(requests)
             self._finish()

@@ -78,6 +78,7 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
                         "CHARGEWATCH_ANALYTICS__PORT": str(free_port())})
     process = subprocess.Popen([sys.executable, "-m", "chargewatch", "run"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    assert process.stdout is not None
     try:
         banner = [process.stdout.readline() for _ in range(3)]
         assert f"POST http://127.0.0.1:{port}/v1/ingest" in banner[1]
@@ -93,7 +94,7 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
                 assert time.monotonic() < deadline, "ingest never came up"
                 time.sleep(0.2)
         assert response.status_code == 200
-        rest = []
+        rest: list[str] = []
         while not rest or not rest[-1].startswith("Press Ctrl-C"):
             rest.append(process.stdout.readline())
         # the banner tells a command that works from any shell, and where the browser goes

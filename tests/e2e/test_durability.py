@@ -15,7 +15,7 @@ from tests.e2e.harness import WRITE_TOKEN, IngestServer, free_port
 pytestmark = pytest.mark.slow
 
 
-def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: list[tuple[str, str]],
+def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: list[tuple[str, str, int]],
             errors: list[str]) -> None:
     session = requests.Session()
     session.headers["Authorization"] = f"Token {WRITE_TOKEN}"
@@ -24,6 +24,7 @@ def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: lis
     while not stop.is_set():
         sequence += 1
         at = base + timedelta(seconds=sequence)
+        batch: list[MeterReading | VehicleReading]
         if sequence % 5 == 0:  # every fifth request is a gateway list
             batch = [MeterReading(meter_id=f"DUR-M{worker}-{sequence}-{i}", kwh_consumed_ac=0.5, voltage=230,
                                   timestamp=at)

@@ -157,7 +157,8 @@ def test_unpaired_readings_are_kept_and_reported(client: IngestClient, server: I
 def test_the_fleet_listing_pages_through_every_device(client: IngestClient) -> None:
     payload = [meter_payload(f"PAGE-M{i:03d}") for i in range(25)]
     assert client.post_readings(payload).status_code == 200
-    seen, cursor = [], None
+    seen: list[str] = []
+    cursor = None
     while True:
         params = {"kind": "meter", "limit": "7", **({"cursor": cursor} if cursor else {})}
         page = client.get("/v1/ingest/devices", params=params).json()

@@ -110,7 +110,7 @@ class EngineProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
             try:
-                if requests.get(self.ready_url, timeout=2).status_code == 200:
+                if self.ready_url and requests.get(self.ready_url, timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -196,10 +196,10 @@ class Influxd(InfluxApi):
     org: str = ORG
     engine: EngineProcess | None = None
     org_id: str = ""
+    url: str = field(init=False)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:

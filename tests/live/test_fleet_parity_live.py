@@ -23,6 +23,7 @@ import math
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -72,6 +73,7 @@ class FleetDay:
         self.env = chargewatch_env(influx, org, CHARGEWATCH_INFLUX__TELEMETRY_RETENTION_DAYS="0",
                                    CHARGEWATCH_INFLUX__EFFICIENCY_RETENTION_DAYS="0")
         self.timings: dict[str, float] = {}
+        self.backfill_output = ""
 
     def settings(self, data_dir: Path, store: str = "influx") -> Settings:
         return Settings(data_dir=data_dir, store=store, sqlite={"synchronous": "normal"},
@@ -80,7 +82,7 @@ class FleetDay:
 
 
 @pytest.fixture(scope="module")
-def day(_session_influx, tmp_path_factory) -> FleetDay:
+def day(_session_influx, tmp_path_factory) -> Iterator[FleetDay]:
     influx = _session_influx
     org = f"cw_fleet_{int(time.time())}"
     org_id = influx.api("POST", "/api/v2/orgs", json={"name": org})["id"]
@@ -136,7 +138,8 @@ def build(day: FleetDay) -> None:
     local = SqliteReadingStore.from_settings(influx_settings)
     store = InfluxEfficiencyStore.from_settings(influx_settings, SqliteEfficiencyStore(local))
     started = time.monotonic()
-    evaluate_day(day, TaskRunner(store, influx_settings, compute_windows=False))
+    # InfluxEfficiencyStore duck-types SqliteEfficiencyStore: there is no analytics port yet.
+    evaluate_day(day, TaskRunner(store, influx_settings, compute_windows=False))  # type: ignore[arg-type]
     day.timings["influx_alert_day_s"] = time.monotonic() - started
     store.close()
     local.close()

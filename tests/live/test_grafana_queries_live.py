@@ -206,7 +206,9 @@ def fleet(module_org) -> SimulatedFleet:
     readings = stored_readings(config, start, end)
     under_reading = next(v for v, p in sorted(profiles.items()) if not p.is_faulty)
     meter = profiles[under_reading].meter_id
+
     def under_read(p: PairedReading) -> PairedReading:
+        assert isinstance(p.reading, MeterReading)
         under = p.reading.model_copy(update={"kwh_consumed_ac": p.reading.kwh_consumed_ac * UNDER_READING})
         return PairedReading(under, *p[1:])
 
@@ -228,9 +230,9 @@ def fleet(module_org) -> SimulatedFleet:
     run_task_in_influxdb(module_org, settings.model_copy(update={"efficiency": settings.efficiency.model_copy(
         update={"recompute_windows": 6})}))
 
-    faulty = {v: p.fault_onset for v, p in profiles.items() if p.is_faulty}
+    faulty = {v: p.fault_onset for v, p in profiles.items() if p.is_faulty and p.fault_onset is not None}
     healthy = sorted(v for v, p in profiles.items() if not p.is_faulty and v != under_reading)
-    return SimulatedFleet(now, end, readings, reference_windows(readings), faulty, healthy, under_reading)  # type: ignore[arg-type]
+    return SimulatedFleet(now, end, readings, reference_windows(readings), faulty, healthy, under_reading)
 
 
 def run(org: Any, source: str) -> list[Any]:
@@ -511,7 +513,7 @@ def alert_values(org: Any, fleet: SimulatedFleet, title: str, stop: datetime) ->
     expected = {v: alert_measure(fleet, v, stop, span_seconds) for v in fleet.vehicles}
     assert values.keys() == {v for v, value in expected.items() if value is not None}, (title, stop)
     for vehicle_id, value in values.items():
-        assert math.isclose(value, expected[vehicle_id], rel_tol=REL), (title, vehicle_id)  # type: ignore[arg-type]
+        assert value == pytest.approx(expected[vehicle_id], rel=REL, abs=0), (title, vehicle_id)
     return values
 
 

@@ -63,11 +63,11 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
         op, arg, current = match.group("op"), match.group("arg"), env.get(name)
         unset_or_empty = not current if op and op.startswith(":") else current is None
         if op in (":-", "-"):
-            return arg if unset_or_empty else current
+            return arg if unset_or_empty else current or ""
         if op in (":?", "?"):
             if unset_or_empty:
                 raise MissingVariable(f"{name}: {arg}")
-            return current
+            return current or ""
         if op in (":+", "+"):
             return "" if unset_or_empty else arg
         return current or ""

@@ -89,6 +89,7 @@ def firing(vehicle: str) -> AlertRecord:
 def notifier(outbox: FakeOutbox, session: FakeSession, clock: Clock, **settings: Any) -> Notifier:
     alert_settings = AlertSettings(alertmanager_urls=[AM], alertmanager_resend_seconds=60,
                                    webhook_backoff_seconds=2, **settings)
+    # The fakes stand in for SqliteEfficiencyStore and requests.Session, which Notifier is typed to.
     return Notifier(outbox, alert_settings, AlertPolicy(), "http://cw:8081", session,  # type: ignore[arg-type]
                     clock)
 
@@ -183,6 +184,7 @@ def test_without_alertmanager_nothing_is_re_sent_and_webhooks_still_give_up_afte
     row_id = outbox.enqueue("http://hook.example/x", {"version": "4", "alerts": []})
     session, clock = FakeSession(), Clock(T0 / 1000)
     session.status = 500
+    # The fakes stand in for SqliteEfficiencyStore and requests.Session, which Notifier is typed to.
     sender = Notifier(outbox, AlertSettings(webhook_max_attempts=2), AlertPolicy(), "",  # type: ignore[arg-type]
                       session, clock)  # type: ignore[arg-type]
     assert sender.resend_firing() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ def day_of_fleet():
     return deliveries, truth
 
 
-def _by_pair_and_step(truth: GroundTruth) -> dict[tuple[int, int], dict[str, object]]:
-    steps: dict[tuple[int, int], dict[str, object]] = defaultdict(dict)
+def _by_pair_and_step(truth: GroundTruth) -> dict[tuple[int, int], dict[str, Any]]:
+    steps: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
     for generated in truth.readings:
         steps[(generated.pair, generated.step)][generated.reading.kind] = generated
     return steps
