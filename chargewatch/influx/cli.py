@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     setup = actions.add_parser(
         "setup", help="create missing buckets, create or update the Flux tasks (idempotent: run it on every deploy)",
         description="Create the telemetry and efficiency buckets if missing (with retention), and create or "
-        "update the Flux tasks of influxdb/tasks by name, from CHARGEWATCH_INFLUX__* and "
+        "update the Flux tasks chargewatch ships by name, from CHARGEWATCH_INFLUX__* and "
         "CHARGEWATCH_EFFICIENCY__* settings. Prints one line per bucket and task: created, updated, unchanged "
         "or exists.",
     )

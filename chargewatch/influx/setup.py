@@ -4,7 +4,7 @@
 2. Creates the buckets ``telemetry`` and ``efficiency`` (names from the settings) with their
    retention when they are missing; an existing bucket is left as it is (its retention may have
    been changed on purpose). A 422 "already exists" from a concurrent setup counts as existing.
-3. Creates or updates every task in ``influxdb/tasks`` by name, with its options filled in from the
+3. Creates or updates every task in ``chargewatch/influx/tasks`` by name, with its options filled in from the
    settings: task names are not unique in InfluxDB, so it looks them up
    (``GET /api/v2/tasks?name=&orgID=``) and updates the Flux of every task of that name, or creates
    one (active). A task whose Flux is already the same is left alone.

@@ -1,7 +1,7 @@
 """Influx mode's efficiency store: windows read from the ``efficiency`` bucket the Flux task fills.
 
 The three reads analytics makes (``windows``, ``vehicle_window_sums``, ``vehicle_totals``) run the
-scripts in ``influxdb/queries/`` with ``query_api.query(source, params=...)``: influxdb-client sends
+scripts in ``chargewatch/influx/queries/`` with ``query_api.query(source, params=...)``: influxdb-client sends
 the values as ``extern`` option statements, so an id never becomes Flux text. Results come back as
 the same types and values :class:`SqliteEfficiencyStore` returns for the same windows.
 

@@ -12,6 +12,7 @@ from chargewatch.influx import flux
 from chargewatch.settings import Settings
 from tests.fluxcheck import REPO
 
+FLUX = REPO / "chargewatch" / "influx"
 SKIPPED_DIRS = {"node_modules", ".git", ".venv", "venv", "build", "dist"}
 NOW = datetime(2026, 11, 23, 6, 30, tzinfo=timezone.utc)
 
@@ -22,8 +23,8 @@ def repo_flux_files() -> list[Path]:
 
 def test_the_repository_has_the_efficiency_task_and_the_analytics_queries():
     names = {str(p.relative_to(REPO)) for p in repo_flux_files()}
-    assert {"influxdb/tasks/efficiency.flux", "influxdb/queries/vehicle_windows.flux",
-            "influxdb/queries/windows.flux", "influxdb/queries/vehicle_totals.flux"} <= names
+    assert {"chargewatch/influx/tasks/efficiency.flux", "chargewatch/influx/queries/vehicle_windows.flux",
+            "chargewatch/influx/queries/windows.flux", "chargewatch/influx/queries/vehicle_totals.flux"} <= names
 
 
 def test_every_flux_file_in_the_repository_type_checks(flux_checker):
@@ -89,7 +90,7 @@ def test_a_checker_exit_status_reports_any_invalid_script(flux_checker):
     assert [r.valid for r in results] == [True, False]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "influxdb" / "tasks").glob("*.flux")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((FLUX / "tasks").glob("*.flux")), ids=lambda p: p.name)
 def test_a_task_header_names_the_file_and_has_duration_every_and_offset(path):
     options = flux.task_options(path.read_text())
     assert options["name"] == path.stem
@@ -97,7 +98,7 @@ def test_a_task_header_names_the_file_and_has_duration_every_and_offset(path):
     assert flux.is_duration(options["offset"])
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "influxdb" / "queries").glob("*.flux")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((FLUX / "queries").glob("*.flux")), ids=lambda p: p.name)
 def test_an_analytics_query_declares_its_params(path):
     params = flux.declared_params(path.read_text())
     assert {"_bucket", "_start", "_stop"} <= params.keys()
