@@ -28,8 +28,6 @@ from tests.e2e.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
-
 
 @dataclass(frozen=True)
 class Installed:
