@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, stopped_at_exit
 
 
 def chargewatch(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -79,7 +79,7 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
     process = subprocess.Popen([sys.executable, "-m", "chargewatch", "run"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     assert process.stdout is not None
-    try:
+    with stopped_at_exit(process), process.stdout:
         banner = [process.stdout.readline() for _ in range(3)]
         assert f"POST http://127.0.0.1:{port}/v1/ingest" in banner[1]
         token = json.loads(chargewatch(tmp_path, "tokens", "--json").stdout)["write"][0]
@@ -106,11 +106,6 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
         assert f"already running on {tmp_path} (pid {process.pid})" in second.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        process.stdout.close()
 
 
 def test_every_command_has_a_description_and_every_argument_a_help() -> None:

@@ -11,7 +11,6 @@ wheel.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, stopped_at_exit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +93,7 @@ def test_run_serves_ingest_and_the_console_until_interrupted(installed, tmp_path
                         CHARGEWATCH_ANALYTICS__PORT=str(analytics_port))
     process = subprocess.Popen([str(installed.venv / "bin" / "chargewatch"), "run"], env=env, cwd=installed.home,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    with stopped_at_exit(process):
         ingest, analytics = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{analytics_port}"
         deadline = time.monotonic() + 60
         while not (_answers(f"{ingest}/ready") and _answers(f"{analytics}/ready")):
@@ -111,10 +110,6 @@ def test_run_serves_ingest_and_the_console_until_interrupted(installed, tmp_path
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _answers(url: str) -> bool:
