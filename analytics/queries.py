@@ -22,7 +22,7 @@ class Period:
     end_ms: int
 
     @classmethod
-    def aligned(cls, start_ms: int, end_ms: int, window_ms: int) -> "Period":
+    def aligned(cls, start_ms: int, end_ms: int, window_ms: int) -> Period:
         """Widen ``start`` down and narrow ``end`` down to window bounds (only closed windows count)."""
         return cls(start_ms // window_ms * window_ms, end_ms // window_ms * window_ms)
 
@@ -110,13 +110,13 @@ def fleet_summary(store: WindowSource, period: Period, window_ms: int, policy: A
     for item in rated:
         counts[bisect.bisect_right(DISTRIBUTION_EDGES, item.efficiency)] += 1
     labels = [f"<{DISTRIBUTION_EDGES[0]:.2f}"] + [
-        f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:])] + [
+        f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:], strict=False)] + [
         f">={DISTRIBUTION_EDGES[-1]:.2f}"]
     ac = sum(t.ac_kwh for t in totals.values())
     dc = sum(t.dc_kwh for t in totals.values())
     return FleetSummary(
         period=period, vehicles=len(totals), vehicles_charging=len(rated), ac_kwh=ac, dc_kwh=dc,
-        efficiency=dc / ac if ac > 0 else None, distribution=list(zip(labels, counts)),
+        efficiency=dc / ac if ac > 0 else None, distribution=list(zip(labels, counts, strict=True)),
         below_threshold=[e.vehicle_id for e in rated if e.efficiency < policy.threshold],
         above_one=[e.vehicle_id for e in rated if e.efficiency > policy.above_one_threshold],
         worst=rated[:worst_n],

@@ -7,8 +7,8 @@ import fcntl
 import os
 import select
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class AlreadyRunning(RuntimeError):

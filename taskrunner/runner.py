@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from chargewatch import alerts
 from chargewatch.bootstrap import alert_policy
@@ -73,7 +73,8 @@ class TaskRunner:
         self.settings = settings
         self.compute_windows = stores.window_writer is not None
         self.window_ms = settings.efficiency.window_seconds * 1000
-        self.offset_ms = settings.efficiency.offset_seconds * 1000 + (0 if self.compute_windows else INFLUX_TASK_GRACE_MS)
+        grace_ms = 0 if self.compute_windows else INFLUX_TASK_GRACE_MS
+        self.offset_ms = settings.efficiency.offset_seconds * 1000 + grace_ms
         self.policy = alert_policy(settings)
         self.external_url = external_url
 
@@ -205,8 +206,8 @@ class TaskRunner:
         ]
         if reaching_back:
             longer: dict[str, list] = {vehicle_id: [] for vehicle_id in reaching_back}
-            for window in self.stores.windows.windows_of(self.window_ms, stop_ms - alerts.lookback_ms(self.policy), stop_ms,
-                                                reaching_back):
+            lookback_start = stop_ms - alerts.lookback_ms(self.policy)
+            for window in self.stores.windows.windows_of(self.window_ms, lookback_start, stop_ms, reaching_back):
                 longer[window.vehicle_id].append(window)
             by_vehicle.update(longer)
         return {vehicle_id: alerts.span_verdict(vehicle_id, windows, stop_ms, self.window_ms, self.policy)
@@ -226,7 +227,8 @@ def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
 
 def hold_runner_lock(data_dir: Path) -> int:
     """Take the one-runner-per-data-directory lock; returns the descriptor to keep open."""
-    return hold_instance_lock(data_dir / "task-runner.lock", RunnerBusy(f"another task runner is running on {data_dir}"))
+    return hold_instance_lock(data_dir / "task-runner.lock",
+                              RunnerBusy(f"another task runner is running on {data_dir}"))
 
 
 def run_forever(runner: TaskRunner, stopping: Callable[[float], bool], clock: Callable[[], float] = time.time) -> None:

@@ -44,11 +44,11 @@ def _pct(ratio: float | None) -> float | None:
 
 
 def fleet_timeline(points: list[tuple[int, float | None, float, float]], threshold: float) -> dict[str, Any]:
-    rated = [p for p in points if p[1] is not None]
+    rated = [(p[0], p[1]) for p in points if p[1] is not None]
     if rated:
-        worst = min(rated, key=lambda p: p[1])  # type: ignore[arg-type, return-value]
-        summary = (f"Fleet efficiency per hour, {len(rated)} hours; lowest {worst[1] * 100:.1f} % at "  # type: ignore[operator]
-                   f"{from_ms(worst[0]):%H:%M} UTC; threshold {threshold * 100:.0f} %.")
+        worst_ms, worst = min(rated, key=lambda p: p[1])
+        summary = (f"Fleet efficiency per hour, {len(rated)} hours; lowest {worst * 100:.1f} % at "
+                   f"{from_ms(worst_ms):%H:%M} UTC; threshold {threshold * 100:.0f} %.")
     else:
         summary = "Fleet efficiency per hour: no charging in this period."
     return {

@@ -77,7 +77,8 @@ def fleet_overview(stores: EfficiencyStores, period: queries.Period, window_ms: 
         above += verdict == "above_one"
         rows.append(VehicleRow(vehicle_id, efficiency, verdict, t.ac_kwh, t.dc_kwh, open_alerts.get(vehicle_id)))
     needle = search.strip().lower()
-    matching = [r for r in rows if (not needle or needle in r.vehicle_id.lower()) and (not status or r.status == status)]
+    matching = [r for r in rows
+                if (not needle or needle in r.vehicle_id.lower()) and (not status or r.status == status)]
     matching.sort(key=lambda r: (STATUS_ORDER[r.status], r.efficiency if r.efficiency is not None else math.inf,
                                  r.vehicle_id))
     first = (page - 1) * per_page

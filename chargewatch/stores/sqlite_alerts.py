@@ -11,7 +11,9 @@ change that was not stored.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from chargewatch.efficiency_ports import AlertRecord, Notification, QueuedNotification
 from chargewatch.stores import StorageUnavailable
@@ -41,9 +43,9 @@ _ALERT_COLUMNS = ("vehicle_id, rule, started_ms, state, meter_id, value, fired_m
                   "replayed")
 
 
-def _alert(row: Sequence) -> AlertRecord:
-    *fields, replayed = row
-    return AlertRecord(*fields, replayed=bool(replayed))
+def _alert(row: Sequence[Any]) -> AlertRecord:
+    record = AlertRecord(*row)
+    return replace(record, replayed=bool(record.replayed))
 
 
 class SqliteAlertStore:
@@ -95,7 +97,8 @@ class SqliteAlertStore:
             conn.execute("DELETE FROM alerts WHERE started_ms > ? AND started_ms <= ?", (since_ms, until_ms))
             for sql, params in (*_alert_upserts(records), *_notification_inserts(notifications, now_ms)):
                 conn.execute(sql, params)
-        return removed
+        count: int = removed
+        return count
 
 
 class SqliteNotificationOutbox:
@@ -106,12 +109,14 @@ class SqliteNotificationOutbox:
         database.ensure_tables(_NOTIFICATIONS_SCHEMA, "notifications")
 
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
-        return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in self.database.read(
+        rows = self.database.read(
             "SELECT id, url, payload, attempts FROM notifications WHERE delivered_ms IS NULL AND failed_ms IS NULL "
-            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))]
+            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))
+        return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in rows]
 
     def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
                         retry_at_ms: int | None = None) -> None:
+        params: tuple[Any, ...]
         if error is None:
             sql, params = ("UPDATE notifications SET delivered_ms = ?, attempts = attempts + 1, last_error = NULL "
                            "WHERE id = ?", (now_ms, notification_id))
@@ -130,7 +135,7 @@ class SqliteNotificationOutbox:
         return {"pending": int(pending), "delivered": int(delivered), "failed": int(failed)}
 
 
-def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]:
+def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence[Any]]]:
     return [
         ("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, rule, started_ms) "
          "DO UPDATE SET state = excluded.state, meter_id = excluded.meter_id, value = excluded.value, "
@@ -142,6 +147,6 @@ def _alert_upserts(records: Sequence[AlertRecord]) -> list[tuple[str, Sequence]]
     ]
 
 
-def _notification_inserts(notifications: Sequence[QueuedNotification], now_ms: int) -> list[tuple[str, Sequence]]:
+def _notification_inserts(notifications: Sequence[QueuedNotification], now_ms: int) -> list[tuple[str, Sequence[Any]]]:
     return [("INSERT INTO notifications (url, payload, created_ms, next_attempt_ms) VALUES (?, ?, ?, ?)",
              (url, json.dumps(payload), now_ms, now_ms)) for url, payload in notifications]

@@ -43,7 +43,7 @@ def charging_windows(repaired_ms: int | None = None) -> list[EfficiencyWindow]:
     dc = 11.0 / 12
     windows = []
     for stop in range(T0 + W, END + 1, W):
-        faulty = ONSET <= stop - W and (repaired_ms is None or stop - W < repaired_ms)
+        faulty = stop - W >= ONSET and (repaired_ms is None or stop - W < repaired_ms)
         for vehicle, ratio in ((FAULTY, 0.70 if faulty else 0.92), (HEALTHY, 0.92)):
             windows.append(EfficiencyWindow(vehicle, vehicle.replace("EV", "MTR"), stop, dc / ratio, dc, 5, 5, 25.0,
                                             ratio))

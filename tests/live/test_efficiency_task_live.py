@@ -93,7 +93,7 @@ def windows_from(tables) -> list[EfficiencyWindow]:
 def assert_same_windows(actual: list[EfficiencyWindow], expected: list[EfficiencyWindow]) -> None:
     key = lambda w: (w.stop_ms, w.vehicle_id, w.meter_id or "")  # noqa: E731
     assert [key(w) for w in actual] == [key(w) for w in sorted(expected, key=key)]
-    for got, want in zip(actual, sorted(expected, key=key)):
+    for got, want in zip(actual, sorted(expected, key=key), strict=True):
         for name, want_value in vars(want).items():
             got_value = getattr(got, name)
             if isinstance(want_value, float) and got_value is not None:
