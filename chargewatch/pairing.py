@@ -181,7 +181,9 @@ class PairingStore(Protocol):
 
 class PairingRegistry:
     """Cached pairings: reloads when the store's version moves, which it checks at most every
-    ``recheck_seconds`` (a change made in another process applies within that long)."""
+    ``recheck_seconds`` (a change made in another process applies to ingest within that long), or
+    on every ``current(fresh=True)`` (what the pairing API answers: a change made through another
+    worker is there at once)."""
 
     def __init__(self, store: PairingStore, rule: PairingRule, recheck_seconds: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -198,9 +200,9 @@ class PairingRegistry:
         """Reload on the next ``current()`` (after this process changed the pairings)."""
         self._checked_at = float("-inf")
 
-    def current(self) -> Pairings:
+    def current(self, fresh: bool = False) -> Pairings:
         now = self._clock()
-        if now - self._checked_at < self._recheck_seconds:
+        if not fresh and now - self._checked_at < self._recheck_seconds:
             return self._pairings
         self._checked_at = now
         version = self._store.pairings_version()

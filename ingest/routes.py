@@ -250,7 +250,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 @bp.get("/v1/pairings")
 @require("read")
 def list_pairings() -> Response:
-    pairings = _pairings().current()
+    pairings = _pairings().current(fresh=True)  # the PUT may have gone to another worker
     body = PairingList(
         pairings=[PairingBody(vehicle_id=v, meter_id=m, source="registry")
                   for v, m in sorted(pairings.explicit.items())],
@@ -262,7 +262,7 @@ def list_pairings() -> Response:
 @bp.get("/v1/pairings/<vehicle_id>")
 @require("read")
 def get_pairing(vehicle_id: str) -> Response:
-    pairings = _pairings().current()
+    pairings = _pairings().current(fresh=True)
     meter = pairings.meter_for(_device_id(vehicle_id))
     if meter is None:
         raise ApiError(404, "not_found", f"vehicle {vehicle_id} is not paired (no registry entry, and the "

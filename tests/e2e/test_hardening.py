@@ -132,6 +132,17 @@ def test_a_path_id_with_a_trailing_newline_stores_no_phantom_pairing(
     assert client.session.delete(client.base_url + "/v1/pairings/VEHICLE_606%0A", timeout=30).status_code == 400
 
 
+def test_the_pairing_api_answers_a_change_at_once_whichever_worker_made_it(client: IngestClient) -> None:
+    # Two workers: a PUT and the GET after it land on either; the GET must not answer from a stale cache.
+    for n in range(20):
+        vehicle, meter = f"VEHICLE_{700 + n}", f"METER_{800 + n}"
+        assert client.session.put(client.base_url + f"/v1/pairings/{vehicle}", json={"meterId": meter},
+                                  timeout=30).status_code == 200
+        assert client.get(f"/v1/pairings/{vehicle}").json()["meterId"] == meter
+        listed = {p["vehicleId"]: p["meterId"] for p in client.get("/v1/pairings").json()["pairings"]}
+        assert listed.get(vehicle) == meter
+
+
 @pytest.mark.parametrize("path", ["/v1/ingest/vehicle/VEHICLE_001%0A/current", "/v1/pairings/VEHICLE_001%0A"])
 def test_ingest_path_ids_are_matched_in_full(client: IngestClient, path: str) -> None:
     assert client.get(path).status_code == 400
