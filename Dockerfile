@@ -16,10 +16,10 @@ RUN groupadd --system --gid 10001 chargewatch \
 
 WORKDIR /app
 COPY . /app
-# Editable: `chargewatch influx setup` reads the Flux scripts from /app/influxdb next to the
-# package. The influx extra is the InfluxDB path; loadtest adds locust for the locust service.
+# Not editable: the image runs what the wheel ships (the Flux scripts are package data). The
+# influx extra is the InfluxDB path; loadtest adds locust for the locust service.
 ARG EXTRAS=influx,loadtest
-RUN pip install --no-compile -e ".[${EXTRAS}]" \
+RUN pip install --no-compile ".[${EXTRAS}]" \
     && chargewatch --version
 
 USER chargewatch

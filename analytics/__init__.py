@@ -5,6 +5,7 @@ Production: ``gunicorn 'analytics:create_app()'`` (``chargewatch serve analytics
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from analytics.console import install_console
 from analytics.openapi import openapi_document
@@ -34,7 +35,8 @@ def create_app(settings: Settings | None = None, store: ReadingStore | None = No
         efficiency = bootstrap.open_efficiency_stores(settings, database or bootstrap.open_database(settings))
     checks = bootstrap.readiness_checks(settings, store, efficiency)
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = DefaultJSONProvider(app)
+    app.json.sort_keys = False  # responses keep the models' field order
     app.extensions["chargewatch_settings"] = settings
     app.extensions["efficiency_stores"] = efficiency
     app.extensions["alert_policy"] = bootstrap.alert_policy(settings)

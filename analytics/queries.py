@@ -22,7 +22,7 @@ class Period:
     end_ms: int
 
     @classmethod
-    def aligned(cls, start_ms: int, end_ms: int, window_ms: int) -> "Period":
+    def aligned(cls, start_ms: int, end_ms: int, window_ms: int) -> Period:
         """Widen ``start`` down and narrow ``end`` down to window bounds (only closed windows count)."""
         return cls(start_ms // window_ms * window_ms, end_ms // window_ms * window_ms)
 
@@ -107,7 +107,7 @@ def fleet_summary(store: WindowSource, period: Period, window_ms: int, policy: A
     edges = [bisect.bisect_left(efficiencies, edge) for edge in DISTRIBUTION_EDGES]  # how many rate below each
     counts = [high - low for low, high in zip([0, *edges], [*edges, len(rated)], strict=True)]
     labels = [f"<{DISTRIBUTION_EDGES[0]:.2f}"] + [
-        f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:])] + [
+        f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(DISTRIBUTION_EDGES, DISTRIBUTION_EDGES[1:], strict=False)] + [
         f">={DISTRIBUTION_EDGES[-1]:.2f}"]
     ac = sum(t.ac_kwh for t in totals.values())
     dc = sum(t.dc_kwh for t in totals.values())

@@ -105,7 +105,8 @@ def performance(vehicle_id: str) -> Response:
 @bp.get("/v1/analytics/fleet/summary")
 @require("read")
 def fleet_summary() -> Response:
-    summary = queries.fleet_summary(_stores().windows, _period(), _window_ms(), _policy(), _int_param("worst", 10, 1, 1000))
+    worst = _int_param("worst", 10, 1, 1000)
+    summary = queries.fleet_summary(_stores().windows, _period(), _window_ms(), _policy(), worst)
     active = _stores().alerts.firing_count()
     return jsonify(FleetSummaryBody.of(summary, _policy().threshold, active).model_dump(mode="json"))
 

@@ -49,7 +49,7 @@ class PerformanceBody(ApiModel):
 
     @classmethod
     def of(cls, report: PerformanceReport, meter_id: str | None, threshold: float, window_seconds: int
-           ) -> "PerformanceBody":
+           ) -> PerformanceBody:
         return cls(
             vehicle_id=report.vehicle_id, period_start=from_ms(report.period.start_ms),
             period_end=from_ms(report.period.end_ms), total_energy_consumed_ac=report.ac_kwh,
@@ -92,7 +92,7 @@ class FleetSummaryBody(ApiModel):
     active_alerts: int
 
     @classmethod
-    def of(cls, summary: FleetSummary, threshold: float, active_alerts: int) -> "FleetSummaryBody":
+    def of(cls, summary: FleetSummary, threshold: float, active_alerts: int) -> FleetSummaryBody:
         return cls(
             period_start=from_ms(summary.period.start_ms), period_end=from_ms(summary.period.end_ms),
             vehicles=summary.vehicles, vehicles_charging=summary.vehicles_charging,
@@ -118,7 +118,7 @@ class WindowBody(ApiModel):
     efficiency: float | None = Field(description="DC / AC (0-1); null when idle")
 
     @classmethod
-    def of(cls, w: EfficiencyWindow) -> "WindowBody":
+    def of(cls, w: EfficiencyWindow) -> WindowBody:
         return cls(stop=from_ms(w.stop_ms), meter_id=w.meter_id, ac_kwh=w.ac_kwh, dc_kwh=w.dc_kwh,
                    ac_readings=w.ac_readings, dc_readings=w.dc_readings, avg_battery_temp=w.avg_battery_temp,
                    efficiency=w.efficiency)
@@ -145,8 +145,8 @@ class AlertBody(ApiModel):
                                        "times; false when the runner saw it live")
 
     @classmethod
-    def of(cls, a: AlertRecord) -> "AlertBody":
-        return cls(vehicle_id=a.vehicle_id, meter_id=a.meter_id, rule=a.rule, state=a.state,  # type: ignore[arg-type]
+    def of(cls, a: AlertRecord) -> AlertBody:
+        return cls(vehicle_id=a.vehicle_id, meter_id=a.meter_id, rule=a.rule, state=a.state,
                    value=a.value, started_at=from_ms(a.started_ms),
                    fired_at=from_ms(a.fired_ms) if a.fired_ms else None,
                    resolved_at=from_ms(a.resolved_ms) if a.resolved_ms else None, replayed=a.replayed)

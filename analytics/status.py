@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -57,7 +57,8 @@ class RunnerCollector(Collector):
         for rule, count in counts.items():
             firing.add_metric([rule], count)
         yield firing
-        notifications = GaugeMetricFamily("chargewatch_notifications", "Alert notifications (webhooks, Alertmanager) by outcome.",
+        notifications = GaugeMetricFamily("chargewatch_notifications",
+                                          "Alert notifications (webhooks, Alertmanager) by outcome.",
                                           labels=["outcome"])
         for outcome, count in self.stores.notifications.notification_counts().items():
             notifications.add_metric([outcome], count)

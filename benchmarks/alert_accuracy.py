@@ -44,7 +44,7 @@ def run_seed(seed: int, pairs: int, hours: float, mode: str, offset_s: float) ->
         stores.close()
     minutes = [m for m in result.detection_minutes.values() if m is not None]
     exact = sum(within_ulps(a, ea) and within_ulps(d, ed)
-                for (a, d), (ea, ed) in zip(result.totals.values(), result.expected_totals.values()))
+                for (a, d), (ea, ed) in zip(result.totals.values(), result.expected_totals.values(), strict=True))
     return {
         "seed": seed, "start_offset_s": offset_s, "positives": len(result.detection_minutes), "detected": len(minutes),
         "detected_within_15_min": sum(m <= 15 for m in minutes), "false_alerts": len(result.false_alerts),

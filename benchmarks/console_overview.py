@@ -41,6 +41,8 @@ POWERS_KW = (7.4, 11.0, 22.0, 50.0)
 def load_windows(settings: Settings, vehicles: int, day_start_ms: int) -> dict[str, Any]:
     store = open_reading_store(settings)
     efficiency = sqlite_efficiency_stores(store.database)
+    writer = efficiency.window_writer
+    assert writer is not None  # SQLite computes its windows
     traits = []
     for number in range(1, vehicles + 1):
         rng = random.Random(number)
@@ -58,11 +60,11 @@ def load_windows(settings: Settings, vehicles: int, day_start_ms: int) -> dict[s
                 if (slot + phase) % 72 < 24:  # charging two hours in six
                     windows.append(EfficiencyWindow(vehicle_id, meter_id, stop, dc_kwh / ratio, dc_kwh, 5, 5,
                                                     25.0, ratio))
-        efficiency.window_writer.replace_windows(WINDOW_MS, hour_start, hour_start + MS_PER_HOUR, windows, hour_start)
+        writer.replace_windows(WINDOW_MS, hour_start, hour_start + MS_PER_HOUR, windows, hour_start)
         written += len(windows)
     day_end_ms = day_start_ms + 24 * MS_PER_HOUR
     # What the task runner leaves behind after its run at the end of the day.
-    efficiency.window_writer.refresh_fleet_latest(WINDOW_MS, day_end_ms - 24 * MS_PER_HOUR, day_end_ms)
+    writer.refresh_fleet_latest(WINDOW_MS, day_end_ms - 24 * MS_PER_HOUR, day_end_ms)
     efficiency.runner_state.update({"last_stop_ms": day_end_ms, "last_run_ms": day_end_ms, "last_duration_s": 1.0})
     store.close()
     return {"vehicles": vehicles, "windows": written, "load_seconds": round(time.perf_counter() - started, 1)}

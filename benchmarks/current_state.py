@@ -50,6 +50,7 @@ def preload(db_path: Path, devices: int) -> dict[str, Any]:
             for n in range(1, count + 1):
                 meter_id, vehicle_id = f"METER_{n:06d}", f"VEHICLE_{n:06d}"
                 stamp = now - timedelta(seconds=rng.randint(1, 3600))
+                reading: MeterReading | VehicleReading
                 if kind == "meter":
                     reading = MeterReading(meter_id=meter_id, kwh_consumed_ac=rng.uniform(0, 0.2),
                                            voltage=rng.uniform(220, 240), timestamp=stamp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -25,9 +26,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_DIR = BENCH_DIR / "lua"
@@ -41,15 +44,20 @@ _started: list[subprocess.Popen] = []
 
 # -- process lifetime ------------------------------------------------------------------------
 
+# What spawn() and _stop_group() know of each process (Popen takes no attributes of ours).
+_grace_seconds: weakref.WeakKeyDictionary[subprocess.Popen[Any], float] = weakref.WeakKeyDictionary()
+_stopped: weakref.WeakSet[subprocess.Popen[Any]] = weakref.WeakSet()
+
+
 def _stop_group(process: subprocess.Popen, grace_seconds: float = 30.0) -> None:
     """SIGTERM the process (gunicorn: graceful stop), then SIGKILL whatever is left of its group.
 
     The group is signalled only while its leader is known not to have been reaped before this
     call, so a process-group id that the kernel may since have reused is never signalled.
     """
-    if getattr(process, "bench_stopped", False):
+    if process in _stopped:
         return
-    process.bench_stopped = True  # type: ignore[attr-defined]
+    _stopped.add(process)
     if process.poll() is not None:
         return  # exited and reaped earlier (wrk after its run, a server that failed to start)
     pgid = process.pid  # started with start_new_session=True, so pgid == pid
@@ -72,7 +80,7 @@ def _stop_group(process: subprocess.Popen, grace_seconds: float = 30.0) -> None:
 def stop(process: subprocess.Popen | None) -> None:
     if process is None:
         return
-    _stop_group(process, getattr(process, "bench_grace_seconds", 30.0))
+    _stop_group(process, _grace_seconds.get(process, 30.0))
     if process in _started:
         _started.remove(process)
 
@@ -101,19 +109,16 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, log_path: P
     ``show_stderr`` its stderr goes to ours (progress of a child benchmark). On stop it gets
     SIGTERM and ``grace_seconds`` to exit before its process group is killed.
     """
-    log = open(log_path, "ab") if log_path and not capture else None
-    if capture:
-        out: Any = subprocess.PIPE
-        err: Any = subprocess.PIPE
-    else:
-        out = log or subprocess.DEVNULL
-        err = None if show_stderr else out
-    try:
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "ab")) if log_path and not capture else None
+        if capture:
+            out: Any = subprocess.PIPE
+            err: Any = subprocess.PIPE
+        else:
+            out = log or subprocess.DEVNULL
+            err = None if show_stderr else out
         process = subprocess.Popen(list(argv), env=env, start_new_session=True, stdout=out, stderr=err, cwd=cwd)
-    finally:
-        if log:
-            log.close()
-    process.bench_grace_seconds = grace_seconds  # type: ignore[attr-defined]
+    _grace_seconds[process] = grace_seconds
     _started.append(process)
     return process
 
@@ -232,7 +237,7 @@ def wait_until_answering(server: Server, path: str = "/", timeout_seconds: float
             answered = True
         except urllib.error.HTTPError:
             answered = True  # 404/405 is an answer
-        except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             answered = False
         if answered and len(server.workers()) >= expected_workers:
             return
@@ -419,7 +424,7 @@ def run_wrk(url: str, script: Path, *, duration_s: float, connections: int, thre
     wrk_cpu = (children_after.ru_utime + children_after.ru_stime
                - children_before.ru_utime - children_before.ru_stime)
     text = stdout.decode(errors="replace")
-    line = next((l for l in text.splitlines() if l.startswith(WRK_JSON_MARKER)), None)
+    line = next((row for row in text.splitlines() if row.startswith(WRK_JSON_MARKER)), None)
     if process.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({process.returncode}): {text}\n{stderr.decode(errors='replace')}")
     data = json.loads(line[len(WRK_JSON_MARKER):])
@@ -473,7 +478,7 @@ def machine_info() -> dict[str, Any]:
     model = ""
     try:
         with open("/proc/cpuinfo") as handle:
-            model = next((l.split(":", 1)[1].strip() for l in handle if l.startswith("model name")), "")
+            model = next((row.split(":", 1)[1].strip() for row in handle if row.startswith("model name")), "")
     except OSError:
         pass
     wrk_version = subprocess.run([WRK, "--version"], capture_output=True, text=True).stdout.splitlines()
@@ -501,7 +506,8 @@ def disturbance_notes(result: dict[str, Any]) -> list[str]:
     background = result.get("machine", {}).get("background_cores_at_start", 0)
     if background > 0.2:
         notes.append(f"WARNING: {background} cores were busy with other jobs when the benchmark started.")
-    others = [run["cpu"]["other_cores"] for run in _all_runs(result) if run.get("cpu", {}).get("other_cores") is not None]
+    others = [run["cpu"]["other_cores"] for run in _all_runs(result)
+              if run.get("cpu", {}).get("other_cores") is not None]
     if others and max(others) > 0.2:
         notes.append(f"WARNING: other jobs used up to {max(others)} cores during wrk runs "
                      "(cpu.other_cores); those runs understate the server.")

@@ -25,9 +25,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -227,11 +228,18 @@ def measure_reports(influx: Influxd, work: Path, pairs: int, repeat: int) -> dic
     rng = random.Random(3)
     vehicles = [pair_ids(rng.randint(1, pairs))[0] for _ in range(repeat * 10)]
     result: dict[str, Any] = {"vehicles": pairs, "windows": len(windows)}
-    for name, store in (("sqlite", embedded), ("influx", on_influx)):
+    stores: list[tuple[str, Any]] = [("sqlite", embedded), ("influx", on_influx)]
+    for name, store in stores:
         picks = iter(vehicles)
-        report_s = timed(lambda: queries.performance_report(store, next(picks), period, WINDOW_MS, policy),
-                         len(vehicles))
-        summary_s = timed(lambda: queries.fleet_summary(store, period, WINDOW_MS, policy, 10), repeat)
+
+        def report(store: Any = store, picks: Iterator[str] = picks) -> Any:
+            return queries.performance_report(store, next(picks), period, WINDOW_MS, policy)
+
+        def summary(store: Any = store) -> Any:
+            return queries.fleet_summary(store, period, WINDOW_MS, policy, 10)
+
+        report_s = timed(report, len(vehicles))
+        summary_s = timed(summary, repeat)
         result[name] = {"performance_24h": quantiles(report_s), "fleet_summary_24h": quantiles(summary_s)}
         log(f"  {name}: 24 h report p50 {result[name]['performance_24h']['p50_ms']} ms "
             f"p99 {result[name]['performance_24h']['p99_ms']} ms; fleet summary p50 "

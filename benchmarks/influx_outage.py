@@ -40,7 +40,6 @@ from tests.e2e.influx_mode import SteadyLoad  # noqa: E402  (the e2e suite's loa
 from tests.live.engines import BUILD_HINT, Influxd, find_engine  # noqa: E402  (the live suite's influxd)
 
 
-
 def start_influxd(data_dir: Path) -> Influxd:
     """A real influxd in ``data_dir/influxd`` with a ``telemetry`` bucket; exits when it is not built."""
     if find_engine("influxd") is None:
@@ -48,6 +47,13 @@ def start_influxd(data_dir: Path) -> Influxd:
     influxd = Influxd(data_dir / "influxd").start()
     influxd.create_bucket("telemetry")
     return influxd
+
+
+def engine_pid(influxd: Influxd) -> int:
+    """The pid of the influxd process that ``influxd`` runs now (started or restarted)."""
+    engine = influxd.engine
+    assert engine is not None and engine.process is not None
+    return engine.process.pid
 
 
 def stored_readings(influxd: Influxd) -> tuple[set[tuple[str, str, int]], int]:
@@ -109,7 +115,7 @@ def main() -> int:
 
         load = SteadyLoad(server.url, threads=args.gateways, pairs=args.pairs, rate_per_thread=args.rate,
                           token=server.write_token).start()
-        series: list[dict[str, float]] = []
+        series: list[dict[str, Any]] = []
         begin = time.monotonic()
 
         def sample(phase: str) -> tuple[int, int]:
@@ -133,13 +139,13 @@ def main() -> int:
         run_for(args.outage - args.hang, "outage_refuse")
         restart_started = time.monotonic()
         influxd.restart()
-        os.killpg(influxd.engine.process.pid, signal.SIGSTOP)  # accepting, not answering
+        os.killpg(engine_pid(influxd), signal.SIGSTOP)  # accepting, not answering
         suspended = True
         result["config"]["restart_s"] = round(time.monotonic() - restart_started, 2)
         print(f"outage: influxd restarted and stopped (SIGSTOP) for {args.hang:.0f} s", file=sys.stderr)
         run_for(args.hang, "outage_hang")
         queued, shipped_at_recovery = sample("recovery")
-        os.killpg(influxd.engine.process.pid, signal.SIGCONT)
+        os.killpg(engine_pid(influxd), signal.SIGCONT)
         suspended = False
         outage_end = time.monotonic()
         print(f"recovered with {queued} lines queued; draining", file=sys.stderr)
@@ -192,7 +198,7 @@ def main() -> int:
         result["cpu_seconds"] = {
             "ingest": round(harness.cpu_seconds(server.pids), 1),
             "forwarder": round(harness.cpu_seconds([forwarder.pid]), 1),
-            "influxd_after_restart": round(harness.cpu_seconds([influxd.engine.process.pid]), 1),
+            "influxd_after_restart": round(harness.cpu_seconds([engine_pid(influxd)]), 1),
         }
         result["outbox_series"] = [point for i, point in enumerate(series)
                                    if point["phase"] == "drain" or i % max(1, len(series) // 100) == 0]
@@ -206,7 +212,7 @@ def main() -> int:
             server.stop()
         if influxd is not None:
             if suspended:
-                os.killpg(influxd.engine.process.pid, signal.SIGCONT)
+                os.killpg(engine_pid(influxd), signal.SIGCONT)
             influxd.stop()
         harness.remove_data_dir(data_dir, args.keep_data)
     harness.emit(result, args.output)

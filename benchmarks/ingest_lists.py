@@ -162,7 +162,8 @@ def main() -> int:
 
     server_rate_median = statistics.median(s["readings_per_s"] for s in servers)
     raw_median = statistics.median(r["readings_per_s"] for r in raws)
-    latency = {k: statistics.median(s["run"]["latency_us"][k] for s in servers) for k in servers[0]["run"]["latency_us"]}
+    latency = {k: statistics.median(s["run"]["latency_us"][k] for s in servers)
+               for k in servers[0]["run"]["latency_us"]}
     ratio = server_rate_median / raw_median if raw_median else 0.0
     result["chargewatch"] = {
         "readings_per_s": server_rate_median,

@@ -136,7 +136,7 @@ def background_cores(seconds: float = 0.5) -> float:
             after = [int(value) for value in handle.readline().split()[1:]]
     except OSError:
         return 0.0
-    deltas = [a - b for a, b in zip(after, before)]
+    deltas = [a - b for a, b in zip(after, before, strict=True)]
     idle = deltas[3] + deltas[4]
     return round((os.cpu_count() or 1) * (sum(deltas) - idle) / max(1, sum(deltas)), 2)
 
@@ -176,7 +176,8 @@ def run(points: int, repeats: int, devices: int, batch_lines: int) -> dict[str, 
         for meter_id, vehicle_id, kwh, volts, timestamp in readings
     ]
     encode_only, only_lines = measure(lambda: [encode_point(*point) for point in mappings], points, repeats)
-    del mappings, only_lines
+    mappings.clear()
+    del only_lines
     result["encode_point_only_points_per_s"] = encode_only["per_s"]
 
     point = None

@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import harness
 
@@ -91,12 +92,14 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
         low, high = r["low_concurrency"], r["high_concurrency"]
         add(f"GET current, c{low['connections']} p99", low["latency_ms"]["p99"], "ms", "<= 2",
             r["meets_target"]["p99_ms_at_low_concurrency"])
-        add(f"  c{low['connections']} p50 / req/s", f"{low['latency_ms']['p50']:.2f} ms / {low['requests_per_s']:,.0f}", "")
+        add(f"  c{low['connections']} p50 / req/s",
+            f"{low['latency_ms']['p50']:.2f} ms / {low['requests_per_s']:,.0f}", "")
         if "bare_flask_low_concurrency" in r:
             bare = r["bare_flask_low_concurrency"]
             add(f"  bare Flask GET, c{bare['connections']} p50 / p99",
                 f"{bare['latency_ms']['p50']:.2f} / {bare['latency_ms']['p99']:.2f}", "ms")
-        add(f"  c{high['connections']} p50 / p99", f"{high['latency_ms']['p50']:.1f} / {high['latency_ms']['p99']:.1f}", "ms")
+        add(f"  c{high['connections']} p50 / p99",
+            f"{high['latency_ms']['p50']:.1f} / {high['latency_ms']['p99']:.1f}", "ms")
         add(f"  c{high['connections']} req/s", high["requests_per_s"], "req/s")
         if "serial" in r:
             serial = r["serial"]
@@ -105,7 +108,8 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
         add("  devices preloaded", r["preload"]["current_state_rows"], "")
     if "worker_rss" in results:
         r = results["worker_rss"]
-        add("ingest worker peak RSS (max)", r["max_worker_peak_mb"], "MiB", "<= 150", r["meets_target"]["max_worker_mb"])
+        add("ingest worker peak RSS (max)", r["max_worker_peak_mb"], "MiB", "<= 150",
+            r["meets_target"]["max_worker_mb"])
         add("  per worker RSS / peak",
             ", ".join(f"{w['rss_mb']:.0f}/{w['peak_rss_mb']:.0f}" for w in r["per_worker_mb"]), "MiB")
     return rows
@@ -114,11 +118,11 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
 def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
     headers = ("metric", "measured", "target", "")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out(line)
     out("-" * len(line))
     for row in rows:
-        out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def main() -> int:
@@ -151,7 +155,7 @@ def main() -> int:
     summary = {
         "results": {name: str(args.results_dir / f"{name}.json") for name in results},
         "failures": failures,
-        "table": [dict(zip(("metric", "measured", "target", "verdict"), row)) for row in rows],
+        "table": [dict(zip(("metric", "measured", "target", "verdict"), row, strict=True)) for row in rows],
         "warnings": notes,
         "elapsed_s": round(time.monotonic() - started, 1),
     }

@@ -37,7 +37,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import harness
 
@@ -68,22 +68,22 @@ class Holder:
                 self._open(selector)
             while not self.stopping.is_set():
                 for key, _ in selector.select(timeout=0.1):
-                    sock = key.fileobj
+                    sock = cast(socket.socket, key.fileobj)  # only sockets are registered
                     try:
-                        data = sock.recv(65536)  # type: ignore[union-attr]
+                        data = sock.recv(65536)
                     except (BlockingIOError, InterruptedError):
                         continue
                     except OSError:
                         data = b""
                     if not data:  # the server closed it: replace it
                         selector.unregister(sock)
-                        sock.close()  # type: ignore[union-attr]
+                        sock.close()
                         self.ended_by_server += 1
                         self._open(selector)
             for key in list(selector.get_map().values()):
-                key.fileobj.close()  # type: ignore[union-attr]
+                cast(socket.socket, key.fileobj).close()
 
-    def __enter__(self) -> "Holder":
+    def __enter__(self) -> Holder:
         self.thread.start()
         time.sleep(1.0)  # every held request has reached the server
         return self
@@ -122,11 +122,12 @@ class Probe:
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies_ms)
-        pick = (lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered else (lambda q: None)
+        pick = ((lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered
+                else (lambda q: None))
         return {"answered": len(ordered), "errors": self.errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
                 "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None}
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self.thread.start()
         return self
 

@@ -20,8 +20,9 @@ import gzip
 import http.client
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import harness
 
@@ -91,7 +92,7 @@ class PeakSampler:
                 return
             self.cpu_s = max(self.cpu_s, harness.cpu_seconds([self.pid]))
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.thread.start()
         return self
 

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.efficiency_ports import AlertRecord
@@ -116,8 +117,8 @@ def measured_span(windows: Iterable[EfficiencyWindow], stop_ms: int, window_ms: 
     if not any(_is_active(by_stop.get(s), policy) for s in range(span_start + window_ms, stop_ms + 1, window_ms)):
         return []
     newest, before = by_stop.get(stop_ms), by_stop.get(stop_ms - window_ms)
-    ended = not _is_active(newest, policy) or (
-        _is_active(before, policy) and _per_reading_kwh(newest) < 0.5 * _per_reading_kwh(before))  # type: ignore[arg-type]
+    ended = newest is None or not _is_active(newest, policy) or (
+        before is not None and _is_active(before, policy) and _per_reading_kwh(newest) < 0.5 * _per_reading_kwh(before))
     earliest = stop_ms - policy.max_session_ms
     if ended:
         last = stop_ms if _is_active(newest, policy) else stop_ms - window_ms

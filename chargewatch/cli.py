@@ -14,9 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 from chargewatch import __version__
 from chargewatch.locks import run_once_in_foreground
@@ -25,6 +26,9 @@ from chargewatch.stores import StorageUnavailable
 
 if TYPE_CHECKING:
     from chargewatch.stores.sqlite import SqliteReadingStore
+
+if TYPE_CHECKING:
+    pass
 
 logger = logging.getLogger("chargewatch")
 
@@ -42,7 +46,7 @@ def _open_store(settings: Settings) -> SqliteReadingStore:
 
 # -- serve / run ---------------------------------------------------------------------------------
 
-def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict:
+def gunicorn_options(settings: Settings, service: str, host: str | None, port: int | None) -> dict[str, Any]:
     """gunicorn settings; the defaults were chosen by benchmarks/ (see README, Performance)."""
     from webapi.worker import worker_class
 
@@ -70,7 +74,7 @@ def gunicorn_options(settings: Settings, service: str, host: str | None, port: i
     }
 
 
-def _start_store_writer(worker) -> None:
+def _start_store_writer(worker: Any) -> None:
     # Connect to the SQLite store's shared writer (starting it) before the first request arrives.
     app = getattr(worker, "application", worker.wsgi)  # GuardedThreadWorker wraps the app it serves
     store = app.extensions.get("reading_store")
@@ -78,7 +82,7 @@ def _start_store_writer(worker) -> None:
         store.start_writer()
 
 
-def _mark_worker_dead(server, worker) -> None:
+def _mark_worker_dead(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
@@ -136,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # service its own, so ingest and analytics never take over each other's.
                 self.cfg.set("control_socket", str(settings.data_dir / f"{args.service}.ctl"))
 
-        def load(self):
+        def load(self) -> Any:
             from gunicorn.util import import_app
 
             return import_app(app_uri)
@@ -164,33 +168,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_lock, stopping = run_once_in_foreground(hold_run_lock)
     _prepare_store(settings)
     command = [sys.executable, "-m", "chargewatch"]
-    children = [
-        subprocess.Popen([*command, "serve", "ingest"]),
-        subprocess.Popen([*command, "serve", "analytics"]),
-        subprocess.Popen([*command, "tasks"]),
-    ]
+    roles = [["serve", "ingest"], ["serve", "analytics"], ["tasks"]]
     if settings.store == "influx":  # the outbox only drains while a forwarder runs
-        children.append(subprocess.Popen([*command, "forward"]))
+        roles.append(["forward"])
+    children = {" ".join(role): subprocess.Popen([*command, *role]) for role in roles}
     print(_banner(settings), flush=True)
     try:
         while not stopping.wait(0.5):
-            for child in children:
+            for role, child in children.items():
                 if child.poll() is not None:
-                    print(f"chargewatch: {' '.join(child.args[3:])} exited with status {child.returncode}; "
+                    print(f"chargewatch: {role} exited with status {child.returncode}; "
                           "stopping", file=sys.stderr)
                     stopping.set()
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in children.values():
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
     os.close(run_lock)
-    failed = [c.returncode for c in children if c.returncode and c.returncode > 0]
+    failed = [c.returncode for c in children.values() if c.returncode and c.returncode > 0]
     return failed[0] if failed else 0
 
 
@@ -307,7 +308,8 @@ def _running_here(settings: Settings) -> list[str]:
     from chargewatch.locks import AlreadyRunning, hold_instance_lock
 
     running = []
-    locks = {"chargewatch run": settings.data_dir / "run.lock", "the task runner": settings.data_dir / "task-runner.lock",
+    locks = {"chargewatch run": settings.data_dir / "run.lock",
+             "the task runner": settings.data_dir / "task-runner.lock",
              "the forwarder": settings.sqlite_path.with_name(settings.sqlite_path.name + ".forwarder.lock")}
     for what, path in locks.items():
         if path.exists():
@@ -457,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("CHARGEWATCH_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    status: int = args.func(args)
+    return status
 
 
 if __name__ == "__main__":

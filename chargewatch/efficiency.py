@@ -12,7 +12,7 @@ contains its device timestamp. Per vehicle, meter and window:
 
 A window exists when either side has at least one reading; a missing side has zero energy and
 count. Readings without a vehicle (unpaired meter readings) belong to no window. The Flux task in
-``influxdb/tasks`` implements the same definition; ``tests/fixtures/efficiency_windows.json`` holds
+``chargewatch/influx/tasks`` implements the same definition; ``tests/fixtures/efficiency_windows.json`` holds
 readings and the windows both engines must produce.
 
 Sums use ``math.fsum`` so a window's energy is the correctly rounded sum of its readings.
@@ -21,8 +21,9 @@ Sums use ``math.fsum`` so a window's energy is the correctly rounded sum of its 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 DEFAULT_WINDOW_MS = 5 * 60 * 1000
 DEFAULT_MIN_ENERGY_KWH = 0.1

@@ -6,11 +6,13 @@ The reading side's port is :class:`chargewatch.stores.ReadingStore`. Adapters (c
 
 | port | SQLite (embedded) | InfluxDB | in memory (tests) |
 |---|---|---|---|
-| :class:`WindowSource` | ``stores.sqlite_windows.SqliteWindowStore`` | ``stores.influx_windows.InfluxWindowSource`` | ``stores.memory_efficiency.InMemoryWindowStore`` |
+| :class:`WindowSource` | ``sqlite_windows.SqliteWindowStore`` | ``influx_windows.InfluxWindowSource`` | in memory |
 | :class:`WindowWriter` | ``SqliteWindowStore`` | (the Flux task writes) | |
-| :class:`AlertStore` | ``stores.sqlite_alerts.SqliteAlertStore`` | (SQLite) | ``InMemoryAlertStore`` |
-| :class:`NotificationOutbox` | ``stores.sqlite_alerts.SqliteNotificationOutbox`` | (SQLite) | ``InMemoryNotificationOutbox`` |
-| :class:`RunnerStateStore` | ``stores.sqlite_runner_state.SqliteRunnerState`` | (SQLite) | ``InMemoryRunnerState`` |
+| :class:`AlertStore` | ``sqlite_alerts.SqliteAlertStore`` | (SQLite) | ``InMemoryAlertStore`` |
+| :class:`NotificationOutbox` | ``sqlite_alerts.SqliteNotificationOutbox`` | (SQLite) | ``InMemoryNotificationOutbox`` |
+| :class:`RunnerStateStore` | ``sqlite_runner_state.SqliteRunnerState`` | (SQLite) | ``InMemoryRunnerState`` |
+
+(modules of ``chargewatch.stores``; ``InMemory*`` in ``stores.memory_efficiency``)
 
 Contract common to every port: times are epoch milliseconds; a window is named by its stop, and a
 range ``(start_ms, end_ms]`` holds the windows whose stop lies in it (windows are half-open
@@ -20,8 +22,9 @@ failures raise :class:`chargewatch.stores.StorageUnavailable`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey
 

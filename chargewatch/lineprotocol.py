@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 FieldValue = float | int | str | bool
 EncodablePoint = tuple[str, Mapping[str, str | None], Mapping[str, FieldValue | None], int | None]
@@ -60,6 +60,13 @@ _NAME_END = re.compile(r"(?<!\\)[, =]")
 _VALUE_END = re.compile(r"[, ]")
 _STRING_REST = re.compile(r'(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _WHITESPACE = re.compile(r"[ \t\0]*+")
+
+
+def _skip_whitespace(line: str, pos: int) -> int:
+    """The position after the whitespace at ``pos`` (``_WHITESPACE`` matches the empty string too)."""
+    match = _WHITESPACE.match(line, pos)
+    assert match is not None
+    return match.end()
 _ESCAPED_IN_NAME = re.compile(r'\\([, ="])')
 _ESCAPED_IN_TAG = re.compile(r"\\([, =])")
 _ESCAPED_IN_STRING = re.compile(r'\\([\\"])')
@@ -124,9 +131,7 @@ def parse_lines(
         body = body.replace("\r\n", "\n").removesuffix("\r")
     if max_lines is not None and body.count("\n") >= max_lines:
         # Blank lines cost nothing to skip here, in the regex engine; only lines with content count.
-        lines_with_content = 0
-        for _ in _CONTENT_LINE.finditer(body):
-            lines_with_content += 1
+        for lines_with_content, _ in enumerate(_CONTENT_LINE.finditer(body), start=1):
             if lines_with_content > max_lines:
                 raise TooManyLines(f"the body holds more than {max_lines} lines; at most {max_lines} "
                                    "are accepted per request")
@@ -241,7 +246,7 @@ def _parse_escaped(line: str, multiplier: int) -> _Parsed:
         tags[tag_key] = _unescape(_ESCAPED_IN_TAG, line[value_start:pos])
     key_end = pos
 
-    pos = _WHITESPACE.match(line, pos + 1).end()
+    pos = _skip_whitespace(line, pos + 1)
     if pos >= length:
         raise _Rejected("missing fields")
     fields: dict[str, FieldValue] = {}
@@ -274,7 +279,7 @@ def _parse_escaped(line: str, multiplier: int) -> _Parsed:
         pos += 1
 
     timestamp_ns = None
-    pos = _WHITESPACE.match(line, pos).end()
+    pos = _skip_whitespace(line, pos)
     if pos < length:
         end = line.find(" ", pos)
         if end == -1:
@@ -402,7 +407,7 @@ _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 _UNCARRIABLE_NAME = re.compile(r'[\n\r]|\\(?:[, ="]|\Z)')
 _CACHE_LIMIT = 10_000
 
-_heads: dict[tuple, str] = {}
+_heads: dict[tuple[Any, ...], str] = {}
 _field_prefixes: dict[str, str] = {}
 
 
@@ -446,7 +451,7 @@ def _escape_string_value(key: str, value: str) -> str:
     return '"' + value.translate(_STRING_ESCAPES) + '"'
 
 
-def _remember(cache: dict, key: object, value: str) -> str:
+def _remember(cache: dict[Any, str], key: Any, value: str) -> str:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = value
@@ -494,7 +499,7 @@ def encode_point(
     """
     # A fleet has few distinct (measurement, tag set) pairs: caching the validated, sorted and
     # escaped head makes the common point cost one tuple hash instead of a sort and four escapes.
-    head_key = (measurement, *tags, *tags.values())
+    head_key: tuple[Any, ...] = (measurement, *tags, *tags.values())
     head = _heads.get(head_key) or _remember(_heads, head_key, _encode_head(measurement, tags))
     parts = []
     for key, value in fields.items():

@@ -53,11 +53,12 @@ def _alert_json(alert: Any) -> dict[str, Any]:
     return AlertBody.of(alert).model_dump(mode="json")
 
 
-def _print_table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+def _print_table(headers: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded).rstrip()
 
     print(line(headers))
     for row in rows:
@@ -72,7 +73,7 @@ def _print_alerts(alerts: list[Any]) -> None:
         ["VEHICLE", "RULE", "STATE", "STARTED", "FIRED", "ENDED", "EFFICIENCY", "METER"],
         [[a.vehicle_id, a.rule, a.state + (" (replayed)" if a.replayed else ""), _iso(a.started_ms),
           _iso(a.fired_ms), _iso(a.resolved_ms), "" if a.value is None else f"{a.value * 100:.1f} %", a.meter_id or ""]
-         for a in alerts], right={6})
+         for a in alerts], right=frozenset({6}))
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -139,8 +140,8 @@ def _replay(args: argparse.Namespace) -> int:
                     return 2
                 time.sleep(1)
             report = None
-        alerts = [a for a in efficiency.alerts.recent_alerts(since_ms, limit=1_000_000) + efficiency.alerts.open_alerts()
-                  if since_ms < a.started_ms <= until_ms]
+        stored = efficiency.alerts.recent_alerts(since_ms, limit=1_000_000) + efficiency.alerts.open_alerts()
+        alerts = [a for a in stored if since_ms < a.started_ms <= until_ms]
         alerts = sorted({(a.vehicle_id, a.rule, a.started_ms): a for a in alerts}.values(),
                         key=lambda a: (a.started_ms, a.vehicle_id))
     finally:
@@ -194,7 +195,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             [[r.vehicle_id, "n/a" if r.efficiency is None else f"{r.efficiency * 100:.1f} %", r.status,
               f"{r.ac_kwh:.2f}", f"{r.dc_kwh:.2f}", f"{r.lost_kwh:.2f}",
               f"{r.alert.state} since {_iso(r.alert.started_ms)}" if r.alert else ""] for r in overview.rows],
-            right={1, 3, 4, 5})
+            right=frozenset({1, 3, 4, 5}))
     if overview.matching > len(overview.rows):
         print(f"... {overview.matching - len(overview.rows)} more (--limit)")
     return 0

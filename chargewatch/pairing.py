@@ -17,9 +17,10 @@ import bisect
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,9 +34,9 @@ class PairingRule:
     prefixes: tuple[tuple[str, str], ...] = (("VEHICLE_", "METER_"), ("EV-", "MTR-"))
 
     @classmethod
-    def from_strings(cls, pairs: Iterable[str]) -> "PairingRule":
+    def from_strings(cls, pairs: Iterable[str]) -> PairingRule:
         """Build from ``"VEHICLE_:METER_"`` strings (as in ``CHARGEWATCH_PAIRING__PREFIXES``)."""
-        return cls(tuple(tuple(item.split(":", 1)) for item in pairs))  # type: ignore[misc]
+        return cls(tuple((vehicle, meter) for vehicle, _, meter in (item.partition(":") for item in pairs)))
 
     def meter_for(self, vehicle_id: str) -> str | None:
         return _swap_prefix(vehicle_id, ((v, m) for v, m in self.prefixes))
@@ -74,7 +75,7 @@ class Pairings:
     explicit: Mapping[str, str] = field(default_factory=dict)  # vehicle_id -> meter_id
     rule: PairingRule = field(default_factory=PairingRule)
     since_ms: int | None = None
-    earlier: tuple[tuple[int, "Pairings"], ...] = field(default=(), repr=False)
+    earlier: tuple[tuple[int, Pairings], ...] = field(default=(), repr=False)
     _by_meter: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _resolved: dict[tuple[str, str], str | None] = field(init=False, repr=False, compare=False)
     _starts: list[int] = field(init=False, repr=False, compare=False)
@@ -86,7 +87,7 @@ class Pairings:
         object.__setattr__(self, "_starts", [start for start, _ in self.earlier])
 
     @classmethod
-    def from_history(cls, intervals: Iterable[PairingInterval], rule: PairingRule) -> "Pairings":
+    def from_history(cls, intervals: Iterable[PairingInterval], rule: PairingRule) -> Pairings:
         """The view of every time the intervals cover; the returned object is the one holding now."""
         intervals = list(intervals)
         changes = sorted({i.valid_from_ms for i in intervals} | {i.valid_to_ms for i in intervals
@@ -101,7 +102,7 @@ class Pairings:
         (since, latest), earlier = views[-1], tuple(views[:-1])
         return cls(latest.explicit, rule, since, earlier)
 
-    def at(self, time_ms: int) -> "Pairings":
+    def at(self, time_ms: int) -> Pairings:
         """The pairings that held at ``time_ms`` (epoch ms)."""
         if self.since_ms is None or time_ms >= self.since_ms:
             return self
@@ -180,7 +181,9 @@ class PairingStore(Protocol):
 
 class PairingRegistry:
     """Cached pairings: reloads when the store's version moves, which it checks at most every
-    ``recheck_seconds`` (a change made in another process applies within that long)."""
+    ``recheck_seconds`` (a change made in another process applies to ingest within that long), or
+    on every ``current(fresh=True)`` (what the pairing API answers: a change made through another
+    worker is there at once)."""
 
     def __init__(self, store: PairingStore, rule: PairingRule, recheck_seconds: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -197,9 +200,9 @@ class PairingRegistry:
         """Reload on the next ``current()`` (after this process changed the pairings)."""
         self._checked_at = float("-inf")
 
-    def current(self) -> Pairings:
+    def current(self, fresh: bool = False) -> Pairings:
         now = self._clock()
-        if now - self._checked_at < self._recheck_seconds:
+        if not fresh and now - self._checked_at < self._recheck_seconds:
             return self._pairings
         self._checked_at = now
         version = self._store.pairings_version()

@@ -15,9 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property, lru_cache
-from typing import Annotated, Any, ClassVar, Literal, Union
-
-from pydantic_core import from_json
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,13 +26,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    Strict,
     model_validator,
 )
+from pydantic_core import from_json
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 # For Python checks of ids outside pydantic (URL paths, cursors): always ``fullmatch``, since Python's
@@ -45,7 +44,8 @@ DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
 # notes, a space). pydantic alone would also take bare epoch numbers ("1796148133") and offsets
 # without a colon ("+0000"), which the contract refuses. The offset is optional here only so that
 # pydantic's own "should have timezone info" names what a naive timestamp lacks.
-RFC3339_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+RFC3339_PATTERN = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+                   r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?")
 _RFC3339 = re.compile(RFC3339_PATTERN)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -73,7 +73,8 @@ class ReadingRules:
 def _rules(info: ValidationInfo) -> ReadingRules:
     context = info.context
     if context and "rules" in context:
-        return context["rules"]
+        rules: ReadingRules = context["rules"]
+        return rules
     return ReadingRules(now=datetime.now(timezone.utc))
 
 
@@ -99,7 +100,7 @@ def to_utc(value: datetime) -> datetime:
         return value
     try:
         # Same instant as astimezone(utc), at a third of the cost for pydantic's parsed offsets.
-        return value.replace(tzinfo=timezone.utc) - value.utcoffset()
+        return value.replace(tzinfo=timezone.utc) - (value.utcoffset() or timedelta(0))
     except OverflowError:
         raise ValueError("is outside the range of representable times (years 1-9999 in UTC)") from None
 
@@ -149,7 +150,7 @@ class _Reading(BaseModel):
     timestamp: Timestamp | None = None
 
     @model_validator(mode="after")
-    def _default_timestamp_to_receive_time(self, info: ValidationInfo) -> "_Reading":
+    def _default_timestamp_to_receive_time(self, info: ValidationInfo) -> _Reading:
         if self.timestamp is None:
             object.__setattr__(self, "timestamp", _rules(info).now.astimezone(timezone.utc))
         return self
@@ -161,6 +162,7 @@ class _Reading(BaseModel):
     @cached_property
     def time_ms(self) -> int:
         """Device timestamp as integer milliseconds since the Unix epoch (the storage precision)."""
+        assert self.timestamp is not None  # the model validator sets it
         delta = self.timestamp - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
@@ -192,7 +194,7 @@ class VehicleReading(_Reading):
         return self.vehicle_id
 
 
-AnyReading = Union[MeterReading, VehicleReading]
+AnyReading = MeterReading | VehicleReading
 READING_KINDS: dict[str, type[_Reading]] = {"meter": MeterReading, "vehicle": VehicleReading}
 
 
@@ -208,7 +210,7 @@ def _reading_kind(value: Any) -> str | None:
 
 
 Reading = Annotated[
-    Union[Annotated[MeterReading, Tag("meter")], Annotated[VehicleReading, Tag("vehicle")]],
+    Annotated[MeterReading, Tag("meter")] | Annotated[VehicleReading, Tag("vehicle")],
     Discriminator(
         _reading_kind,
         custom_error_type="reading_kind",
@@ -257,7 +259,9 @@ class ValidatedBatch:
 JSON_VALUES_PER_ITEM = 32
 
 
-def validate_batch(body: bytes, rules: ReadingRules, kind: str | None = None, max_items: int = 10_000) -> ValidatedBatch:
+def validate_batch(
+    body: bytes, rules: ReadingRules, kind: str | None = None, max_items: int = 10_000
+) -> ValidatedBatch:
     """Validate a JSON body holding one reading or a list of them.
 
     ``kind`` ("meter"/"vehicle") restricts the body to that kind (the typed routes). Good items of a
@@ -317,7 +321,7 @@ def _too_many_items(max_items: int) -> str:
     return f"the list holds more than {max_items} readings; at most {max_items} are accepted per request"
 
 
-def _check_size(items: list, max_items: int) -> None:
+def _check_size(items: list[Any], max_items: int) -> None:
     if not items:
         raise InvalidBody("the list holds no readings")
     if len(items) > max_items:
@@ -351,13 +355,14 @@ def describe_errors(err: ValidationError) -> tuple[FieldError, ...]:
 
 
 @lru_cache(maxsize=16)
-def _list_adapter(kind: str | None, max_items: int) -> TypeAdapter:
+def _list_adapter(kind: str | None, max_items: int) -> TypeAdapter[list[AnyReading]]:
     """A list of readings that pydantic refuses past ``max_items`` before validating any item."""
-    item = {None: Reading, "meter": MeterReading, "vehicle": VehicleReading}[kind]
-    return TypeAdapter(Annotated[list[item], Field(max_length=max_items)])  # type: ignore[valid-type]
+    item: Any = {None: Reading, "meter": MeterReading, "vehicle": VehicleReading}[kind]
+    adapter: TypeAdapter[list[AnyReading]] = TypeAdapter(Annotated[list[item], Field(max_length=max_items)])
+    return adapter
 
 
-_ADAPTERS: dict[str | None, TypeAdapter] = {
+_ADAPTERS: dict[str | None, TypeAdapter[Any]] = {
     None: READING,
     "meter": TypeAdapter(MeterReading),
     "vehicle": TypeAdapter(VehicleReading),

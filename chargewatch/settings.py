@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 ENV_PREFIX = "CHARGEWATCH_"
 
@@ -234,7 +233,8 @@ class Settings(BaseSettings):
     telemetry_bucket: str = Field(
         "telemetry", description="Bucket name line-protocol writers must use (POST /api/v2/write?bucket=...)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR.")
     limits: ReadingLimits = Field(default_factory=ReadingLimits)
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
@@ -29,7 +30,7 @@ _MARKERS = re.compile(r"(<!-- settings:(\w+) -->\n)(.*?)(<!-- /settings:\2 -->)"
 def _default(field: FieldInfo) -> str:
     if field.default_factory is default_data_dir:
         return "`$XDG_DATA_HOME/chargewatch` or `~/.local/share/chargewatch`"
-    value: Any = field.default_factory() if field.default_factory is not None else field.default
+    value: Any = field.get_default(call_default_factory=True, validated_data={})
     if value is PydanticUndefined or value is None or value == [] or value == SecretStr(""):
         return "(none)"
     if isinstance(value, SecretStr):
@@ -45,11 +46,11 @@ def settings_rows(sections: tuple[str, ...]) -> Iterator[tuple[str, str, str]]:
     """(environment variable, default, meaning) of every setting in ``sections``, in model order."""
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
-        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if not nested and "" in sections:
-            yield f"{ENV_PREFIX}{name.upper()}", _default(field), field.description or ""
-        elif nested and name in sections:
-            for sub_name, sub_field in annotation.model_fields.items():  # type: ignore[union-attr]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            if "" in sections:
+                yield f"{ENV_PREFIX}{name.upper()}", _default(field), field.description or ""
+        elif name in sections:
+            for sub_name, sub_field in annotation.model_fields.items():
                 yield (f"{ENV_PREFIX}{name.upper()}__{sub_name.upper()}", _default(sub_field),
                        sub_field.description or "")
 

@@ -39,7 +39,7 @@ class Tokens:
         return matched
 
 
-def load_tokens(settings: "Settings") -> Tokens:
+def load_tokens(settings: Settings) -> Tokens:
     """Tokens per scope from the settings, falling back to the generated tokens file."""
     write, read = tuple(settings.auth.write_tokens), tuple(settings.auth.read_tokens)
     if write and read:

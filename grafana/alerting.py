@@ -6,7 +6,7 @@ from ``provisioning/alerting`` (``pkg/services/provisioning/alerting/rules_types
 carries ``name``, ``folder`` (a title) and ``interval`` as a duration string; a rule links to a panel
 with ``dashboardUid``/``panelId``.
 
-Both rules evaluate query A (``queries.TRAILING_EFFICIENCY_PER_VEHICLE``) over the trailing span:
+Both rules evaluate query A (``queries.trailing_efficiency_per_vehicle``) over the trailing span:
 DC / AC as a ratio of sums per vehicle, only where enough AC flowed, one series per vehicle, so
 Grafana keeps one alert instance per vehicle. B reduces each series to its value; C compares it
 with the threshold and, through the recovery threshold (``unloadEvaluator``), resolves only past the
@@ -18,7 +18,7 @@ whole: its span gives no verdict (Grafana's noDataState OK resolves the alert).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from grafana_foundation_sdk.builders import alerting, expr
 from grafana_foundation_sdk.cog import builder as cogbuilder
@@ -34,6 +34,8 @@ FOLDER_TITLE = "Chargewatch alerts"  # not the dashboards' folder: each provisio
 INTERVAL_SECONDS = 60  # a multiple of Grafana's 10 s scheduler tick; windows close every 5 min
 EXPRESSION_UID = "__expr__"
 EXPRESSION_DATASOURCE = DataSourceRef(type_val=EXPRESSION_UID, uid=EXPRESSION_UID)
+# The threshold comparisons the rules use (Grafana's threshold evaluator types).
+Comparison = Literal["gt", "lt"]
 # The rule names and alert names of chargewatch's own evaluator (analytics/alerts.py; a test keeps
 # them equal), so a webhook receiver sees the same alertname from either source. Not imported:
 # importing the analytics package builds its Flask and metrics machinery.
@@ -61,12 +63,13 @@ class _AlertFlux(cogbuilder.Builder[AlertFluxQuery]):
         return self._internal
 
 
-def _queries(condition_type: str, threshold: float, resolve_type: str, resolve_threshold: float) -> list[Any]:
-    span_seconds = int(queries.SPAN.total_seconds())
+def _queries(limits: queries.AlertLimits, condition_type: Comparison, threshold: float, resolve_type: Comparison,
+             resolve_threshold: float) -> list[Any]:
+    span_seconds = int(limits.span.total_seconds())
     return [
         alerting.Query("A").datasource_uid(panels.DATASOURCE_UID)
         .relative_time_range(RelativeTimeRange(from_val=span_seconds, to=0))
-        .model(_AlertFlux(queries.TRAILING_EFFICIENCY_PER_VEHICLE)),
+        .model(_AlertFlux(queries.trailing_efficiency_per_vehicle(limits.min_span_energy_kwh))),
         alerting.Query("B").datasource_uid(EXPRESSION_UID)
         .model(expr.TypeReduce().ref_id("B").datasource(EXPRESSION_DATASOURCE).expression("A").reducer("last")
                .settings(expr.ExprTypeReduceSettings().mode("dropNN"))),
@@ -80,12 +83,13 @@ def _queries(condition_type: str, threshold: float, resolve_type: str, resolve_t
     ]
 
 
-def _rule(uid: str, rule: str, condition_type: str, threshold: float, resolve_type: str,
-          resolve_threshold: float, severity: str, summary: str, description: str) -> alerting.Rule:
+def _rule(limits: queries.AlertLimits, uid: str, rule: str, condition_type: Comparison, threshold: float,
+          resolve_type: Comparison, resolve_threshold: float, severity: str, summary: str, description: str
+          ) -> alerting.Rule:
     builder = (
         alerting.Rule(ALERT_NAMES[rule]).uid(uid).condition("C")
-        .queries(_queries(condition_type, threshold, resolve_type, resolve_threshold))
-        .for_val(queries.flux_duration(queries.PENDING))
+        .queries(_queries(limits, condition_type, threshold, resolve_type, resolve_threshold))
+        .for_val(queries.flux_duration(limits.pending))
         # No vehicle with enough energy in the span (an idle fleet) is no verdict, not an alert.
         .no_data_state("OK").exec_err_state("Error")
         .labels({"severity": severity, "rule": rule})
@@ -94,27 +98,29 @@ def _rule(uid: str, rule: str, condition_type: str, threshold: float, resolve_ty
     return builder
 
 
-def rules() -> list[alerting.Rule]:
-    span = panels.minutes(queries.SPAN)
-    pending = panels.minutes(queries.PENDING)
-    energy = f"at least {queries.MIN_SPAN_ENERGY_KWH} kWh of AC"
+def rules(limits: queries.AlertLimits = queries.DEFAULT_LIMITS) -> list[alerting.Rule]:
+    """The two rules, with the thresholds, span, pending time and least energy of ``limits``."""
+    span = panels.minutes(limits.span)
+    pending = panels.minutes(limits.pending)
+    energy = f"at least {limits.min_span_energy_kwh} kWh of AC"
     return [
         _rule(
-            "chargewatch-efficiency-low", LOW, "lt", queries.THRESHOLD, "gt", queries.RESOLVE_THRESHOLD, "warning",
+            limits, "chargewatch-efficiency-low", LOW, "lt", limits.threshold, "gt", limits.resolve_threshold,
+            "warning",
             "{{ $labels.vehicle_id }}: charging efficiency {{ humanizePercentage $values.B.Value }} over the last "
-            f"{span}, below {queries.THRESHOLD:.0%}",
+            f"{span}, below {limits.threshold:.0%}",
             f"DC delivered / AC consumed over the trailing {span} ({energy}) has been below "
-            f"{queries.THRESHOLD:.0%} for {pending}: a charger fault or leakage. Resolves above "
-            f"{queries.RESOLVE_THRESHOLD:.0%}.",
+            f"{limits.threshold:.0%} for {pending}: a charger fault or leakage. Resolves above "
+            f"{limits.resolve_threshold:.0%}.",
         ),
         _rule(
-            "chargewatch-efficiency-above-one", ABOVE_ONE, "gt", queries.ABOVE_ONE_THRESHOLD, "lt",
-            queries.ABOVE_ONE_RESOLVE_THRESHOLD, "info",
+            limits, "chargewatch-efficiency-above-one", ABOVE_ONE, "gt", limits.above_one_threshold, "lt",
+            limits.above_one_resolve_threshold, "info",
             "{{ $labels.vehicle_id }}: DC delivered exceeds AC consumed ({{ humanizePercentage $values.B.Value }} "
             f"over the last {span})",
-            f"Efficiency above {queries.ABOVE_ONE_THRESHOLD:.0%} over the trailing {span} ({energy}) for {pending} "
+            f"Efficiency above {limits.above_one_threshold:.0%} over the trailing {span} ({energy}) for {pending} "
             "is impossible: the meter or the vehicle-meter pairing is wrong (data quality). Resolves below "
-            f"{queries.ABOVE_ONE_RESOLVE_THRESHOLD:.0%}.",
+            f"{limits.above_one_resolve_threshold:.0%}.",
         ),
     ]
 
@@ -153,7 +159,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def rule_group_file() -> dict[str, Any]:
+def rule_group_file(limits: queries.AlertLimits = queries.DEFAULT_LIMITS) -> dict[str, Any]:
     """``provisioning/alerting/rules.yaml`` as data."""
     return {
         "apiVersion": 1,
@@ -162,6 +168,6 @@ def rule_group_file() -> dict[str, Any]:
             "name": GROUP_NAME,
             "folder": FOLDER_TITLE,
             "interval": f"{INTERVAL_SECONDS}s",
-            "rules": [_file_rule(rule) for rule in rules()],
+            "rules": [_file_rule(rule) for rule in rules(limits)],
         }],
     }

@@ -1,7 +1,8 @@
 """Write the generated Grafana files: ``python -m grafana.generate`` (``--check``: only compare).
 
 - ``grafana/dashboards/<name>.json``: the dashboards of ``grafana/panels.py``;
-- ``grafana/provisioning/alerting/rules.yaml``: the rule group of ``grafana/alerting.py``.
+- ``grafana/provisioning/alerting/rules.yaml``: the rule group of ``grafana/alerting.py``, with the
+  default alert settings; ``--alerts-from-env FILE`` writes the rules with ``CHARGEWATCH_ALERTS__*``.
 
 They are committed, because Grafana reads them straight from the repository (mounted read-only by
 docker-compose.yml); ``tests/unit/test_grafana_provisioning.py`` fails when they are stale.
@@ -16,7 +17,8 @@ from pathlib import Path
 import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from grafana import alerting, panels
+from chargewatch.settings import Settings
+from grafana import alerting, panels, queries
 
 GRAFANA_DIR = Path(__file__).resolve().parent
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
@@ -40,8 +42,8 @@ def dashboard_json(name: str) -> str:
     return JSONEncoder(sort_keys=True, indent=2).encode(panels.DASHBOARDS[name]().build()) + "\n"
 
 
-def rules_yaml() -> str:
-    return HEADER + yaml.dump(alerting.rule_group_file(), Dumper=_BlockStyleDumper, sort_keys=False,
+def rules_yaml(limits: queries.AlertLimits = queries.DEFAULT_LIMITS) -> str:
+    return HEADER + yaml.dump(alerting.rule_group_file(limits), Dumper=_BlockStyleDumper, sort_keys=False,
                               allow_unicode=True, width=120)
 
 
@@ -60,7 +62,17 @@ def stale_files() -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grafana.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
+    parser.add_argument("--alerts-from-env", metavar="FILE", type=Path,
+                        help="write only the alert rules, with the thresholds of CHARGEWATCH_ALERTS__* (environment "
+                             "and .env, as the services read them), to FILE; the committed files keep the defaults")
     args = parser.parse_args(argv)
+    if args.alerts_from_env:
+        limits = queries.AlertLimits.from_settings(Settings().alerts)
+        args.alerts_from_env.parent.mkdir(parents=True, exist_ok=True)
+        args.alerts_from_env.write_text(rules_yaml(limits))
+        print(f"wrote {args.alerts_from_env} (threshold {limits.threshold}, resolve above "
+              f"{limits.resolve_threshold}, span {limits.span}, pending {limits.pending})")
+        return 0
     if args.check:
         stale = stale_files()
         for path in stale:

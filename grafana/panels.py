@@ -8,8 +8,9 @@ Panel ids and grid positions are explicit: alert rules link to a panel by id
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard, histogram, stat, table, timeseries

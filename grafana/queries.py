@@ -20,6 +20,7 @@ window's stop (docs/architecture.md "Efficiency windows"); energy is kWh; effici
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from chargewatch.settings import AlertSettings, EfficiencySettings
@@ -29,15 +30,43 @@ EFFICIENCY_BUCKET = "efficiency"
 MONITORING_BUCKET = "monitoring"  # Telegraf writes the services' /metrics here (telegraf/telegraf.conf)
 TASKS_BUCKET = "_tasks"  # InfluxDB's own record of task runs
 
-_ALERTS = AlertSettings()
+
+
+@dataclass(frozen=True)
+class AlertLimits:
+    """The alert settings as Grafana's rules and panels use them (``CHARGEWATCH_ALERTS__*``)."""
+
+    threshold: float
+    resolve_threshold: float  # past the hysteresis, as analytics/alerts.py resolves
+    above_one_threshold: float
+    above_one_resolve_threshold: float
+    min_span_energy_kwh: float
+    span: timedelta
+    pending: timedelta
+
+    @classmethod
+    def from_settings(cls, alerts: AlertSettings) -> AlertLimits:
+        return cls(
+            threshold=alerts.threshold,
+            resolve_threshold=round(alerts.threshold + alerts.hysteresis, 6),
+            above_one_threshold=alerts.above_one_threshold,
+            above_one_resolve_threshold=round(alerts.above_one_threshold - alerts.hysteresis, 6),
+            min_span_energy_kwh=alerts.min_span_energy_kwh,
+            span=timedelta(minutes=alerts.span_minutes),
+            pending=timedelta(minutes=alerts.pending_minutes),
+        )
+
+
+# The defaults: the committed dashboards and rules are generated from them.
+DEFAULT_LIMITS = AlertLimits.from_settings(AlertSettings())
 _WINDOWS = EfficiencySettings()
-THRESHOLD = _ALERTS.threshold
-RESOLVE_THRESHOLD = round(_ALERTS.threshold + _ALERTS.hysteresis, 6)
-ABOVE_ONE_THRESHOLD = _ALERTS.above_one_threshold
-ABOVE_ONE_RESOLVE_THRESHOLD = round(_ALERTS.above_one_threshold - _ALERTS.hysteresis, 6)
-MIN_SPAN_ENERGY_KWH = _ALERTS.min_span_energy_kwh
-SPAN = timedelta(minutes=_ALERTS.span_minutes)
-PENDING = timedelta(minutes=_ALERTS.pending_minutes)
+THRESHOLD = DEFAULT_LIMITS.threshold
+RESOLVE_THRESHOLD = DEFAULT_LIMITS.resolve_threshold
+ABOVE_ONE_THRESHOLD = DEFAULT_LIMITS.above_one_threshold
+ABOVE_ONE_RESOLVE_THRESHOLD = DEFAULT_LIMITS.above_one_resolve_threshold
+MIN_SPAN_ENERGY_KWH = DEFAULT_LIMITS.min_span_energy_kwh
+SPAN = DEFAULT_LIMITS.span
+PENDING = DEFAULT_LIMITS.pending
 WINDOW = timedelta(seconds=_WINDOWS.window_seconds)
 ACTIVE_WINDOW_KWH = 0.1  # a window with this much energy on either side is charging (analytics/alerts.py)
 TASK_STALE_AFTER = timedelta(seconds=2 * _WINDOWS.window_seconds + _WINDOWS.offset_seconds)
@@ -137,7 +166,13 @@ def _common(template: str, **values: object) -> str:
 #   before it, read from one window earlier, was idle);
 # - a span whose oldest window charges while its newest is idle (a session that ended, cut by the
 #   span's start) gives no verdict.
-TRAILING_EFFICIENCY_PER_VEHICLE = _render("""
+def trailing_efficiency_per_vehicle(min_span_energy_kwh: float) -> str:
+    """The alert rules' query A: each vehicle's DC/AC over the trailing span, where enough AC flowed."""
+    return _render(_TRAILING_EFFICIENCY_PER_VEHICLE, bucket=EFFICIENCY_BUCKET, window=flux_duration(WINDOW),
+                   active_energy=ACTIVE_WINDOW_KWH, min_energy=min_span_energy_kwh)
+
+
+_TRAILING_EFFICIENCY_PER_VEHICLE = """
 import "date"
 
 from(bucket: "<<bucket>>")
@@ -165,8 +200,8 @@ from(bucket: "<<bucket>>")
     )
     |> filter(fn: (r) => r.ac_kwh >= <<min_energy>> and not (r.oldest_active == 1 and r.newest_active == 0))
     |> map(fn: (r) => ({vehicle_id: r.vehicle_id, _time: v.timeRangeStop, _value: r.dc_kwh / r.ac_kwh}))
-""", bucket=EFFICIENCY_BUCKET, window=flux_duration(WINDOW), active_energy=ACTIVE_WINDOW_KWH,
-    min_energy=MIN_SPAN_ENERGY_KWH)
+"""
+TRAILING_EFFICIENCY_PER_VEHICLE = trailing_efficiency_per_vehicle(MIN_SPAN_ENERGY_KWH)
 
 # -- Fleet overview ---------------------------------------------------------------------------------
 

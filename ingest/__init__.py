@@ -6,6 +6,7 @@ Production: ``gunicorn 'ingest:create_app()'`` (``chargewatch serve ingest`` doe
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from chargewatch import bootstrap
 from chargewatch.settings import Settings
@@ -25,7 +26,8 @@ def create_app(settings: Settings | None = None, store: ReadingStore | None = No
     settings = settings or Settings()
     store = store or bootstrap.open_reading_store(settings)
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = DefaultJSONProvider(app)
+    app.json.sort_keys = False  # responses keep the models' field order
     app.extensions["chargewatch_settings"] = settings
     app.extensions["reading_store"] = store
     app.extensions["pairing_registry"] = bootstrap.pairing_registry(settings, store)

@@ -25,7 +25,7 @@ _ONE_OR_MANY = "Body: one reading (object) or a list (array). Gzip with Content-
 
 
 def _one_or_many(model: Any) -> Any:
-    return model | list[model]  # type: ignore[operator]
+    return model | list[model]
 
 
 _DEVICE = path_param("deviceId", "meter or vehicle id", DEVICE_ID_PATTERN)

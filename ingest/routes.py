@@ -12,7 +12,7 @@ from chargewatch.lineprotocol import TooManyLines
 from chargewatch.pairing import PairingConflict, PairingRegistry
 from chargewatch.readings import DEVICE_ID, InvalidBody, ReadingRules, validate_batch
 from chargewatch.settings import Settings
-from chargewatch.stores import ReadingStore
+from chargewatch.stores import Kind, ReadingStore
 from ingest import service
 from ingest.schemas import (
     DevicePage,
@@ -35,6 +35,8 @@ from webapi.metrics import (
 )
 
 bp = Blueprint("ingest", __name__)
+
+_KINDS: dict[str, Kind] = {"meter": "meter", "vehicle": "vehicle"}
 
 
 
@@ -176,7 +178,8 @@ def write_line_protocol() -> Response | tuple[Response, int]:
         return Response(status=204)
     details = [{"line": r.line, "text": r.text, "errors": [vars(e) for e in r.errors]} for r in rejections]
     first = rejections[0]
-    summary = f"line {first.line}: {first.errors[0].field + ': ' if first.errors[0].field else ''}{first.errors[0].message}"
+    error = first.errors[0]
+    summary = f"line {first.line}: {error.field + ': ' if error.field else ''}{error.message}"
     if readings:
         status, code, influx_code = 422, "partial_write", "unprocessable entity"
         message = f"partial write: {summary} dropped={len(rejections)}"
@@ -199,8 +202,8 @@ def _device_id(value: str) -> str:
 
 @bp.get("/v1/ingest/<any(meter, vehicle):kind>/<device_id>/current")
 @require("read")
-def current_state(kind: str, device_id: str) -> Response:
-    state = _store().current(kind, _device_id(device_id))  # type: ignore[arg-type]
+def current_state(kind: Kind, device_id: str) -> Response:  # the route's any() converter gives a Kind
+    state = _store().current(kind, _device_id(device_id))
     if state is None:
         raise ApiError(404, "not_found", f"no reading from {kind} {device_id} yet")
     return jsonify(DeviceStateBody.of(state).model_dump(mode="json"))
@@ -209,9 +212,11 @@ def current_state(kind: str, device_id: str) -> Response:
 @bp.get("/v1/ingest/devices")
 @require("read")
 def list_devices() -> Response:
-    kind = request.args.get("kind") or None
-    if kind not in (None, "meter", "vehicle"):
-        raise ApiError(400, "invalid_parameter", "kind is meter or vehicle")
+    kind: Kind | None = None
+    if request.args.get("kind"):
+        kind = _KINDS.get(request.args["kind"])
+        if kind is None:
+            raise ApiError(400, "invalid_parameter", "kind is meter or vehicle")
     try:
         limit = int(request.args.get("limit", "100"))
     except ValueError:
@@ -220,7 +225,7 @@ def list_devices() -> Response:
         raise ApiError(400, "invalid_parameter", "limit is a whole number from 1 to 1000")
     unpaired = request.args.get("unpaired", "false").lower() in ("1", "true", "yes")
     after = _decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
-    states = _store().list_current(kind, after, limit, unpaired_only=unpaired)  # type: ignore[arg-type]
+    states = _store().list_current(kind, after, limit, unpaired_only=unpaired)
     next_cursor = _encode_cursor(states[-1].kind, states[-1].device_id) if len(states) == limit else None
     page = DevicePage(devices=[DeviceStateBody.of(s) for s in states], next_cursor=next_cursor)
     return jsonify(page.model_dump(mode="json"))
@@ -245,9 +250,10 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 @bp.get("/v1/pairings")
 @require("read")
 def list_pairings() -> Response:
-    pairings = _pairings().current()
+    pairings = _pairings().current(fresh=True)  # the PUT may have gone to another worker
     body = PairingList(
-        pairings=[PairingBody(vehicle_id=v, meter_id=m, source="registry") for v, m in sorted(pairings.explicit.items())],
+        pairings=[PairingBody(vehicle_id=v, meter_id=m, source="registry")
+                  for v, m in sorted(pairings.explicit.items())],
         rule_prefixes=[f"{v}:{m}" for v, m in pairings.rule.prefixes],
     )
     return jsonify(body.model_dump(mode="json"))
@@ -256,12 +262,12 @@ def list_pairings() -> Response:
 @bp.get("/v1/pairings/<vehicle_id>")
 @require("read")
 def get_pairing(vehicle_id: str) -> Response:
-    pairings = _pairings().current()
+    pairings = _pairings().current(fresh=True)
     meter = pairings.meter_for(_device_id(vehicle_id))
     if meter is None:
         raise ApiError(404, "not_found", f"vehicle {vehicle_id} is not paired (no registry entry, and the "
                        "default rule gives no free meter)")
-    body = PairingBody(vehicle_id=vehicle_id, meter_id=meter, source=pairings.source_of(vehicle_id))  # type: ignore[arg-type]
+    body = PairingBody(vehicle_id=vehicle_id, meter_id=meter, source=pairings.source_of(vehicle_id))
     return jsonify(body.model_dump(mode="json"))
 
 

@@ -9,8 +9,7 @@ from pydantic import Field
 
 from chargewatch.readings import DEVICE_ID_PATTERN, Rejection
 from chargewatch.stores import StoredReading
-from webapi.schemas import ApiModel
-from webapi.schemas import from_ms
+from webapi.schemas import ApiModel, from_ms
 
 
 class FieldErrorBody(ApiModel):
@@ -24,7 +23,7 @@ class RejectionBody(ApiModel):
     errors: list[FieldErrorBody]
 
     @classmethod
-    def of(cls, rejection: Rejection) -> "RejectionBody":
+    def of(cls, rejection: Rejection) -> RejectionBody:
         return cls(index=rejection.index, errors=[FieldErrorBody(**vars(e)) for e in rejection.errors])
 
 
@@ -52,7 +51,7 @@ class DeviceStateBody(ApiModel):
     values: dict[str, float] = Field(description="kwhConsumedAc and voltage, or soc, kwhDeliveredDc, batteryTemp")
 
     @classmethod
-    def of(cls, state: StoredReading) -> "DeviceStateBody":
+    def of(cls, state: StoredReading) -> DeviceStateBody:
         return cls(
             kind=state.kind, device_id=state.device_id, vehicle_id=state.vehicle_id, meter_id=state.meter_id,
             timestamp=from_ms(state.time_ms), received_at=from_ms(state.received_ms), values=state.values,

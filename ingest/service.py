@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Sequence
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -73,7 +73,8 @@ _LINE_SCHEMA: dict[str, tuple[str, str, dict[str, str]]] = {
     "vehicle": ("vehicle_id", "vehicleId",
                 {"soc": "soc", "kwh_delivered_dc": "kwhDeliveredDc", "battery_temp": "batteryTemp"}),
 }
-_LINE_ADAPTERS = {"meter": TypeAdapter(MeterReading), "vehicle": TypeAdapter(VehicleReading)}
+_LINE_ADAPTERS: dict[str, TypeAdapter[MeterReading] | TypeAdapter[VehicleReading]] = {
+    "meter": TypeAdapter(MeterReading), "vehicle": TypeAdapter(VehicleReading)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

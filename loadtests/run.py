@@ -1,6 +1,7 @@
 """Headless load test of a local chargewatch: one command, bounded in time, judging its own result.
 
-    python -m loadtests.run --host http://127.0.0.1:8080 --run-time 10m --fleet-pairs 20000 --report-dir reports/loadtest
+    python -m loadtests.run --host http://127.0.0.1:8080 --run-time 10m --fleet-pairs 20000 \
+        --report-dir reports/loadtest
 
 Starts nothing but locust (``loadtests/locustfile.py``) against an ingest service that is already
 running on this machine (only loopback hosts are accepted). It sizes the device users for
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary["p99Ms"] > args.p99_threshold_ms:
         problems.append(f"p99 {summary['p99Ms']:.0f} ms > {args.p99_threshold_ms:.0f} ms")
     summary.update({"host": args.host, "runSeconds": args.run_time, "offeredDeviceRequestsPerSecond": offered,
-                    "users": users, "p99ThresholdMs": args.p99_threshold_ms, "passed": not problems and locust_status == 0,
+                    "users": users, "p99ThresholdMs": args.p99_threshold_ms,
+                    "passed": not problems and locust_status == 0,
                     "problems": problems, "locustExitCode": locust_status})
     (args.report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"loadtests.run: {summary['requests']:,} requests, {summary['failures']} failures, "

@@ -6,7 +6,8 @@ import sys
 
 from simulator.cli import configure
 
-parser = argparse.ArgumentParser(prog="python -m simulator", description="Emulate a fleet posting to chargewatch ingest.")
+parser = argparse.ArgumentParser(prog="python -m simulator",
+                                 description="Emulate a fleet posting to chargewatch ingest.")
 configure(parser)
 arguments = parser.parse_args()
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -64,14 +64,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``simulate`` on the ``chargewatch`` command's subparsers."""
     parser = subparsers.add_parser(
         "simulate", help="emulate a fleet of meters and vehicles posting to ingest",
-        description=__doc__.split("\n\n", 1)[1].replace("``", "`"), formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure(parser)
     return parser
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the modes and their options to ``parser`` (shared by ``chargewatch simulate`` and ``python -m simulator``)."""
+    """Add the modes and their options to ``parser``.
+
+    Shared by ``chargewatch simulate`` and ``python -m simulator``."""
     common = argparse.ArgumentParser(add_help=False)
     target = common.add_argument_group("where to send")
     target.add_argument("--url", help="ingest base URL (default http://CHARGEWATCH_INGEST__HOST:PORT, "
@@ -82,7 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="requests in flight at once (default 8 live/accelerated, 4 backfill)")
     fleet = common.add_argument_group("the fleet")
     fleet.add_argument("--pairs", type=_positive_int, default=10, help="vehicle+meter pairs (default 10)")
-    fleet.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same fleet (default 0)")
+    fleet.add_argument("--seed", type=int, default=0,
+                       help="random seed; the same seed gives the same fleet (default 0)")
     fleet.add_argument("--faulty-share", type=_fraction, default=0.1,
                        help="share of chargers that degrade below 85%% efficiency at a random onset (default 0.1)")
     fleet.add_argument("--loss-rate", type=_fraction, default=0.02, help="share of readings lost (default 0.02)")

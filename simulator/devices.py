@@ -39,10 +39,11 @@ import heapq
 import itertools
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from enum import Enum
-from typing import Any, Iterator
+from enum import StrEnum
+from typing import Any
 
 from chargewatch.readings import AnyReading, MeterReading, ReadingRules, VehicleReading
 
@@ -115,8 +116,9 @@ class PairProfile:
 
     def efficiency_at(self, moment: datetime) -> float:
         """The charger's true efficiency (DC/AC) at a true time."""
-        if self.is_faulty and self.fault_onset is not None and moment >= self.fault_onset:
-            return self.faulty_efficiency  # type: ignore[return-value]
+        if (self.is_faulty and self.faulty_efficiency is not None and self.fault_onset is not None
+                and moment >= self.fault_onset):
+            return self.faulty_efficiency
         return self.healthy_efficiency
 
 
@@ -259,7 +261,8 @@ class ChargingPair:
                 "soc": round(self.soc, 2),
                 "kwh_delivered_dc": dc_kwh,
                 "battery_temp": round(self.temperature_c, 1),
-                "timestamp": sampled + self._offset(profile.vehicle_clock_offset_ms, profile.vehicle_clock_drift_ppm, elapsed_ms),
+                "timestamp": sampled + self._offset(profile.vehicle_clock_offset_ms, profile.vehicle_clock_drift_ppm,
+                                                    elapsed_ms),
             },
             context=context,
         )
@@ -268,7 +271,8 @@ class ChargingPair:
                 "meter_id": profile.meter_id,
                 "kwh_consumed_ac": ac_kwh,
                 "voltage": round(voltage, 1),
-                "timestamp": sampled + self._offset(profile.meter_clock_offset_ms, profile.meter_clock_drift_ppm, elapsed_ms),
+                "timestamp": sampled + self._offset(profile.meter_clock_offset_ms, profile.meter_clock_drift_ppm,
+                                                    elapsed_ms),
             },
             context=context,
         )
@@ -323,7 +327,7 @@ class Fleet:
 
 # -- delivery ------------------------------------------------------------------------------------
 
-class Fate(str, Enum):
+class Fate(StrEnum):
     """What happens to a generated reading on its way to chargewatch."""
 
     ON_TIME = "on_time"
@@ -351,7 +355,7 @@ class DeliveryFaults:
             raise ValueError("max_late must be at least one interval (60 s)")
 
     @classmethod
-    def none(cls) -> "DeliveryFaults":
+    def none(cls) -> DeliveryFaults:
         return cls(loss_rate=0.0, duplicate_rate=0.0, late_rate=0.0)
 
 
@@ -408,7 +412,7 @@ def _to_ms(moment: datetime) -> datetime:
 
 
 def stream_deliveries(
-    fleet: Fleet, courier: Courier, end: datetime, truth: "GroundTruth | None" = None
+    fleet: Fleet, courier: Courier, end: datetime, truth: GroundTruth | None = None
 ) -> Iterator[Delivery]:
     """Every delivery of the steps before ``end``, in send order (by ``due``, ties in generation order).
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Sequence
 
 from chargewatch.readings import AnyReading
 from simulator.devices import Delivery, GroundTruth
@@ -43,7 +43,7 @@ class _Dispatcher:
                 future.result()
         self._pending.add(self._pool.submit(function, *args))
 
-    def __enter__(self) -> "_Dispatcher":
+    def __enter__(self) -> _Dispatcher:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from analytics import queries
 from chargewatch import bootstrap
@@ -75,7 +76,8 @@ def replay(config: FleetConfig, faults: DeliveryFaults, start: datetime, hours: 
     truth = GroundTruth(fleet, keep_readings=True)
     window_ms = runner.window_ms
     next_run_ms = runner.next_run_ms(int(start.timestamp() * 1000))
-    batch, batch_received_ms = [], 0
+    batch: list[Any] = []
+    batch_received_ms = 0
     for delivery in stream_deliveries(fleet, Courier(faults, config.seed), end, truth):
         truth.record_sent(delivery)
         due_ms = int(delivery.due.timestamp() * 1000)
@@ -163,10 +165,12 @@ def score(truth: GroundTruth, efficiency: EfficiencyStores, settings: Settings, 
     for vehicle_id, onset in onsets.items():
         onset_ms = onset.at.timestamp() * 1000
         low = [a for a in alerts if a.vehicle_id == vehicle_id and a.rule == LOW and a.fired_ms]
-        if any(a.fired_ms <= onset_ms and (a.resolved_ms is None or a.resolved_ms > onset_ms) for a in low):
+        firings = [(a.fired_ms, a.resolved_ms) for a in low if a.fired_ms is not None]
+        if any(fired_ms <= onset_ms and (resolved_ms is None or resolved_ms > onset_ms)
+               for fired_ms, resolved_ms in firings):
             minutes: float | None = 0.0  # already firing (an earlier, milder low efficiency)
         else:
-            fired = [a.fired_ms for a in low if a.fired_ms >= onset_ms]
+            fired = [fired_ms for fired_ms, _ in firings if fired_ms >= onset_ms]
             minutes = (min(fired) / 1000 - onset.at.timestamp()) / 60 if fired else None
         result.detection_minutes[vehicle_id] = minutes
     for alert in alerts:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from chargewatch import bootstrap
-from chargewatch.locks import run_once_in_foreground
+from chargewatch.locks import StopRequest, run_once_in_foreground
 from chargewatch.settings import Settings, load_settings
 from chargewatch.stores import ReadingStore, StorageUnavailable
 from taskrunner.notify import Notifier
@@ -59,7 +59,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_retention(store: ReadingStore, settings: Settings, stopping: threading.Event) -> None:
+def sweep_retention(store: ReadingStore, settings: Settings, stopping: StopRequest) -> None:
     """Drop expired days every hour until ``stopping`` is set."""
     while not stopping.is_set():
         try:

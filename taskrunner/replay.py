@@ -49,7 +49,7 @@ class ReplayReport:
     duration_s: float
 
 
-def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, notify: bool = False,
+def replay(runner: TaskRunner, since_ms: int, until_ms: int, now_ms: int, *, notify: bool = False,
            notify_still_firing: bool = False, vehicle_ids: Collection[str] | None = None) -> ReplayReport:
     """Evaluate the alert rules at every window stop in (since_ms, until_ms] (aligned down to window
     stops) and store what they find in place of the range's alerts. ``notify``: webhooks for every
@@ -104,13 +104,13 @@ def replay(runner: "TaskRunner", since_ms: int, until_ms: int, now_ms: int, *, n
     return report
 
 
-def queue_request(runner: "TaskRunner", since_ms: int, until_ms: int, notify: bool, now_ms: int) -> None:
+def queue_request(runner: TaskRunner, since_ms: int, until_ms: int, notify: bool, now_ms: int) -> None:
     """Ask the running task runner to replay at its next run."""
     runner.stores.runner_state.update({REQUEST_SINCE: since_ms, REQUEST_UNTIL: until_ms, REQUEST_NOTIFY: int(notify),
                                    REQUEST_AT: now_ms})
 
 
-def run_queued_request(runner: "TaskRunner", now_ms: int) -> ReplayReport | None:
+def run_queued_request(runner: TaskRunner, now_ms: int) -> ReplayReport | None:
     """The runner's side of :func:`queue_request`: replay once per request."""
     state = runner.stores.runner_state.load()
     requested = state.get(REQUEST_AT)

@@ -74,7 +74,8 @@ class TaskRunner:
         self.settings = settings
         self.compute_windows = stores.window_writer is not None
         self.window_ms = settings.efficiency.window_seconds * 1000
-        self.offset_ms = settings.efficiency.offset_seconds * 1000 + (0 if self.compute_windows else INFLUX_TASK_GRACE_MS)
+        grace_ms = 0 if self.compute_windows else INFLUX_TASK_GRACE_MS
+        self.offset_ms = settings.efficiency.offset_seconds * 1000 + grace_ms
         self.policy = alert_policy(settings)
         self.external_url = external_url
 
@@ -260,7 +261,8 @@ def _hour_chunks(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
 
 def hold_runner_lock(data_dir: Path) -> int:
     """Take the one-runner-per-data-directory lock; returns the descriptor to keep open."""
-    return hold_instance_lock(data_dir / "task-runner.lock", RunnerBusy(f"another task runner is running on {data_dir}"))
+    return hold_instance_lock(data_dir / "task-runner.lock",
+                              RunnerBusy(f"another task runner is running on {data_dir}"))
 
 
 def run_forever(runner: TaskRunner, stopping: Callable[[float], bool], clock: Callable[[], float] = time.time) -> None:

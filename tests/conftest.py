@@ -5,17 +5,36 @@ Builders are fixtures (not imports from this file) so every folder can use them 
     def test_x(make_meter, paired, reading_time):
         reading = make_meter(meter_id="METER_002", timestamp=reading_time + timedelta(minutes=1))
         store.write([paired(reading, vehicle_id="VEHICLE_002")])
+
+Every test in ``tests/e2e`` and ``tests/live`` runs real processes or engines and is marked
+``slow`` here, as are tests marked so in their module; ``pytest -m "not slow"`` is the quick target.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chargewatch.readings import READING, MeterReading, ReadingRules, VehicleReading
 from chargewatch.stores import PairedReading
+from tests.fluxcheck import flux_checker as flux_checker  # the Flux type check, a fixture for every folder
+
+TESTS = Path(__file__).resolve().parent
+SLOW_FOLDERS = {"e2e", "live"}
+SLOW_TIMEOUT_SECONDS = 600  # a cold engine start, a wheel build; the others keep pyproject's timeout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(TESTS).parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_SECONDS))
+
 
 pytest_plugins = ["tests.console_browser"]  # the browser and page fixtures of the console tests
 

@@ -1,8 +1,6 @@
 """The Flux type check for tests: ``tools/fluxcheck`` (Node.js + the Flux compiler's WASM build).
 
-Use the ``flux_checker`` fixture (import it into the test module)::
-
-    from tests.fluxcheck import flux_checker  # noqa: F401 (fixture)
+Use the ``flux_checker`` fixture (``tests/conftest.py`` makes it available everywhere)::
 
     def test_x(flux_checker):
         [result] = flux_checker.check({"name": "q", "source": "..."})

@@ -30,9 +30,10 @@ import json
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from chargewatch.lineprotocol import PRECISION_TO_NS, FieldValue, Line, parse_lines
@@ -76,12 +77,12 @@ class StandinResponse:
     headers: dict[str, str] | None = None
 
     @classmethod
-    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> "StandinResponse":
+    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> StandinResponse:
         return cls(status, json.dumps(payload).encode(),
                    {"Content-Type": "application/json; charset=utf-8", **(headers or {})})
 
     @classmethod
-    def error(cls, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> "StandinResponse":
+    def error(cls, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> StandinResponse:
         """InfluxDB's error shape: ``{"code", "message"}`` plus ``X-Platform-Error-Code``."""
         return cls.json(status, {"code": code, "message": message}, {"X-Platform-Error-Code": code, **(headers or {})})
 
@@ -167,7 +168,8 @@ class InfluxStandin:
             return StandinResponse.error(404, "not found", f'bucket "{bucket}" not found')
         precision = request.query.get("precision", "ns")
         if precision not in PRECISION_TO_NS:
-            return StandinResponse.error(400, "invalid", "invalid precision; valid precision units are ns, us, ms, and s")
+            return StandinResponse.error(
+                400, "invalid", "invalid precision; valid precision units are ns, us, ms, and s")
         try:
             text = request.body().decode("utf-8", errors="replace")
         except ValueError as err:
@@ -209,7 +211,7 @@ class InfluxStandin:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "InfluxStandin":
+    def start(self) -> InfluxStandin:
         server = _Server(("127.0.0.1", 0), _handler_class(self))
         self.port = server.server_address[1]
         self._server = server
@@ -223,7 +225,7 @@ class InfluxStandin:
             server.shutdown()
             server.server_close()
 
-    def __enter__(self) -> "InfluxStandin":
+    def __enter__(self) -> InfluxStandin:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

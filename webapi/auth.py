@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from functools import wraps
-from typing import Callable, TypeVar
-
 import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar, cast
 
 from flask import Flask, current_app, request
 
@@ -48,8 +48,8 @@ def require(scope: Scope) -> Callable[[F], F]:
                 check(tokens, scope)
             return view(*args, **kwargs)
 
-        guarded.required_scope = scope  # read by the OpenAPI builder
-        return guarded  # type: ignore[return-value]
+        vars(guarded)["required_scope"] = scope  # read by the OpenAPI builder
+        return cast(F, guarded)  # functools.wraps keeps the view's signature
 
     return decorate
 

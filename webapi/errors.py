@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import BaseModel, Field, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from chargewatch.readings import describe_errors
 from chargewatch.stores import StorageUnavailable
@@ -66,7 +66,7 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(err: HTTPException) -> Response:
         code = (err.name or "error").lower().replace(" ", "_")
         response = error_response(err.code or 500, code, err.description or err.name)
-        if err.code == 405 and err.valid_methods:
+        if isinstance(err, MethodNotAllowed) and err.valid_methods:
             response.headers["Allow"] = ", ".join(err.valid_methods)
         return response
 

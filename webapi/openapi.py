@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from webapi.errors import ErrorBody
 
@@ -40,8 +41,8 @@ class _Components:
     def __init__(self) -> None:
         self.schemas: dict[str, Any] = {}
 
-    def ref(self, source: Any, mode: str) -> dict[str, Any]:
-        schema = TypeAdapter(source).json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
+    def ref(self, source: Any, mode: JsonSchemaMode) -> dict[str, Any]:
+        schema = TypeAdapter(source).json_schema(ref_template=_REF, mode=mode)
         self.schemas.update(schema.pop("$defs", {}))
         if isinstance(source, type) and issubclass(source, BaseModel):
             self.schemas[source.__name__] = schema

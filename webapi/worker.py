@@ -7,9 +7,9 @@ Devices talk to chargewatch without a proxy in front, so the worker does what a 
   bytes); only then is the connection handed to a thread, with those bytes given to gunicorn's
   parser. A client that stalls half way holds a socket, never one of the few threads.
 - **A request must arrive within ``request_timeout_seconds``** (headers and body, counted from the
-  connection's opening, or for a kept-alive connection from the next request's first byte). Past that the connection is answered 408 and closed; a body still being read by a
-  thread (past the pre-buffer) is cut off by shutting the socket's read side, which the route
-  answers with 408.
+  connection's opening, or for a kept-alive connection from the next request's first byte). Past
+  that the connection is answered 408 and closed; a body still being read by a thread (past the
+  pre-buffer) is cut off by shutting the socket's read side, which the route answers with 408.
 - **An error answered before the body was read closes the connection** (``Connection: close``),
   instead of draining a body the service never wanted; the lingering close that lets the client
   read the answer (RFC 9112 section 9.6) runs in the event loop, not in a thread or blocking it.
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import errno
 import json
-import socket
 import selectors
+import socket
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from gunicorn import util
 from gunicorn.http.body import LengthReader
@@ -88,6 +89,8 @@ class GuardedThreadWorker(gthread.ThreadWorker):
     """gthread with the guards above; ``request_timeout_seconds`` is set by :func:`worker_class`."""
 
     request_timeout_seconds = 10.0
+    wsgi: Any  # the app gunicorn calls (set by load_wsgi; gunicorn is untyped)
+    application: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

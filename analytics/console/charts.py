@@ -44,11 +44,11 @@ def _pct(ratio: float | None) -> float | None:
 
 
 def fleet_timeline(points: list[tuple[int, float | None, float, float]], threshold: float) -> dict[str, Any]:
-    rated = [p for p in points if p[1] is not None]
+    rated = [(p[0], p[1]) for p in points if p[1] is not None]
     if rated:
-        worst = min(rated, key=lambda p: p[1])  # type: ignore[arg-type, return-value]
-        summary = (f"Fleet efficiency per hour, {len(rated)} hours; lowest {worst[1] * 100:.1f} % at "  # type: ignore[operator]
-                   f"{from_ms(worst[0]):%H:%M} UTC; threshold {threshold * 100:.0f} %.")
+        worst_ms, worst = min(rated, key=lambda p: p[1])
+        summary = (f"Fleet efficiency per hour, {len(rated)} hours; lowest {worst * 100:.1f} % at "
+                   f"{from_ms(worst_ms):%H:%M} UTC; threshold {threshold * 100:.0f} %.")
     else:
         summary = "Fleet efficiency per hour: no charging in this period."
     return {
@@ -96,18 +96,18 @@ def vehicle_energy(detail: VehicleDetail, period: queries.Period) -> dict[str, A
 
 def vehicle_efficiency(detail: VehicleDetail, period: queries.Period, policy: AlertPolicy) -> dict[str, Any]:
     rated = [w for w in detail.windows if w.efficiency is not None]
-    trailing = [t for t in detail.trailing if t[1] is not None]
-    summary = (f"Efficiency per window ({len(rated)} rated windows) and over the trailing "
-               f"{policy.span_ms // 60_000} min"
-               + (f", lowest trailing {min(v for _, v in trailing) * 100:.1f} %" if trailing else "")  # type: ignore[type-var, operator]
+    judged = [v for _, v in detail.judged if v is not None]
+    summary = (f"Efficiency per window ({len(rated)} rated windows) and as the alert rules judge it "
+               f"(over up to {policy.span_ms // 60_000} min, placed at session edges)"
+               + (f", lowest judged {min(judged) * 100:.1f} %" if judged else "")
                + f", against the {policy.threshold * 100:.0f} % threshold." + _alert_note(detail))
     return {
         "id": "vehicle-efficiency", "summary": summary,
         "data": [
             {"type": "scatter", "mode": "markers", "name": "per window", "x": [_t(w.stop_ms) for w in rated],
              "y": [_pct(w.efficiency) for w in rated], "marker": {"color": PURPLE, "size": 5}},
-            {"type": "scatter", "mode": "lines", "name": f"trailing {policy.span_ms // 60_000} min",
-             "x": [_t(s) for s, _ in detail.trailing], "y": [_pct(v) for _, v in detail.trailing],
+            {"type": "scatter", "mode": "lines", "name": "judged by the alert rules",
+             "x": [_t(s) for s, _ in detail.judged], "y": [_pct(v) for _, v in detail.judged],
              "line": {"color": BLUE, "width": 2}, "connectgaps": False},
         ],
         "layout": _layout("Efficiency (DC / AC)", "efficiency (%)", period,

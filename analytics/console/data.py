@@ -4,6 +4,7 @@ here."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 from analytics import queries
 from analytics.schemas import TaskRunnerBody
 from analytics.status import runner_status
-from chargewatch.alerts import AlertPolicy
+from chargewatch.alerts import AlertPolicy, lookback_ms, span_verdict
 from chargewatch.efficiency import EfficiencyWindow
 from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores
 from chargewatch.stores import Kind, ReadingStore
@@ -76,7 +77,8 @@ def fleet_overview(stores: EfficiencyStores, period: queries.Period, window_ms: 
         above += verdict == "above_one"
         rows.append(VehicleRow(vehicle_id, efficiency, verdict, t.ac_kwh, t.dc_kwh, open_alerts.get(vehicle_id)))
     needle = search.strip().lower()
-    matching = [r for r in rows if (not needle or needle in r.vehicle_id.lower()) and (not status or r.status == status)]
+    matching = [r for r in rows
+                if (not needle or needle in r.vehicle_id.lower()) and (not status or r.status == status)]
     matching.sort(key=lambda r: (STATUS_ORDER[r.status], r.efficiency if r.efficiency is not None else math.inf,
                                  r.vehicle_id))
     first = (page - 1) * per_page
@@ -103,7 +105,7 @@ def fleet_timeline(stores: EfficiencyStores, period: queries.Period, window_ms: 
 class VehicleDetail:
     report: queries.PerformanceReport
     windows: list[EfficiencyWindow]
-    trailing: list[tuple[int, float | None]]  # (window stop ms, DC/AC over the trailing span)
+    judged: list[tuple[int, float | None]]  # (window stop ms, the efficiency the alert rules judged there)
     soc: list[tuple[int, float]]  # (reading time ms, %)
     battery_temp: list[tuple[int, float]]  # (window stop ms, mean deg C)
     meter_id: str | None
@@ -127,29 +129,28 @@ def vehicle_detail(stores: EfficiencyStores, readings: ReadingStore, vehicle_id:
     alerts = [a for a in alerts if a.started_ms <= period.end_ms]
     alerts.sort(key=lambda a: a.started_ms, reverse=True)
     return VehicleDetail(
-        report=report, windows=windows, trailing=trailing_efficiency(windows, window_ms, policy),
+        report=report, windows=windows,
+        judged=judged_efficiency(stores, vehicle_id, period, window_ms, policy),
         soc=[(r.time_ms, r.values["soc"]) for r in history[::step]],
         battery_temp=[(w.stop_ms, w.avg_battery_temp) for w in windows if w.avg_battery_temp is not None],
         meter_id=meter_id, pairing_source=pairing_source, meter_history=meter_segments(windows), alerts=alerts,
     )
 
 
-def trailing_efficiency(windows: list[EfficiencyWindow], window_ms: int, policy: AlertPolicy
-                        ) -> list[tuple[int, float | None]]:
-    """DC/AC summed over the ``policy.span_ms`` ending at each window stop; None with less AC
-    energy than the alert minimum. (The alert rule also looks at session edges and a shorter span:
-    this line is the plain trailing ratio an operator compares with the threshold.)"""
-    by_stop: dict[int, tuple[float, float]] = {}
-    for w in windows:
-        ac, dc = by_stop.get(w.stop_ms, (0.0, 0.0))
-        by_stop[w.stop_ms] = (ac + w.ac_kwh, dc + w.dc_kwh)
-    result = []
-    for stop in sorted(by_stop):
-        inside = [by_stop[s] for s in range(stop - policy.span_ms + window_ms, stop + 1, window_ms) if s in by_stop]
-        ac = math.fsum(a for a, _ in inside)
-        dc = math.fsum(d for _, d in inside)
-        result.append((stop, dc / ac if ac >= policy.min_span_energy_kwh else None))
-    return result
+def judged_efficiency(stores: EfficiencyStores, vehicle_id: str, period: queries.Period, window_ms: int,
+                      policy: AlertPolicy) -> list[tuple[int, float | None]]:
+    """The efficiency the alert rules judge at each window stop of the period (the span placed at
+    session edges, lost readings made up: ``chargewatch.alerts.span_verdict``); None where they
+    give no verdict (idle, too little energy). The line an alert fires on, unlike a plain trailing
+    ratio, which swings past 100 % and 0 % at every session edge."""
+    lookback = lookback_ms(policy) + window_ms
+    windows = stores.windows.windows(window_ms, period.start_ms - lookback, period.end_ms, vehicle_id)
+    stops = [w.stop_ms for w in windows]
+    judged = []
+    for stop in sorted({s for s in stops if s > period.start_ms}):
+        recent = windows[bisect.bisect_right(stops, stop - lookback):bisect.bisect_right(stops, stop)]
+        judged.append((stop, span_verdict(vehicle_id, recent, stop, window_ms, policy).efficiency))
+    return judged
 
 
 def meter_segments(windows: list[EfficiencyWindow]) -> list[tuple[str | None, int, int]]:

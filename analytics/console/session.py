@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
-from typing import Callable, TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, redirect, request, session, url_for
@@ -93,4 +94,4 @@ def signed_in(view: F) -> F:
             return redirect(url_for("console.sign_in_form", next=request.full_path.rstrip("?")))
         return view(*args, **kwargs)
 
-    return guarded  # type: ignore[return-value]
+    return cast(F, guarded)  # functools.wraps keeps the view's signature

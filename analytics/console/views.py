@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, send_file, url_for
+from flask.typing import ResponseReturnValue
 
 from analytics import queries
 from analytics.console import charts, data
@@ -156,7 +157,7 @@ def _headers(response: Response) -> Response:
 
 
 @bp.get("/")
-def root() -> Response:
+def root() -> ResponseReturnValue:
     return redirect(url_for("console.fleet"))
 
 
@@ -166,7 +167,7 @@ def favicon() -> Response:
 
 
 @bp.get("/console/")
-def home() -> Response:
+def home() -> ResponseReturnValue:
     return redirect(url_for("console.fleet"))
 
 
@@ -176,7 +177,7 @@ def sign_in_form() -> str:
 
 
 @bp.post("/console/sign-in")
-def sign_in_submit() -> Response | tuple[str, int]:
+def sign_in_submit() -> ResponseReturnValue:
     target = safe_next(request.form.get("next"))
     if sign_in(request.form.get("token", "").strip()):
         return redirect(target, code=303)
@@ -184,7 +185,7 @@ def sign_in_submit() -> Response | tuple[str, int]:
 
 
 @bp.post("/console/sign-out")
-def sign_out_submit() -> Response:
+def sign_out_submit() -> ResponseReturnValue:
     sign_out()
     return redirect(url_for("console.sign_in_form"), code=303)
 
@@ -264,7 +265,8 @@ def alerts() -> str | tuple[str, int]:
         return _error_page("hours is a whole number from 1 to 744")
     alert_store = _stores().alerts
     open_alerts = alert_store.open_alerts()
-    recent = [a for a in alert_store.recent_alerts(data.now_ms() - hours * 3_600_000, limit=1000) if a.state != "firing"]
+    since_ms = data.now_ms() - hours * 3_600_000
+    recent = [a for a in alert_store.recent_alerts(since_ms, limit=1000) if a.state != "firing"]
     return render_template("console/alerts.html", hours=hours, hour_choices=(1, 6, 24, 72, 168, 744),
                            firing=[a for a in open_alerts if a.state == "firing"],
                            pending=[a for a in open_alerts if a.state == "pending"], recent=recent)

@@ -10,9 +10,10 @@ task's own runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from chargewatch.influx import flux
 from chargewatch.influx.setup import SetupError, _call, open_client

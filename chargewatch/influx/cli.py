@@ -11,13 +11,14 @@ from typing import Any
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``influx`` and its subcommands on the top-level ``chargewatch`` parser."""
-    influx = subparsers.add_parser("influx", help="prepare an InfluxDB 2.x (buckets, Flux tasks)",
-                                   description="Prepare the InfluxDB 2.x that CHARGEWATCH_INFLUX__* names.")
+    influx: argparse.ArgumentParser = subparsers.add_parser(
+        "influx", help="prepare an InfluxDB 2.x (buckets, Flux tasks)",
+        description="Prepare the InfluxDB 2.x that CHARGEWATCH_INFLUX__* names.")
     actions = influx.add_subparsers(dest="influx_action", required=True, metavar="ACTION")
     setup = actions.add_parser(
         "setup", help="create missing buckets, create or update the Flux tasks (idempotent: run it on every deploy)",
         description="Create the telemetry and efficiency buckets if missing (with retention), and create or "
-        "update the Flux tasks of influxdb/tasks by name, from CHARGEWATCH_INFLUX__* and "
+        "update the Flux tasks chargewatch ships by name, from CHARGEWATCH_INFLUX__* and "
         "CHARGEWATCH_EFFICIENCY__* settings. Prints one line per bucket and task: created, updated, unchanged "
         "or exists.",
     )

@@ -1,32 +1,35 @@
-"""The Flux scripts in ``influxdb/``: find them, fill a task's options in from the settings, and
-run the efficiency task's pipeline as a query.
+"""The Flux scripts shipped in this package: read them, fill a task's options in from the settings,
+and run the efficiency task's pipeline as a query.
 
-- ``influxdb/tasks/<name>.flux``: InfluxDB tasks. Each starts with
+- ``chargewatch/influx/tasks/<name>.flux``: InfluxDB tasks. Each starts with
   ``option task = {name: "<name>", every: ..., offset: ...}`` and its tunables as whole
   ``option x = <literal>`` lines, which :func:`render_options` replaces (a task cannot take
   parameters, so settings go in as literals).
-- ``influxdb/queries/<name>.flux``: analytics queries. Their inputs are bare names declared in a
+- ``chargewatch/influx/queries/<name>.flux``: analytics queries. Their inputs are bare names declared in a
   header line ``// params: _start: time, _vehicle_id: string``, sent with
   ``query_api.query(source, params={...})``, which influxdb-client turns into ``extern`` option
   statements (honoured by OSS 2.x and Cloud): values never become Flux text.
 
-No I/O beyond reading the files; nothing here imports influxdb-client.
+The scripts are package data (``pyproject.toml``), read through :mod:`importlib.resources`, so an
+installed wheel has them as an editable install does. No I/O beyond reading them; nothing here
+imports influxdb-client.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Mapping
+from importlib import resources
 
 from chargewatch.settings import Settings
 
-FLUX_DIR = Path(__file__).resolve().parents[2] / "influxdb"
-TASKS_DIR = FLUX_DIR / "tasks"
-QUERIES_DIR = FLUX_DIR / "queries"
+_SCRIPTS = resources.files(__package__)
+TASKS = "tasks"
+QUERIES = "queries"
 EFFICIENCY_TASK = "efficiency"
 
 _PARAMS_HEADER = re.compile(r"^\s*//\s*params:(.*)$", re.MULTILINE)
@@ -59,31 +62,24 @@ class FluxQuery:
             allowed = _PARAM_TYPES.get(flux_type, ())
             if isinstance(value, bool) and flux_type != "bool" or not isinstance(value, allowed):
                 raise ValueError(f"query {self.name}: param {name} must be a Flux {flux_type}, not {value!r}")
-            if flux_type == "time" and value.tzinfo is None:
+            if isinstance(value, datetime) and value.tzinfo is None:
                 raise ValueError(f"query {self.name}: param {name} must be timezone-aware")
 
 
 def task_names() -> list[str]:
-    """Names of the tasks in ``influxdb/tasks`` (file name = task name)."""
-    return sorted(path.stem for path in _scripts_dir(TASKS_DIR).glob("*.flux"))
+    """Names of the shipped tasks (file name = task name)."""
+    return sorted(entry.name.removesuffix(".flux") for entry in _SCRIPTS.joinpath(TASKS).iterdir()
+                  if entry.name.endswith(".flux"))
 
 
 def read_task(name: str) -> str:
-    return (_scripts_dir(TASKS_DIR) / f"{name}.flux").read_text()
+    return _SCRIPTS.joinpath(TASKS, f"{name}.flux").read_text()
 
 
 def read_query(name: str) -> FluxQuery:
-    """``influxdb/queries/<name>.flux`` with its declared params."""
-    source = (_scripts_dir(QUERIES_DIR) / f"{name}.flux").read_text()
+    """The shipped query ``name`` with its declared params."""
+    source = _SCRIPTS.joinpath(QUERIES, f"{name}.flux").read_text()
     return FluxQuery(name, source, declared_params(source))
-
-
-def _scripts_dir(path: Path) -> Path:
-    # The scripts live beside the package in the source tree (editable installs, the image).
-    if not path.is_dir():
-        raise FileNotFoundError(f"Flux scripts not found in {path}: chargewatch must run from its source tree "
-                                "(pip install -e .) for InfluxDB mode")
-    return path
 
 
 def declared_params(source: str) -> dict[str, str]:
@@ -148,8 +144,13 @@ def render_options(source: str, values: Mapping[str, str]) -> str:
         found = len(pattern.findall(source))
         if found != 1:
             raise ValueError(f"expected one 'option {name} = ...' line, found {found}")
-        source = pattern.sub(lambda _: f"option {name} = {value}", source)
+        source = pattern.sub(functools.partial(_replacement, f"option {name} = {value}"), source)
     return source
+
+
+def _replacement(line: str, _: re.Match[str]) -> str:
+    # A function, not a template: ``re.sub`` would read backslashes in ``line`` as escapes.
+    return line
 
 
 def task_options(source: str) -> dict[str, str]:
@@ -187,7 +188,7 @@ def efficiency_task(settings: Settings, *, recompute_windows: int | None = None)
 
 
 def rendered_tasks(settings: Settings) -> dict[str, str]:
-    """Every task in ``influxdb/tasks``, ready to install, by name."""
+    """Every shipped task, ready to install, by name."""
     renderers = {EFFICIENCY_TASK: efficiency_task}
     unknown = set(task_names()) - renderers.keys()
     if unknown:

@@ -41,9 +41,10 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -62,7 +63,9 @@ _DROPPED = re.compile(r"dropped=(\d+)")
 _UNPARSABLE = "unable to parse '"
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 _GZIP_LEVEL = 1  # line protocol is repetitive: level 1 already shrinks it ~10x, at a fraction of 6's CPU
-_CONFIG_HINTS = {
+_CONFIG_REASONS: dict[int | None, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large"}
+_CONFIG_HINTS: dict[int | None, str] = {
     401: "InfluxDB refused the token: check CHARGEWATCH_INFLUX__TOKEN",
     403: "the token may not write to the bucket: give it write permission on CHARGEWATCH_INFLUX__TELEMETRY_BUCKET",
     404: "InfluxDB does not know the org or the bucket: check CHARGEWATCH_INFLUX__ORG and "
@@ -106,7 +109,7 @@ class InfluxWriteClient:
             self.session.headers["Content-Encoding"] = "gzip"
 
     @classmethod
-    def from_settings(cls, settings: "InfluxSettings") -> "InfluxWriteClient":
+    def from_settings(cls, settings: InfluxSettings) -> InfluxWriteClient:
         return cls(settings.url, settings.org, settings.telemetry_bucket, settings.token.get_secret_value(),
                    timeout_seconds=settings.request_timeout_seconds, use_gzip=settings.gzip)
 
@@ -145,8 +148,8 @@ def _error_message(response: requests.Response) -> str:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    if isinstance(body, dict) and isinstance(message := body.get("message"), str):
+        return message
     return response.text[:2000] or f"HTTP {response.status_code}"
 
 
@@ -201,7 +204,7 @@ class Forwarder:
         self._last_heartbeat = float("-inf")
 
     @classmethod
-    def from_settings(cls, outbox: Outbox, client: InfluxWriteClient, settings: "InfluxSettings") -> "Forwarder":
+    def from_settings(cls, outbox: Outbox, client: InfluxWriteClient, settings: InfluxSettings) -> Forwarder:
         return cls(
             outbox, client,
             batch_max_lines=settings.batch_max_lines,
@@ -300,7 +303,7 @@ class Forwarder:
         else:
             reason = "throttled" if status == 429 else "server_error"
         self.failures += 1
-        delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** min(self.failures - 1, 30))
+        delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2.0 ** min(self.failures - 1, 30))
         delay *= 0.5 + 0.5 * self.jitter()  # restarted forwarders must not retry in step
         if outcome.retry_after_seconds is not None:
             delay = max(delay, min(outcome.retry_after_seconds, self.backoff_max_seconds))
@@ -312,11 +315,10 @@ class Forwarder:
 
     def _stop_for_configuration(self, rows: Sequence[OutboxRow], outcome: WriteOutcome) -> float:
         status = outcome.status
-        reason = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                  413: "too_large"}.get(status, "unexpected_status")  # type: ignore[arg-type]
+        reason = _CONFIG_REASONS.get(status, "unexpected_status")
         self.failures += 1
         self._count(reason, outcome, "config_error")
-        hint = _CONFIG_HINTS.get(status, "the write request itself was refused")  # type: ignore[arg-type]
+        hint = _CONFIG_HINTS.get(status, "the write request itself was refused")
         logger.error("InfluxDB answered %s to a write: %s. %s. Shipping is stopped and every line is kept; "
                      "retrying in %.0f s", status, outcome.message, hint, self.config_error_retry_seconds)
         return self.config_error_retry_seconds
@@ -344,7 +346,7 @@ def _named_lines(message: str) -> dict[str, str]:
     A line ends at the first ``': `` after the quote: chargewatch's lines hold no quote (ids are
     ``[A-Za-z0-9._:-]``, fields are floats). One pass over the message, however many lines it names.
     """
-    named = {}
+    named: dict[str, str] = {}
     for entry in message.split("\n"):
         if entry.startswith(_UNPARSABLE):
             end = entry.find("': ", len(_UNPARSABLE))

@@ -4,7 +4,7 @@
 2. Creates the buckets ``telemetry`` and ``efficiency`` (names from the settings) with their
    retention when they are missing; an existing bucket is left as it is (its retention may have
    been changed on purpose). A 422 "already exists" from a concurrent setup counts as existing.
-3. Creates or updates every task in ``influxdb/tasks`` by name, with its options filled in from the
+3. Creates or updates every task in ``chargewatch/influx/tasks`` by name, with its options filled in from the
    settings: task names are not unique in InfluxDB, so it looks them up
    (``GET /api/v2/tasks?name=&orgID=``) and updates the Flux of every task of that name, or creates
    one (active). A task whose Flux is already the same is left alone.
@@ -107,7 +107,8 @@ def find_org(settings: Settings, client: InfluxDBClient) -> Any:
 
     def find() -> list[Any]:
         try:
-            return client.organizations_api().find_organizations(org=name)
+            found: list[Any] = client.organizations_api().find_organizations(org=name)
+            return found
         except ApiException as err:
             if err.status != 404:  # OSS answers 404 for an unknown name
                 raise
@@ -154,7 +155,8 @@ def _ensure_bucket(settings: Settings, client: InfluxDBClient, org: Any, name: s
             raise
         return SetupStep("bucket", name, "created", f"retention {_retention_text(days)}")
 
-    return _call(settings, f"create bucket {name!r}", create)
+    step: SetupStep = _call(settings, f"create bucket {name!r}", create)
+    return step
 
 
 def _ensure_task(settings: Settings, client: InfluxDBClient, org: Any, name: str, source: str) -> list[SetupStep]:
@@ -214,7 +216,7 @@ def _api_message(err: Any) -> str:
     import json
 
     try:
-        return json.loads(err.body)["message"]
+        return str(json.loads(err.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(err.reason or err.body or "")
 
@@ -224,7 +226,9 @@ def _retention_of(bucket: Any) -> str:
     if not seconds:
         return "retention forever"
     shortest = min(seconds)
-    return f"retention {shortest // SECONDS_PER_DAY} d" if shortest % SECONDS_PER_DAY == 0 else f"retention {shortest} s"
+    if shortest % SECONDS_PER_DAY == 0:
+        return f"retention {shortest // SECONDS_PER_DAY} d"
+    return f"retention {shortest} s"
 
 
 def _retention_text(days: int) -> str:

@@ -6,9 +6,10 @@ sees a third-party exception type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, NamedTuple, Protocol, Sequence
+from typing import Literal, NamedTuple, Protocol
 
 from chargewatch.pairing import PairingStore
 from chargewatch.readings import AnyReading

@@ -1,7 +1,7 @@
 """Influx mode's WindowSource (``chargewatch.efficiency_ports``): windows read from the
 ``efficiency`` bucket the Flux task fills.
 
-The reads run the scripts in ``influxdb/queries/`` with ``query_api.query(source, params=...)``:
+The reads run the scripts in ``chargewatch/influx/queries/`` with ``query_api.query(source, params=...)``:
 influxdb-client sends the values as ``extern`` option statements, so an id never becomes Flux text.
 Results come back as the same types and values :class:`SqliteWindowStore` returns for the same
 windows (the contract suite, tests/integration/test_efficiency_store_contract.py, holds both to it).
@@ -15,8 +15,9 @@ influxdb-client (the ``influx`` extra) is imported only when a store is built.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.efficiency import EfficiencyWindow, SpanTotals, charging_windows, sum_row, window_sums
 from chargewatch.influx import flux
@@ -194,6 +195,6 @@ def _api_message(err: Any) -> str:
     import json
 
     try:
-        return json.loads(err.body)["message"]
+        return str(json.loads(err.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(err.reason or err.body or "")

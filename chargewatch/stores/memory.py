@@ -8,9 +8,9 @@ names (``meter_20261123``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Mapping, Sequence
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
@@ -41,8 +41,9 @@ def _history_entry(paired: PairedReading) -> StoredReading:
     # A history row keeps only the partner's id; the device's own id stands for its side (as in the
     # SQLite day tables, which have no separate column for it).
     entry = _cache_entry(paired)
-    own_side = "meter_id" if entry.kind == "meter" else "vehicle_id"
-    return replace(entry, **{own_side: entry.device_id})
+    if entry.kind == "meter":
+        return replace(entry, meter_id=entry.device_id)
+    return replace(entry, vehicle_id=entry.device_id)
 
 
 def _is_unpaired(entry: StoredReading) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from chargewatch.efficiency import EfficiencyWindow, SpanTotals, charging_windows, sum_row, window_sums
 from chargewatch.efficiency_ports import AlertRecord, EfficiencyStores, Notification, QueuedNotification

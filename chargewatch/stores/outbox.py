@@ -22,8 +22,9 @@ between InfluxDB's 204 and the delete), which InfluxDB absorbs as an identical o
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.lineprotocol import encode_point
 from chargewatch.readings import MeterReading
@@ -45,7 +46,8 @@ _SCHEMA = [
 # Two single-aggregate subqueries: SQLite answers each from the end of the rowid b-tree, whereas
 # max(id) - min(id) in one SELECT, or count(*), would scan the whole queue.
 _ID_RANGE = "SELECT (SELECT min(id) FROM outbox), (SELECT max(id) FROM outbox)"
-_SET_STATE = "INSERT INTO forwarder_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+_SET_STATE = ("INSERT INTO forwarder_state (key, value) VALUES (?, ?) "
+              "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _COUNT_FAILURE = ("INSERT INTO forwarder_failures (reason, count) VALUES (?, 1) "
                   "ON CONFLICT (reason) DO UPDATE SET count = count + 1")
 
@@ -154,7 +156,8 @@ class Outbox:
             conn.executemany(
                 "INSERT INTO dead_letters (outbox_id, line, created_ms, failed_ms, status, error) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(row.id, row.line, row.created_ms, now_ms, status, error) for row, error in zip(rows, errors)],
+                [(row.id, row.line, row.created_ms, now_ms, status, error)
+                 for row, error in zip(rows, errors, strict=True)],
             )
             conn.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
 
@@ -181,7 +184,8 @@ class Outbox:
         """Rows waiting. Without ``exact``: the id range (two index lookups), which over-counts only by
         rows dead-lettered from the middle of the queue while the rows around them still wait."""
         if exact:
-            return self.database.read("SELECT count(*) FROM outbox")[0][0]
+            count: int = self.database.read("SELECT count(*) FROM outbox")[0][0]
+            return count
         return _depth(self.database.read(_ID_RANGE)[0])
 
     def stats(self, exact: bool = False) -> OutboxStats:
@@ -228,14 +232,14 @@ class Outbox:
 
 def _depth(id_range: Sequence[int | None]) -> int:
     low, high = id_range
-    return 0 if low is None else high - low + 1
+    return 0 if low is None or high is None else high - low + 1
 
 
 def _set_state(conn: sqlite3.Connection, values: dict[str, object]) -> None:
     conn.executemany(_SET_STATE, list(values.items()))
 
 
-def _id_filter(ids: Iterable[int] | None) -> tuple[str, tuple]:
+def _id_filter(ids: Iterable[int] | None) -> tuple[str, tuple[Any, ...]]:
     if ids is None:
         return "", ()
     wanted = tuple(int(i) for i in ids)

@@ -24,10 +24,11 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from chargewatch.pairing import PairingConflict, PairingInterval, check_one_to_one
 from chargewatch.readings import MeterReading
@@ -165,7 +166,7 @@ def _execute_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def wire_row(reading: PairedReading) -> tuple:
+def wire_row(reading: PairedReading) -> tuple[Any, ...]:
     """The row a request sends the writer: the last-value cache's columns, from which the writer
     also takes the history row (``_history_row``)."""
     r = reading.reading
@@ -176,7 +177,7 @@ def wire_row(reading: PairedReading) -> tuple:
             r.kwh_delivered_dc, None, r.soc, r.battery_temp)
 
 
-def _history_row(row: Sequence) -> tuple:
+def _history_row(row: Sequence[Any]) -> tuple[Any, ...]:
     kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp = row[:10]
     if kind == "meter":
         return (device_id, time_ms, vehicle_id, kwh, voltage, received_ms)
@@ -190,11 +191,11 @@ _STORED_VALUES = {
 }
 
 
-def _values(row: Sequence) -> tuple:
+def _values(row: Sequence[Any]) -> tuple[Any, ...]:
     return (row[6], row[7]) if row[0] == "meter" else (row[8], row[6], row[9])
 
 
-def _stored(row: Sequence) -> StoredReading:
+def _stored(row: Sequence[Any]) -> StoredReading:
     kind, device_id, time_ms, received_ms, vehicle_id, meter_id, kwh, voltage, soc, battery_temp = row
     if kind == "meter":
         values = {"kwhConsumedAc": kwh, "voltage": voltage}
@@ -220,7 +221,7 @@ def _record_history(conn: sqlite3.Connection, before: Mapping[str, str], after: 
 class _Ticket:
     __slots__ = ("rows", "wake", "lead", "result", "error")
 
-    def __init__(self, rows: list[tuple]) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
         self.wake = threading.Event()
         self.lead = False
@@ -234,7 +235,7 @@ class _Ticket:
         return self.result
 
 
-def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+def _count_conflicts(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
     """Rows whose (device, timestamp) is stored with other values (the stored copy, the first, is
     kept). Run only when an insert found duplicates; a row just inserted matches itself."""
     sql = _STORED_VALUES[rows[0][0]].format(table=table)
@@ -294,7 +295,7 @@ class SqliteReadingStore:
                                         spawn=self._writer_spec() if self._writer_mode == "process" else None)
             self._owner_pid = os.getpid()
 
-    def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.database.read(sql, params)
 
     # -- writes (one writer shared by every process) -------------------------------------------
@@ -309,7 +310,7 @@ class SqliteReadingStore:
         assert self._shared is not None
         return WriteResult(*self._shared.send(rows))
 
-    def _group_commit(self, rows: list[tuple]) -> tuple[int, int, int]:
+    def _group_commit(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, int]:
         """This process's group commit: the first thread to arrive leads; it takes the file's write
         lock first and only then the requests queued behind it (those that arrived while it waited
         for the other processes join too), commits them in one transaction, wakes exactly those
@@ -336,7 +337,7 @@ class SqliteReadingStore:
                 for waiting in batch:
                     waiting.error = err
             else:
-                for waiting, result in zip(batch, results):
+                for waiting, result in zip(batch, results, strict=True):
                     waiting.result = result
             finally:
                 self.database.unlock()
@@ -362,7 +363,7 @@ class SqliteReadingStore:
         assert self._shared is not None
         self._shared.connect()
 
-    def _wire_row(self, paired: PairedReading) -> tuple:
+    def _wire_row(self, paired: PairedReading) -> tuple[Any, ...]:
         if self.outbox is None:
             return wire_row(paired)
         # The line is encoded by the request thread, before the writer and its lock; the writer
@@ -375,7 +376,7 @@ class SqliteReadingStore:
         options = {**self.database.options, "outbox_max_rows": None if self.outbox is None else self.outbox.max_rows}
         return {"store": f"{cls.__module__}:{cls.__qualname__}", "path": str(self.path), "options": options}
 
-    def _commit_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
+    def _commit_requests(self, requests: list[list[tuple[Any, ...]]]) -> list[tuple[int, int, int]]:
         """The writer's side: commit every request's rows in one transaction; returns
         (stored, duplicates, conflicts) per request."""
         try:
@@ -390,18 +391,18 @@ class SqliteReadingStore:
             logger.error("group commit of %d requests failed: %s", len(requests), err)
             raise StorageUnavailable(f"writing to {self.path.name} failed: {err}") from err
 
-    def _write_requests(self, requests: list[list[tuple]]) -> list[tuple[int, int, int]]:
+    def _write_requests(self, requests: list[list[tuple[Any, ...]]]) -> list[tuple[int, int, int]]:
         if self._writer is None:
             self._writer = self.database.connect()
         conn = self._writer
-        newest: dict[tuple[str, str], tuple] = {}
+        newest: dict[tuple[str, str], tuple[Any, ...]] = {}
         results = []
         with self.database.write_transaction(conn):
             computed_through_ms, window_ms = conn.execute(_COMPUTED_THROUGH).fetchone()
             stale: set[tuple[int, int, str]] = set()
             for rows in requests:
                 stored = conflicts = 0
-                groups: dict[str, list[tuple]] = {}
+                groups: dict[str, list[tuple[Any, ...]]] = {}
                 for row in rows:
                     kind, device_id, time_ms, received_ms = row[:4]
                     table = day_table(kind, time_ms // MS_PER_DAY)
@@ -434,7 +435,7 @@ class SqliteReadingStore:
                 conn.executemany(_MARK_STALE, [(*key, sequence) for key in stale])
         return results
 
-    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple]) -> int:
+    def _insert_history(self, conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
         """Insert one day table's rows inside the group commit (queueing the new ones in the outbox,
         if any); returns how many were new."""
         kind = table.split("_", 1)[0]
@@ -457,7 +458,8 @@ class SqliteReadingStore:
         self, kind: Kind | None = None, after: tuple[str, str] | None = None, limit: int = 100,
         unpaired_only: bool = False,
     ) -> list[StoredReading]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if kind is not None:
             where.append("kind = ?")
             params.append(kind)
@@ -489,7 +491,8 @@ class SqliteReadingStore:
         for day, table in self._day_tables(kind).items():  # table names built from numbers, never input
             if first_day <= day <= last_day:
                 for minute, count in self.read(f"SELECT time_ms / 60000 * 60000 AS minute, count(*) FROM {table} "
-                                               "WHERE time_ms >= ? AND time_ms < ? GROUP BY minute", (start_ms, end_ms)):
+                                               "WHERE time_ms >= ? AND time_ms < ? GROUP BY minute",
+                                               (start_ms, end_ms)):
                     counts[minute] = counts.get(minute, 0) + count
         return counts
 
@@ -522,7 +525,8 @@ class SqliteReadingStore:
     # -- pairings ----------------------------------------------------------------------------
 
     def pairings_version(self) -> int:
-        return self.read("SELECT value FROM meta WHERE key = 'pairings_version'")[0][0]
+        version: int = self.read("SELECT value FROM meta WHERE key = 'pairings_version'")[0][0]
+        return version
 
     def load_pairings(self) -> dict[str, str]:
         return dict(self.read("SELECT vehicle_id, meter_id FROM pairings"))
@@ -540,7 +544,7 @@ class SqliteReadingStore:
                 before = dict(conn.execute("SELECT vehicle_id, meter_id FROM pairings"))
                 if replace:
                     conn.execute("DELETE FROM pairings")
-                for vehicle, meter in pairs.items():
+                for vehicle in pairs:
                     conn.execute("DELETE FROM pairings WHERE vehicle_id = ?", (vehicle,))
                 for vehicle, meter in pairs.items():
                     holder = conn.execute("SELECT vehicle_id FROM pairings WHERE meter_id = ?", (meter,)).fetchone()
@@ -582,7 +586,7 @@ class SqliteReadingStore:
         self._owner_pid = -1
 
 
-def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> list[tuple]:
+def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Insert wire rows into a day table; returns the rows that were not there yet, in order."""
     sql = _INSERT[table.split("_", 1)[0]].format(table=table)
     history = [_history_row(r) for r in rows]
@@ -593,6 +597,6 @@ def _insert_new(conn: sqlite3.Connection, table: str, rows: list[tuple]) -> list
         new = rows
     else:
         conn.execute("ROLLBACK TO day_insert")
-        new = [row for row, values in zip(rows, history) if conn.execute(sql, values).rowcount]
+        new = [row for row, values in zip(rows, history, strict=True) if conn.execute(sql, values).rowcount]
     conn.execute("RELEASE day_insert")
     return new

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from chargewatch.efficiency_ports import AlertRecord, Notification, QueuedNotification
 from chargewatch.stores import StorageUnavailable
@@ -42,9 +44,9 @@ _ALERT_COLUMNS = ("vehicle_id, rule, started_ms, state, meter_id, value, fired_m
                   "replayed")
 
 
-def _alert(row: Sequence) -> AlertRecord:
-    *fields, replayed = row
-    return AlertRecord(*fields, replayed=bool(replayed))
+def _alert(row: Sequence[Any]) -> AlertRecord:
+    record = AlertRecord(*row)
+    return replace(record, replayed=bool(record.replayed))
 
 
 class SqliteAlertStore:
@@ -118,12 +120,14 @@ class SqliteNotificationOutbox:
         database.ensure_tables(_NOTIFICATIONS_SCHEMA, "notifications")
 
     def due_notifications(self, now_ms: int, limit: int = 50) -> list[Notification]:
-        return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in self.database.read(
+        rows = self.database.read(
             "SELECT id, url, payload, attempts FROM notifications WHERE delivered_ms IS NULL AND failed_ms IS NULL "
-            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))]
+            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit))
+        return [Notification(id_, url, json.loads(payload), attempts) for id_, url, payload, attempts in rows]
 
     def record_delivery(self, notification_id: int, now_ms: int, *, error: str | None = None,
                         retry_at_ms: int | None = None) -> None:
+        params: tuple[Any, ...]
         if error is None:
             sql, params = ("UPDATE notifications SET delivered_ms = ?, attempts = attempts + 1, last_error = NULL "
                            "WHERE id = ?", (now_ms, notification_id))

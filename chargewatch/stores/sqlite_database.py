@@ -13,9 +13,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chargewatch.stores import StorageUnavailable
 
@@ -153,7 +154,7 @@ class SqliteDatabase:
             for statement in statements:
                 conn.execute(statement)
 
-    def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
+    def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self.patiently(lambda: self.reader().execute(sql, params).fetchall())
         except sqlite3.Error as err:

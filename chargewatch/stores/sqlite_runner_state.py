@@ -19,5 +19,6 @@ class SqliteRunnerState:
         return dict(self.database.read("SELECT key, value FROM runner_state"))
 
     def update(self, values: dict[str, float]) -> None:
-        self.database.write(("INSERT INTO runner_state VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                             (key, float(value))) for key, value in values.items())
+        self.database.write(("INSERT INTO runner_state VALUES (?, ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, float(value)))
+                            for key, value in values.items())

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from chargewatch.efficiency import EfficiencyWindow, SideTotals, SpanTotals, WindowKey, window_sums
 from chargewatch.stores import StorageUnavailable
@@ -69,7 +70,7 @@ class _FSum:
         return math.fsum(self.parts)
 
 
-def _window(row: Sequence) -> EfficiencyWindow:
+def _window(row: Sequence[Any]) -> EfficiencyWindow:
     vehicle_id, meter_id, *rest = row
     return EfficiencyWindow(vehicle_id, meter_id or None, *rest)
 
@@ -111,7 +112,8 @@ class SqliteWindowStore:
         self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str] | None
     ) -> tuple[dict[WindowKey, SideTotals], dict[WindowKey, SideTotals]]:
         conn = self.database.reader()
-        conn.create_aggregate("fsum", 1, _FSum)
+        # typeshed types an aggregate's finalize() as returning int; sqlite3 takes any SQL value (a float here)
+        conn.create_aggregate("fsum", 1, _FSum)  # type: ignore[arg-type]
         existing = {
             name for (name,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND (name GLOB 'meter_[0-9]*' "
@@ -156,7 +158,8 @@ class SqliteWindowStore:
         rows = [(window_ms, w.vehicle_id, w.stop_ms, w.meter_id or "", w.ac_kwh, w.dc_kwh, w.ac_readings,
                  w.dc_readings, w.avg_battery_temp, w.efficiency, computed_ms) for w in windows]
         conn = self.database.reader()
-        conn.create_aggregate("fsum", 1, _FSum)
+        # typeshed types an aggregate's finalize() as returning int; sqlite3 takes any SQL value (a float here)
+        conn.create_aggregate("fsum", 1, _FSum)  # type: ignore[arg-type]
         if not rows and not self.database.read(
             "SELECT 1 FROM efficiency WHERE window_ms = ? AND stop_ms > ? AND stop_ms <= ? LIMIT 1",
             (window_ms, start_ms, end_ms),
@@ -197,8 +200,8 @@ class SqliteWindowStore:
                 for first in range(0, len(vehicle_ids), 500):
                     chunk = list(vehicle_ids[first:first + 500])
                     marks = ", ".join("?" * len(chunk))
-                    conn.execute(f"DELETE FROM efficiency WHERE window_ms = ? AND stop_ms = ? AND vehicle_id IN ({marks})",
-                                 (window_ms, stop_ms, *chunk))
+                    conn.execute("DELETE FROM efficiency WHERE window_ms = ? AND stop_ms = ? "
+                                 f"AND vehicle_id IN ({marks})", (window_ms, stop_ms, *chunk))
                     if first == 0:
                         conn.executemany("INSERT INTO efficiency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     conn.execute(f"DELETE FROM efficiency_hourly WHERE window_ms = ? AND hour_stop_ms = ? "
@@ -221,8 +224,8 @@ class SqliteWindowStore:
         """Before a run reads readings: from now on, a reading for a window with stop up to
         ``through_ms`` marks that vehicle's window stale (``stale_windows``)."""
         self.database.write([
-            ("INSERT INTO meta (key, value) VALUES ('window_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-             (window_ms,)),
+            ("INSERT INTO meta (key, value) VALUES ('window_ms', ?) "
+             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (window_ms,)),
             ("INSERT INTO meta (key, value) VALUES ('windows_computed_through_ms', ?) "
              "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)", (through_ms,)),
         ])
@@ -248,8 +251,9 @@ class SqliteWindowStore:
                 "ORDER BY stop_ms, vehicle_id, meter_id", (window_ms, start_ms, end_ms))
         else:
             rows = self.database.read(
-                f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? "
-                "AND stop_ms <= ? ORDER BY stop_ms, meter_id", (window_ms, vehicle_id, start_ms, end_ms))
+                f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle "
+                "WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ? ORDER BY stop_ms, meter_id",
+                (window_ms, vehicle_id, start_ms, end_ms))
         return [_window(row) for row in rows]
 
     def windows_of(self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str]
@@ -287,9 +291,10 @@ class SqliteWindowStore:
         """Per-vehicle sums over windows with stop in (start_ms, end_ms]: whole hours from the rollup,
         the partial hours at either end from the windows themselves. The span the task runner last
         materialised (``refresh_fleet_latest``) is read ready-made."""
-        cached = self.database.read("SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum, "
-                            "battery_temp_readings FROM fleet_latest WHERE window_ms = ? AND start_ms = ? AND end_ms = ?",
-                            (window_ms, start_ms, end_ms))
+        cached = self.database.read(
+            "SELECT vehicle_id, ac_kwh, dc_kwh, ac_readings, dc_readings, windows, battery_temp_sum, "
+            "battery_temp_readings FROM fleet_latest WHERE window_ms = ? AND start_ms = ? AND end_ms = ?",
+            (window_ms, start_ms, end_ms))
         if cached:
             rows = cached
         else:

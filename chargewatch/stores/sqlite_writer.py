@@ -19,11 +19,12 @@ How:
   threads whose requests were committed; nothing wakes threads that have to keep waiting.
 - The writer reads every complete frame waiting on any connection, hands them all to ``commit``
   (one transaction) and answers each. While it commits, new frames queue in the sockets.
-- An answer is ``("ok", result)`` or ``("error", StorageUnavailable subclass name, message)``. A writer that stops in order answers
-  every frame it has read and then says ``("goodbye",)``: the frame the client is waiting on was
-  not read, so it is sent again to the next writer. A connection that ends without an answer
-  (the writer's process was killed) leaves the outcome unknown: that request fails with
-  StorageUnavailable (503), and a device's retry is answered as a duplicate if it had been stored.
+- An answer is ``("ok", result)`` or ``("error", StorageUnavailable subclass name, message)``.
+  A writer that stops in order answers every frame it has read and then says ``("goodbye",)``:
+  the frame the client is waiting on was not read, so it is sent again to the next writer. A
+  connection that ends without an answer (the writer's process was killed) leaves the outcome
+  unknown: that request fails with StorageUnavailable (503), and a device's retry is answered as a
+  duplicate if it had been stored.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 from chargewatch.stores import StorageUnavailable
 
@@ -58,10 +60,10 @@ _RECV_BYTES = 1 << 20
 IDLE_EXIT_SECONDS = 5.0  # a writer process with no connection for this long exits
 _RESPAWN_SECONDS = 2.0
 
-Commit = Callable[[list[list[tuple]]], list[Any]]  # rows of each request -> one answer each
+Commit = Callable[[list[list[tuple[Any, ...]]]], list[Any]]  # rows of each request -> one answer each
 
 
-_RUNNING: "weakref.WeakSet[SharedWriter]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[SharedWriter] = weakref.WeakSet()
 _INHERITED: list[Any] = []  # a forked child's copy of its parent's writer thread object, never used
 
 
@@ -106,7 +108,7 @@ class SharedWriter:
 
     # -- client side ---------------------------------------------------------------------------
 
-    def send(self, rows: list[tuple]) -> Any:
+    def send(self, rows: list[tuple[Any, ...]]) -> Any:
         """Have ``rows`` committed by the writer; returns its answer once they are durable."""
         frame = _frame(rows)
         deadline = time.monotonic() + self._timeout_s
@@ -132,10 +134,11 @@ class SharedWriter:
         request does not wait for a writer process to start."""
         self._connection(time.monotonic() + self._timeout_s)
 
-    def _answer(self, sock: socket.socket) -> tuple:
+    def _answer(self, sock: socket.socket) -> tuple[Any, ...]:
         try:
             header = _receive(sock, _HEADER.size)
-            return marshal.loads(_receive(sock, _HEADER.unpack(header)[0]))
+            answer: tuple[Any, ...] = marshal.loads(_receive(sock, _HEADER.unpack(header)[0]))
+            return answer
         except (OSError, EOFError, ValueError) as err:
             self._drop(sock)
             raise StorageUnavailable(
@@ -145,7 +148,8 @@ class SharedWriter:
     def _connection(self, deadline: float) -> socket.socket:
         held = getattr(self._local, "connection", None)
         if held is not None:
-            return held.sock
+            sock: socket.socket = held.sock
+            return sock
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -305,7 +309,7 @@ class _WriterThread(threading.Thread):
         idle_since = time.monotonic()
         try:
             while not self._stopping:
-                requests: list[tuple[socket.socket, list[tuple]]] = []
+                requests: list[tuple[socket.socket, list[tuple[Any, ...]]]] = []
                 if self._idle_exit_s is not None:
                     if self._buffers:
                         idle_since = time.monotonic()
@@ -315,7 +319,7 @@ class _WriterThread(threading.Thread):
                     if key.data == "accept":
                         self._accept_all(requests)
                     elif key.data == "conn":
-                        self._read(key.fileobj, requests)  # type: ignore[arg-type]
+                        self._read(cast(socket.socket, key.fileobj), requests)  # a connection we registered
                 if requests:
                     self._answer(requests)
             self._finish()
@@ -329,7 +333,7 @@ class _WriterThread(threading.Thread):
             self._listener.close()
             self._wake_r.close()
 
-    def _accept_all(self, requests: list[tuple[socket.socket, list[tuple]]]) -> None:
+    def _accept_all(self, requests: list[tuple[socket.socket, list[tuple[Any, ...]]]]) -> None:
         """Accept every queued connection and read what each has sent already, so requests of new
         connections join this commit rather than one per turn."""
         while True:
@@ -352,7 +356,7 @@ class _WriterThread(threading.Thread):
         self._selector.register(conn, selectors.EVENT_READ, "conn")
         return conn
 
-    def _read(self, conn: socket.socket, requests: list[tuple[socket.socket, list[tuple]]]) -> None:
+    def _read(self, conn: socket.socket, requests: list[tuple[socket.socket, list[tuple[Any, ...]]]]) -> None:
         try:
             data = conn.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -377,12 +381,12 @@ class _WriterThread(threading.Thread):
             del buffer[:_HEADER.size + size]
             requests.append((conn, rows))
 
-    def _answer(self, requests: Sequence[tuple[socket.socket, list[tuple]]]) -> None:
+    def _answer(self, requests: Sequence[tuple[socket.socket, list[tuple[Any, ...]]]]) -> None:
         try:
-            answers = [("ok", result) for result in self._commit([rows for _, rows in requests])]
+            answers: list[tuple[Any, ...]] = [("ok", result) for result in self._commit([rows for _, rows in requests])]
         except StorageUnavailable as err:
             answers = [("error", type(err).__name__, str(err))] * len(requests)
-        for (conn, _), answer in zip(requests, answers):
+        for (conn, _), answer in zip(requests, answers, strict=True):
             if conn in self._buffers:
                 try:
                     conn.sendall(_frame(answer))
@@ -391,7 +395,7 @@ class _WriterThread(threading.Thread):
 
     def _finish(self) -> None:
         """Stopping in order: answer every complete frame already here, then say goodbye."""
-        requests: list[tuple[socket.socket, list[tuple]]] = []
+        requests: list[tuple[socket.socket, list[tuple[Any, ...]]]] = []
         self._accept_all(requests)  # connections already queued are answered, not reset
         self._selector.unregister(self._listener)
         self._listener.close()

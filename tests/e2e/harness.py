@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,17 @@ import requests
 
 WRITE_TOKEN = "e2e-write-token"
 READ_TOKEN = "e2e-read-token"
+
+
+@contextmanager
+def stopped_at_exit(process: subprocess.Popen[Any]) -> Iterator[None]:
+    """Kill the process's group (it was started with ``start_new_session``) if it still runs at the end."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def free_port() -> int:
@@ -57,7 +70,7 @@ class IngestServer:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "IngestServer":
+    def start(self) -> IngestServer:
         command = ["tasks"] if self.service == "tasks" else ["serve", self.service]
         with (self.data_dir / f"{self.service}.log").open("ab") as log:
             self.process = subprocess.Popen(

@@ -48,7 +48,7 @@ class ForwarderProcess:
     server: IngestServer
     process: subprocess.Popen | None = None
 
-    def start(self, timeout_seconds: float = 20.0) -> "ForwarderProcess":
+    def start(self, timeout_seconds: float = 20.0) -> ForwarderProcess:
         started_ms = int(time.time() * 1000)
         with (self.server.data_dir / "forwarder.log").open("ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "chargewatch", "forward"], env=self.server.env(),
@@ -123,7 +123,7 @@ class SteadyLoad:
     def readings_per_second(self) -> float:
         return self.threads * self.pairs * 2 * self.rate_per_thread
 
-    def start(self) -> "SteadyLoad":
+    def start(self) -> SteadyLoad:
         base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
         self._workers = [threading.Thread(target=self._send, args=(n + 1, base), daemon=True)
                          for n in range(self.threads)]

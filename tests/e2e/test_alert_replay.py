@@ -11,8 +11,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Iterator
 
 import pytest
 import requests
@@ -59,7 +59,8 @@ def demo(tmp_path_factory) -> Iterator[dict]:
 
 
 def alerts_by_vehicle(demo: dict) -> dict[str, list[dict]]:
-    response = requests.get(demo["analytics"].url + "/v1/analytics/alerts", params={"state": "recent", "hours": 48},
+    params: dict[str, str | int] = {"state": "recent", "hours": 48}
+    response = requests.get(demo["analytics"].url + "/v1/analytics/alerts", params=params,
                             headers={"Authorization": f"Token {READ_TOKEN}"}, timeout=10)
     assert response.status_code == 200, response.text
     result: dict[str, list[dict]] = {}

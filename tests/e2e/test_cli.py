@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, stopped_at_exit
 
 
 def chargewatch(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -43,7 +43,8 @@ def test_pairings_are_imported_listed_set_and_deleted(tmp_path) -> None:
     assert chargewatch(tmp_path, "pairing", "set", "VEHICLE_003", "GRID-3").returncode == 0
     deleted = chargewatch(tmp_path, "pairing", "delete", "VEHICLE_001")
     assert deleted.returncode == 0
-    assert deleted.stdout.strip() == "deleted the registry pairing of VEHICLE_001; the default rule pairs it with METER_001"
+    assert deleted.stdout.strip() == ("deleted the registry pairing of VEHICLE_001; "
+                                      "the default rule pairs it with METER_001")
     listed = json.loads(chargewatch(tmp_path, "pairing", "list").stdout)
     assert listed == {"VEHICLE_002": "GRID-2", "VEHICLE_003": "GRID-3"}
     conflict = chargewatch(tmp_path, "pairing", "set", "VEHICLE_009", "GRID-2")
@@ -77,7 +78,8 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
                         "CHARGEWATCH_ANALYTICS__PORT": str(free_port())})
     process = subprocess.Popen([sys.executable, "-m", "chargewatch", "run"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
+    assert process.stdout is not None
+    with stopped_at_exit(process), process.stdout:
         banner = [process.stdout.readline() for _ in range(3)]
         assert f"POST http://127.0.0.1:{port}/v1/ingest" in banner[1]
         token = json.loads(chargewatch(tmp_path, "tokens", "--json").stdout)["write"][0]
@@ -92,7 +94,7 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
                 assert time.monotonic() < deadline, "ingest never came up"
                 time.sleep(0.2)
         assert response.status_code == 200
-        rest = []
+        rest: list[str] = []
         while not rest or not rest[-1].startswith("Press Ctrl-C"):
             rest.append(process.stdout.readline())
         # the banner tells a command that works from any shell, and where the browser goes
@@ -104,11 +106,6 @@ def test_run_starts_the_services_says_where_and_stops_on_ctrl_c(tmp_path) -> Non
         assert f"already running on {tmp_path} (pid {process.pid})" in second.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        process.stdout.close()
 
 
 def test_every_command_has_a_description_and_every_argument_a_help() -> None:

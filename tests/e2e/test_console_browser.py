@@ -10,8 +10,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import pytest
 import requests
@@ -190,7 +190,9 @@ def test_ingest_health_shows_the_runner_and_the_ingest_counters(page, fleet) -> 
     assert accepted, metrics[:500]
     for kind, count in accepted.items():
         assert page.locator(f'[data-counter="accepted-{kind}"]').inner_text() == f"{count:.0f}"
-    duplicates = float(re.search(r"^chargewatch_readings_duplicate_total (\S+)$", metrics, re.M).group(1))
+    counter = re.search(r"^chargewatch_readings_duplicate_total (\S+)$", metrics, re.M)
+    assert counter is not None, metrics
+    duplicates = float(counter.group(1))
     assert page.locator('[data-counter="duplicates"]').inner_text() == f"{duplicates:.0f}"
 
 

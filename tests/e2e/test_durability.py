@@ -15,7 +15,7 @@ from tests.e2e.harness import WRITE_TOKEN, IngestServer, free_port
 pytestmark = pytest.mark.slow
 
 
-def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: list[tuple[str, str]],
+def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: list[tuple[str, str, int]],
             errors: list[str]) -> None:
     session = requests.Session()
     session.headers["Authorization"] = f"Token {WRITE_TOKEN}"
@@ -24,8 +24,10 @@ def _sender(server: IngestServer, worker: int, stop: threading.Event, acked: lis
     while not stop.is_set():
         sequence += 1
         at = base + timedelta(seconds=sequence)
+        batch: list[MeterReading | VehicleReading]
         if sequence % 5 == 0:  # every fifth request is a gateway list
-            batch = [MeterReading(meter_id=f"DUR-M{worker}-{sequence}-{i}", kwh_consumed_ac=0.5, voltage=230, timestamp=at)
+            batch = [MeterReading(meter_id=f"DUR-M{worker}-{sequence}-{i}", kwh_consumed_ac=0.5, voltage=230,
+                                  timestamp=at)
                      for i in range(20)]
         else:
             batch = [VehicleReading(vehicle_id=f"DUR-V{worker}", soc=50, kwh_delivered_dc=0.4, battery_temp=25,
@@ -66,7 +68,8 @@ def test_every_acknowledged_reading_survives_kill_9(tmp_path, writer) -> None:
         assert missing == [], f"{len(missing)} of {len(acked)} acknowledged readings were lost"
         print(f"\n{len(acked)} readings acknowledged before kill -9, all {len(stored)} rows back after restart")
         assert server.query("PRAGMA integrity_check") == [("ok",)]
-        newest_soc = server.query("SELECT count(*) FROM current_state WHERE kind = 'vehicle' AND device_id LIKE 'DUR-V%'")
+        newest_soc = server.query(
+            "SELECT count(*) FROM current_state WHERE kind = 'vehicle' AND device_id LIKE 'DUR-V%'")
         assert newest_soc == [(8,)]
     finally:
         stop.set()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import gzip
 import itertools
 import stat
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import pytest
 import requests
@@ -117,7 +117,9 @@ def test_analytics_periods_off_the_calendar_are_a_400(analytics: IngestServer, p
 
 # -- 3. ids in URL paths ------------------------------------------------------------------------
 
-def test_a_path_id_with_a_trailing_newline_stores_no_phantom_pairing(client: IngestClient, server: IngestServer) -> None:
+def test_a_path_id_with_a_trailing_newline_stores_no_phantom_pairing(
+    client: IngestClient, server: IngestServer
+) -> None:
     assert client.session.put(client.base_url + "/v1/pairings/VEHICLE_606", json={"meterId": "METER_606"},
                               timeout=30).status_code == 200
     response = client.session.put(client.base_url + "/v1/pairings/VEHICLE_606%0A", json={"meterId": "METER_606"},
@@ -130,12 +132,24 @@ def test_a_path_id_with_a_trailing_newline_stores_no_phantom_pairing(client: Ing
     assert client.session.delete(client.base_url + "/v1/pairings/VEHICLE_606%0A", timeout=30).status_code == 400
 
 
+def test_the_pairing_api_answers_a_change_at_once_whichever_worker_made_it(client: IngestClient) -> None:
+    # Two workers: a PUT and the GET after it land on either; the GET must not answer from a stale cache.
+    for n in range(20):
+        vehicle, meter = f"VEHICLE_{700 + n}", f"METER_{800 + n}"
+        assert client.session.put(client.base_url + f"/v1/pairings/{vehicle}", json={"meterId": meter},
+                                  timeout=30).status_code == 200
+        assert client.get(f"/v1/pairings/{vehicle}").json()["meterId"] == meter
+        listed = {p["vehicleId"]: p["meterId"] for p in client.get("/v1/pairings").json()["pairings"]}
+        assert listed.get(vehicle) == meter
+
+
 @pytest.mark.parametrize("path", ["/v1/ingest/vehicle/VEHICLE_001%0A/current", "/v1/pairings/VEHICLE_001%0A"])
 def test_ingest_path_ids_are_matched_in_full(client: IngestClient, path: str) -> None:
     assert client.get(path).status_code == 400
 
 
-@pytest.mark.parametrize("path", ["/v1/analytics/performance/VEHICLE_001%0A", "/v1/analytics/efficiency/VEHICLE_001%0A"])
+@pytest.mark.parametrize(
+    "path", ["/v1/analytics/performance/VEHICLE_001%0A", "/v1/analytics/efficiency/VEHICLE_001%0A"])
 def test_analytics_path_ids_are_matched_in_full(analytics: IngestServer, path: str) -> None:
     response = read(analytics.url, path)
     assert response.status_code == 400

@@ -157,7 +157,8 @@ def test_unpaired_readings_are_kept_and_reported(client: IngestClient, server: I
 def test_the_fleet_listing_pages_through_every_device(client: IngestClient) -> None:
     payload = [meter_payload(f"PAGE-M{i:03d}") for i in range(25)]
     assert client.post_readings(payload).status_code == 200
-    seen, cursor = [], None
+    seen: list[str] = []
+    cursor = None
     while True:
         params = {"kind": "meter", "limit": "7", **({"cursor": cursor} if cursor else {})}
         page = client.get("/v1/ingest/devices", params=params).json()
@@ -230,7 +231,7 @@ def test_bad_meter_readings_get_a_422_naming_the_field_and_store_nothing(
     before = server.total_rows()
     if isinstance(value, str) and value.endswith("-literal"):
         literal = value.removesuffix("-literal")
-        text = json.dumps({**payload, field: 0.0}).replace('"%s": 0.0' % field, f'"{field}": {literal}')
+        text = json.dumps({**payload, field: 0.0}).replace(f'"{field}": 0.0', f'"{field}": {literal}')
         response = client.post("/v1/ingest", data=text, headers={"Content-Type": "application/json"})
     else:
         response = client.post_readings({**payload, field: value})

@@ -35,7 +35,8 @@ def test_the_official_client_writes_points_with_the_synchronous_api(influx, serv
         Point("vehicle").tag("vehicle_id", "VEHICLE_00700").field("soc", 61.0).field("kwh_delivered_dc", 1.3)
         .field("battery_temp", 31.0).time(at, WritePrecision.MS),
     ]
-    influx.write_api(write_options=SYNCHRONOUS).write(bucket="telemetry", record=points, write_precision=WritePrecision.MS)
+    influx.write_api(write_options=SYNCHRONOUS).write(
+        bucket="telemetry", record=points, write_precision=WritePrecision.MS)
     meter = server.rows("meter", "meter_id = ?", ("METER_00700",))
     assert [(r[1], r[2], r[3], r[4]) for r in meter] == [(int(at.timestamp() * 1000), "VEHICLE_00700", 1.5, 229.5)]
     state = client.get("/v1/ingest/vehicle/VEHICLE_00700/current").json()
@@ -46,7 +47,8 @@ def test_the_official_client_writes_points_with_the_synchronous_api(influx, serv
 def test_integer_fields_from_the_client_are_stored_as_floats(influx, server: IngestServer) -> None:
     point = Point("meter").tag("meter_id", "METER_00701").field("kwh_consumed_ac", 2).field("voltage", 230) \
         .time(_recent(6), WritePrecision.S)
-    influx.write_api(write_options=SYNCHRONOUS).write(bucket="telemetry", record=point, write_precision=WritePrecision.S)
+    influx.write_api(write_options=SYNCHRONOUS).write(
+        bucket="telemetry", record=point, write_precision=WritePrecision.S)
     assert server.rows("meter", "meter_id = ?", ("METER_00701",))[0][3:5] == (2.0, 230.0)
 
 
@@ -70,16 +72,19 @@ def test_an_unknown_bucket_is_a_404_like_influxdb(influx) -> None:
 
 
 def test_a_read_token_cannot_write_line_protocol(server: IngestServer) -> None:
-    with InfluxDBClient(url=server.url, token=READ_TOKEN, org="fleet") as reader:
-        with pytest.raises(ApiException) as raised:
-            reader.write_api(write_options=SYNCHRONOUS).write(
-                bucket="telemetry", record="meter,meter_id=M1 kwh_consumed_ac=1,voltage=230")
+    with (
+        InfluxDBClient(url=server.url, token=READ_TOKEN, org="fleet") as reader,
+        pytest.raises(ApiException) as raised,
+    ):
+        reader.write_api(write_options=SYNCHRONOUS).write(
+            bucket="telemetry", record="meter,meter_id=M1 kwh_consumed_ac=1,voltage=230")
     assert raised.value.status == 403
 
 
 def _write(server: IngestServer, body: bytes, precision: str = "s", **headers: str) -> requests.Response:
-    return requests.post(server.url + "/api/v2/write", params={"org": "o", "bucket": "telemetry", "precision": precision},
-                         data=body, headers={"Authorization": f"Token {WRITE_TOKEN}", **headers}, timeout=10)
+    return requests.post(server.url + "/api/v2/write",
+                         params={"org": "o", "bucket": "telemetry", "precision": precision}, data=body,
+                         headers={"Authorization": f"Token {WRITE_TOKEN}", **headers}, timeout=10)
 
 
 def test_every_line_bad_is_a_400_that_stores_nothing(server: IngestServer) -> None:
@@ -98,7 +103,8 @@ def test_an_invalid_precision_is_a_400(server: IngestServer) -> None:
 
 def test_telegraf_style_gzip_with_extra_tags_and_comments_is_accepted(server: IngestServer) -> None:
     ts = int(_recent(8).timestamp() * 1e9)
-    body = (f"# from a gateway\nvehicle,host=gw1,vehicle_id=EV-4242 soc=12,kwh_delivered_dc=0.8,battery_temp=19.5 {ts}\n"
+    body = ("# from a gateway\n"
+            f"vehicle,host=gw1,vehicle_id=EV-4242 soc=12,kwh_delivered_dc=0.8,battery_temp=19.5 {ts}\n"
             f"\nmeter,meter_id=MTR-4242,site=depot kwh_consumed_ac=0.9,voltage=231 {ts}\n").encode()
     response = _write(server, gzip.compress(body), precision="ns", **{"Content-Encoding": "gzip"})
     assert response.status_code == 204, response.text

@@ -8,7 +8,7 @@ Bounded: ``MAX_EXAMPLES`` per operation, a 30 s timeout per request."""
 from __future__ import annotations
 
 import urllib.parse
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 
 from chargewatch.readings import DEVICE_ID
 from tests.e2e.harness import READ_TOKEN, WRITE_TOKEN, IngestServer, free_port
@@ -53,6 +54,7 @@ def fuzz_every_operation(server: IngestServer) -> list[str]:
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json", timeout=30)
     fuzzed = []
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
         operation = result.ok()
         strategy = st.one_of(operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
                              operation.as_strategy(schemathesis.GenerationMode.NEGATIVE))
@@ -114,10 +116,10 @@ def test_nothing_invalid_was_stored(services) -> None:
     pairings = requests.get(ingest.url + "/v1/pairings", headers=read, timeout=30).json()["pairings"]
     for pairing in pairings:
         assert DEVICE_ID.fullmatch(pairing["vehicleId"]) and DEVICE_ID.fullmatch(pairing["meterId"]), pairing
-    cursor = ""
+    cursor: str | None = ""
     while cursor is not None:
-        page = requests.get(ingest.url + "/v1/ingest/devices", headers=read, timeout=30,
-                            params={"limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+        params: dict[str, str | int] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = requests.get(ingest.url + "/v1/ingest/devices", headers=read, timeout=30, params=params).json()
         for device in page["devices"]:
             assert DEVICE_ID.fullmatch(device["deviceId"]), device
         cursor = page.get("nextCursor")

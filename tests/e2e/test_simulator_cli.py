@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -116,6 +116,7 @@ def test_live_ends_on_sigterm_with_its_summary(fresh_server: IngestServer) -> No
 
     process = subprocess.Popen([sys.executable, "-m", "chargewatch", "simulate", "live", "--pairs", "3", "--json"],
                                env=fresh_server.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
     try:
         banner = process.stderr.readline()
         assert "until stopped (Ctrl-C)" in banner, banner

@@ -44,7 +44,7 @@ def charging_windows(repaired_ms: int | None = None) -> list[EfficiencyWindow]:
     dc = 11.0 / 12
     windows = []
     for stop in range(T0 + W, END + 1, W):
-        faulty = ONSET <= stop - W and (repaired_ms is None or stop - W < repaired_ms)
+        faulty = stop - W >= ONSET and (repaired_ms is None or stop - W < repaired_ms)
         for vehicle, ratio in ((FAULTY, 0.70 if faulty else 0.92), (HEALTHY, 0.92)):
             windows.append(EfficiencyWindow(vehicle, vehicle.replace("EV", "MTR"), stop, dc / ratio, dc, 5, 5, 25.0,
                                             ratio))
@@ -165,7 +165,7 @@ def test_verdicts_from_a_replays_history_are_those_read_stop_by_stop(stores, set
     runner = TaskRunner(written(efficiency, repaired_ms=ONSET + HOUR), settings)
     history = runner.history(T0 - 5 * HOUR, END, [FAULTY, HEALTHY])
     verdicts = [runner.verdicts_at(stop) for stop in range(T0 + W, END + 1, W)]
-    assert any(verdict[FAULTY].efficiency and verdict[FAULTY].efficiency < 0.85 for verdict in verdicts)
+    assert any((low := verdict[FAULTY].efficiency) is not None and low < 0.85 for verdict in verdicts)
     assert [runner.verdicts_at(stop, history) for stop in range(T0 + W, END + 1, W)] == verdicts
 
 

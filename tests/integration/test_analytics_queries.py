@@ -28,6 +28,7 @@ def store_windows(efficiency: EfficiencyStores, vehicles: dict[str, tuple[float,
     whole range, as the task runner does."""
     windows = [EfficiencyWindow(vehicle, "M-" + vehicle, T0 + (k + 1) * W, ac, ac * ratio, 5, 5, 20.0, ratio)
                for vehicle, (ratio, ac) in vehicles.items() for k in range(count)]
+    assert efficiency.window_writer is not None
     efficiency.window_writer.replace_windows(W, T0, T0 + count * W, windows, 0)
 
 

@@ -63,7 +63,8 @@ def order(window: EfficiencyWindow) -> tuple[int, str, str]:
 
 
 def inside(start_ms: int, end_ms: int, vehicle_ids: Sequence[str] | None = None) -> list[EfficiencyWindow]:
-    return [w for w in WINDOWS if start_ms < w.stop_ms <= end_ms and (vehicle_ids is None or w.vehicle_id in vehicle_ids)]
+    return [w for w in WINDOWS
+            if start_ms < w.stop_ms <= end_ms and (vehicle_ids is None or w.vehicle_id in vehicle_ids)]
 
 
 def window_line(w: EfficiencyWindow) -> str:
@@ -138,7 +139,8 @@ def test_a_re_paired_vehicle_has_one_window_per_meter_at_a_stop(source):
 
 def test_windows_of_several_vehicles_come_by_vehicle_then_stop(source):
     got = source.windows_of(W, T0 + W, T0 + 20 * W, ["EV-4", "EV-1", "EV-404"])
-    want = sorted(inside(T0 + W, T0 + 20 * W, ["EV-1", "EV-4"]), key=lambda w: (w.vehicle_id, w.stop_ms, w.meter_id or ""))
+    want = sorted(inside(T0 + W, T0 + 20 * W, ["EV-1", "EV-4"]),
+                  key=lambda w: (w.vehicle_id, w.stop_ms, w.meter_id or ""))
     assert got == want
 
 

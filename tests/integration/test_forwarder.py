@@ -82,7 +82,7 @@ def queue(store: SqliteReadingStore, count: int, prefix: str = "MTR-", received_
 
 def drain(forwarder: Forwarder, limit: int = 1000) -> list[float]:
     """Step until the outbox is empty; returns the delays asked for on the way."""
-    delays = []
+    delays: list[float] = []
     while forwarder.outbox.depth(exact=True) and len(delays) < limit:
         delays.append(forwarder.step())
     return delays

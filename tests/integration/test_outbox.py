@@ -36,6 +36,7 @@ def metric_value(exposition: str, name: str) -> float:
 
 
 def queued_lines(store: SqliteReadingStore) -> list[str]:
+    assert store.outbox is not None
     return [row.line for row in store.outbox.oldest(1000)]
 
 
@@ -142,7 +143,8 @@ def test_the_embedded_store_exposes_no_outbox_metrics(tmp_path):
     settings = Settings(data_dir=tmp_path, auth={"enabled": False})
     store = open_reading_store(settings)
     try:
-        assert "chargewatch_outbox" not in create_app(settings, store).test_client().get("/metrics").get_data(as_text=True)
+        metrics = create_app(settings, store).test_client().get("/metrics").get_data(as_text=True)
+        assert "chargewatch_outbox" not in metrics
     finally:
         store.close()
 
@@ -153,7 +155,8 @@ def test_dead_letters_can_be_requeued_at_the_end_of_the_queue_or_purged(store, m
     store.outbox.dead_letter(rows[:3], 422, ["partial write: a", "partial write: b", "partial write: c"], 5000)
     letters = store.outbox.dead_letters()
     assert [(d.outbox_id, d.status, d.error) for d in letters] == [
-        (rows[0].id, 422, "partial write: a"), (rows[1].id, 422, "partial write: b"), (rows[2].id, 422, "partial write: c")]
+        (rows[0].id, 422, "partial write: a"), (rows[1].id, 422, "partial write: b"),
+        (rows[2].id, 422, "partial write: c")]
 
     assert store.outbox.requeue([letters[1].id]) == 1
     assert [row.line for row in store.outbox.oldest(10)] == [rows[3].line, rows[1].line]

@@ -197,7 +197,7 @@ def test_two_processes_writing_the_same_file_at_once_lose_nothing_and_fail_nothi
                 writer.kill()
                 writer.communicate()
 
-    for writer, (out, err) in zip(writers, outputs):
+    for writer, (_, err) in zip(writers, outputs, strict=True):
         assert writer.returncode == 0, err
     totals = [json.loads(out) for out, _ in outputs]
     assert sum(t["stored"] for t in totals) == 3 * count  # each own meter, plus the shared one once
@@ -329,7 +329,9 @@ store.close()
 """
 
 
-def test_the_shared_writer_covers_the_requests_waiting_in_every_process_with_one_commit(db_path, tmp_path, make_meter, paired):
+def test_the_shared_writer_covers_the_requests_waiting_in_every_process_with_one_commit(
+    db_path, tmp_path, make_meter, paired
+):
     go, sending, held = tmp_path / "go", tmp_path / "sending", threading.Event()
 
     class HeldStore(SqliteReadingStore):

@@ -88,7 +88,8 @@ def test_a_reading_hours_late_is_counted_at_the_next_run(stores, settings, make_
     late = make_meter(meter_id="METER_001", kwh_consumed_ac=2.0,
                       timestamp=datetime.fromtimestamp((day + 120_000) / 1000, timezone.utc))
     readings.write([paired(late, vehicle_id="VEHICLE_001", received_ms=day + 5 * 3_600_000)])
-    assert efficiency.window_writer.stale_windows(W) == [(day + W, "VEHICLE_001", 1)]  # marked by ingest: computed without it
+    # marked by ingest: computed without it
+    assert efficiency.window_writer.stale_windows(W) == [(day + W, "VEHICLE_001", 1)]
     runner.run_once(day + 5 * 3_600_000)
     (window,) = efficiency.windows.windows(W, day, day + W, "VEHICLE_001")
     assert (window.ac_kwh, window.ac_readings) == (1.25 + 2.0, 2)

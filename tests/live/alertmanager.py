@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -53,7 +54,7 @@ class AlertmanagerServer:
     def log_path(self) -> Path:
         return self.directory / "alertmanager.log"
 
-    def start(self) -> "AlertmanagerServer":
+    def start(self) -> AlertmanagerServer:
         binary = require_engine("alertmanager")
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.config_path is None:
@@ -106,7 +107,7 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         self.thread.start()
         return self
 

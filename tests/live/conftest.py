@@ -14,14 +14,18 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.live.alertmanager import AlertmanagerServer, WebhookReceiver
 from tests.live.engines import ExternalInflux, InfluxApi, Influxd, external_influx, log_tail
+
+# (ingest, forwarder) on a test's own influxd: the forwarder tests and the outbox tests share it.
+from tests.live.test_forwarder_live import running as running
 
 _LOGS_KEY = pytest.StashKey[list[Path]]()
 
@@ -32,7 +36,7 @@ def attach_log(request: pytest.FixtureRequest, path: Path) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed:
@@ -89,7 +93,7 @@ def scratch_org(influx: Influxd | ExternalInflux, scratch_prefix: str) -> Iterat
         influx.api("DELETE", f"/api/v2/orgs/{org_id}")
 
 
-def chargewatch_env(influx: Influxd | ExternalInflux, org: str, **overrides: str) -> dict[str, str]:
+def chargewatch_env(influx: Influxd | ExternalInflux | ScratchOrg, org: str, **overrides: str) -> dict[str, str]:
     """The environment of a chargewatch process in influx mode pointed at ``influx``/``org``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEWATCH_")}
     env.update({"CHARGEWATCH_STORE": "influx", "CHARGEWATCH_INFLUX__URL": influx.url,

@@ -94,7 +94,7 @@ class EngineProcess:
     env: dict[str, str] | None = None
     process: subprocess.Popen | None = None
 
-    def start(self, timeout_seconds: float = 60.0) -> "EngineProcess":
+    def start(self, timeout_seconds: float = 60.0) -> EngineProcess:
         with self.log_path.open("ab") as log:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             log.flush()
@@ -110,7 +110,7 @@ class EngineProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
             try:
-                if requests.get(self.ready_url, timeout=2).status_code == 200:
+                if self.ready_url and requests.get(self.ready_url, timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -196,21 +196,22 @@ class Influxd(InfluxApi):
     org: str = ORG
     engine: EngineProcess | None = None
     org_id: str = ""
+    url: str = field(init=False)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / "influxd.log"
 
-    def start(self) -> "Influxd":
+    def start(self) -> Influxd:
         binary = require_engine("influxd")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [str(binary), "--reporting-disabled", "--http-bind-address", f"127.0.0.1:{self.port}",
                 "--bolt-path", str(self.data_dir / "influxd.bolt"), "--engine-path", str(self.data_dir / "engine"),
-                "--sqlite-path", str(self.data_dir / "influxd.sqlite"), "--log-level", os.environ.get("CHARGEWATCH_INFLUXD_LOG_LEVEL", "warn")]
+                "--sqlite-path", str(self.data_dir / "influxd.sqlite"),
+                "--log-level", os.environ.get("CHARGEWATCH_INFLUXD_LOG_LEVEL", "warn")]
         # No user config (~/.influxdbv2) may leak in: influxd reads INFLUXD_* and a config file.
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXD_")}
         env["INFLUXD_CONFIG_PATH"] = str(self.data_dir)

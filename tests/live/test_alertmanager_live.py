@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -77,6 +77,7 @@ class Fleet:
         windows = [EfficiencyWindow(vehicle_id, meter_of(vehicle_id), stop, 2.0, 2.0 * efficiency, 5, 5, 25.0,
                                     efficiency)
                    for stop in range(start_ms + W, end_ms + 1, W) for vehicle_id, efficiency in efficiencies.items()]
+        assert self.store.window_writer is not None
         self.store.window_writer.replace_windows(W, start_ms, end_ms, windows, end_ms)
 
     def evaluate_at(self, stop_ms: int) -> None:

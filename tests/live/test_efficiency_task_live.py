@@ -17,6 +17,7 @@ import time
 from datetime import datetime
 
 import pytest
+import requests
 
 from chargewatch.efficiency import EfficiencyWindow, span_totals
 from chargewatch.influx import flux
@@ -93,7 +94,7 @@ def windows_from(tables) -> list[EfficiencyWindow]:
 def assert_same_windows(actual: list[EfficiencyWindow], expected: list[EfficiencyWindow]) -> None:
     key = lambda w: (w.stop_ms, w.vehicle_id, w.meter_id or "")  # noqa: E731
     assert [key(w) for w in actual] == [key(w) for w in sorted(expected, key=key)]
-    for got, want in zip(actual, sorted(expected, key=key)):
+    for got, want in zip(actual, sorted(expected, key=key), strict=True):
         for name, want_value in vars(want).items():
             got_value = getattr(got, name)
             if isinstance(want_value, float) and got_value is not None:
@@ -191,7 +192,13 @@ def test_the_installed_task_runs_inside_influxdb_and_writes_the_fixture_windows(
     deadline = time.monotonic() + 60
     while run["status"] not in ("success", "failed", "canceled") and time.monotonic() < deadline:
         time.sleep(0.5)
-        run = influx.api("GET", f"/api/v2/tasks/{task['id']}/runs/{run['id']}")
+        # While InfluxDB moves a finished run from its queue to the run log, the run answers 404 for
+        # a moment ("failed to find run"): not an answer yet, ask again.
+        polled = requests.get(f"{influx.url}/api/v2/tasks/{task['id']}/runs/{run['id']}",
+                              headers={"Authorization": f"Token {influx.token}"}, timeout=60)
+        if polled.status_code != 404:
+            assert polled.status_code == 200, polled.text
+            run = polled.json()
     logs = influx.api("GET", f"/api/v2/tasks/{task['id']}/runs/{run['id']}/logs")["events"]
     assert run["status"] == "success", logs
 

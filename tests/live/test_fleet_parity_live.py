@@ -23,6 +23,7 @@ import math
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -71,6 +72,7 @@ class FleetDay:
         self.env = chargewatch_env(influx, org, CHARGEWATCH_INFLUX__TELEMETRY_RETENTION_DAYS="0",
                                    CHARGEWATCH_INFLUX__EFFICIENCY_RETENTION_DAYS="0")
         self.timings: dict[str, float] = {}
+        self.backfill_output = ""
 
     def settings(self, data_dir: Path, store: str = "influx") -> Settings:
         return Settings(data_dir=data_dir, store=store, sqlite={"synchronous": "normal"},
@@ -79,7 +81,7 @@ class FleetDay:
 
 
 @pytest.fixture(scope="module")
-def day(_session_influx, tmp_path_factory) -> FleetDay:
+def day(_session_influx, tmp_path_factory) -> Iterator[FleetDay]:
     influx = _session_influx
     org = f"cw_fleet_{int(time.time())}"
     org_id = influx.api("POST", "/api/v2/orgs", json={"name": org})["id"]
@@ -208,7 +210,7 @@ def test_influxdb_windows_equal_the_embedded_engines_window_by_window(day):
     assert len(embedded) > 10_000
     assert [key(w) for w in influx] == [key(w) for w in embedded]
     print(f"\n{len(embedded)} windows equal on both engines; timings {day.timings}")
-    for got, want in zip(influx, embedded):
+    for got, want in zip(influx, embedded, strict=True):
         assert (got.ac_readings, got.dc_readings) == (want.ac_readings, want.dc_readings), (got, want)
         for name in ("ac_kwh", "dc_kwh", "avg_battery_temp", "efficiency"):
             assert close(getattr(got, name), getattr(want, name)), (name, got, want)
@@ -236,7 +238,7 @@ def test_the_alert_rules_record_the_same_alerts_on_both_engines(day):
     fired = [a for a in embedded if a["fired_ms"]]
     assert len(fired) >= 5, "the day has faulty chargers to alert on"
     assert len(influx) == len(embedded)
-    for got, want in zip(influx, embedded):
+    for got, want in zip(influx, embedded, strict=True):
         assert {k: v for k, v in got.items() if k not in ("id", "value")} == \
             {k: v for k, v in want.items() if k not in ("id", "value")}
         assert close(got["value"], want["value"])
@@ -274,7 +276,7 @@ def assert_same(got, want, where: str = "") -> None:
             assert_same(got[name], want[name], f"{where}.{name}")
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), (where, got, want)
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_same(g, w, f"{where}[{i}]")
     elif isinstance(want, float) and not isinstance(want, bool):
         assert isinstance(got, (int, float)) and close(float(got), want), (where, got, want)

@@ -316,7 +316,8 @@ def test_a_token_that_may_only_read_gets_403_a_configuration_error_too(store, ta
     server, org = target
     org_id = server.api("GET", "/api/v2/orgs", params={"org": org})["orgs"][0]["id"]
     read_only = server.api("POST", "/api/v2/authorizations", json={
-        "orgID": org_id, "permissions": [{"action": "read", "resource": {"type": "buckets", "orgID": org_id}}]})["token"]
+        "orgID": org_id,
+        "permissions": [{"action": "read", "resource": {"type": "buckets", "orgID": org_id}}]})["token"]
     queue(store, 1)
 
     assert make_forwarder(target, token=read_only, config_error_retry_seconds=20).step() == 20

@@ -78,7 +78,7 @@ def go_duration(seconds: int) -> str:
 def seconds_of(text: str) -> int:
     parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
     assert parts and text, text
-    return sum(int(v) * unit for v, unit in zip(parts.groups(), (3600, 60, 1)) if v)
+    return sum(int(v) * unit for v, unit in zip(parts.groups(), (3600, 60, 1), strict=True) if v)
 
 
 def window_period(range_seconds: float, min_interval: str | None) -> int:
@@ -206,8 +206,13 @@ def fleet(module_org) -> SimulatedFleet:
     readings = stored_readings(config, start, end)
     under_reading = next(v for v, p in sorted(profiles.items()) if not p.is_faulty)
     meter = profiles[under_reading].meter_id
-    readings = [PairedReading(p.reading.model_copy(update={"kwh_consumed_ac": p.reading.kwh_consumed_ac * UNDER_READING}),
-                              *p[1:]) if p.reading.device_id == meter else p for p in readings]
+
+    def under_read(p: PairedReading) -> PairedReading:
+        assert isinstance(p.reading, MeterReading)
+        under = p.reading.model_copy(update={"kwh_consumed_ac": p.reading.kwh_consumed_ac * UNDER_READING})
+        return PairedReading(under, *p[1:])
+
+    readings = [under_read(p) if p.reading.device_id == meter else p for p in readings]
 
     for bucket in (queries.TELEMETRY_BUCKET, queries.EFFICIENCY_BUCKET, queries.MONITORING_BUCKET):
         module_org.create_bucket(bucket)
@@ -225,9 +230,9 @@ def fleet(module_org) -> SimulatedFleet:
     run_task_in_influxdb(module_org, settings.model_copy(update={"efficiency": settings.efficiency.model_copy(
         update={"recompute_windows": 6})}))
 
-    faulty = {v: p.fault_onset for v, p in profiles.items() if p.is_faulty}
+    faulty = {v: p.fault_onset for v, p in profiles.items() if p.is_faulty and p.fault_onset is not None}
     healthy = sorted(v for v, p in profiles.items() if not p.is_faulty and v != under_reading)
-    return SimulatedFleet(now, end, readings, reference_windows(readings), faulty, healthy, under_reading)  # type: ignore[arg-type]
+    return SimulatedFleet(now, end, readings, reference_windows(readings), faulty, healthy, under_reading)
 
 
 def run(org: Any, source: str) -> list[Any]:
@@ -392,7 +397,8 @@ def test_the_fleet_overview_numbers_equal_the_reference_engine(influx, module_or
     span = fleet_range(fleet)
     windows = fleet.windows_in(span.start, span.stop)
     ac, dc = sums(windows)
-    assert math.isclose(single_value(run(module_org, span.interpolate(panel_query("fleet-overview.json", 1)))), dc / ac, rel_tol=REL)
+    fleet_efficiency = single_value(run(module_org, span.interpolate(panel_query("fleet-overview.json", 1))))
+    assert math.isclose(fleet_efficiency, dc / ac, rel_tol=REL)
 
     per_vehicle = {v: sums(fleet.windows_in(span.start, span.stop, v)) for v in fleet.vehicles}
     below = {v for v, (a, d) in per_vehicle.items() if a >= queries.MIN_SPAN_ENERGY_KWH and d < queries.THRESHOLD * a}
@@ -403,7 +409,7 @@ def test_the_fleet_overview_numbers_equal_the_reference_engine(influx, module_or
     rows = [r.values for r in worst.records]
     expected = sorted(((d / a, v) for v, (a, d) in per_vehicle.items() if a >= queries.MIN_SPAN_ENERGY_KWH))[:10]
     assert [r["vehicle_id"] for r in rows] == [v for _, v in expected]
-    for row, (efficiency, vehicle_id) in zip(rows, expected):
+    for row, (efficiency, vehicle_id) in zip(rows, expected, strict=True):
         assert math.isclose(row["efficiency"], efficiency, rel_tol=REL)
         assert math.isclose(row["ac_kwh"], per_vehicle[vehicle_id][0], rel_tol=REL)
 
@@ -448,13 +454,14 @@ def test_the_vehicle_detail_numbers_equal_the_reference_engine(influx, module_or
         got = [(to_ms(r.values["_time"]), r.values["_value"]) for r in per_window.records]
         want = [(w.stop_ms, w.efficiency) for w in windows if w.efficiency is not None]
         assert [t for t, _ in got] == [t for t, _ in want], vehicle_id
-        assert all(math.isclose(g, w, rel_tol=REL) for (_, g), (_, w) in zip(got, want)), vehicle_id
+        assert all(math.isclose(g, w, rel_tol=REL) for (_, g), (_, w) in zip(got, want, strict=True)), vehicle_id
         # The alert measure as a line: at T, the windows stamped T - span + window ... T, up to the newest.
         tables = run(module_org, span.interpolate(panel_query("vehicle-detail.json", 3, "B"), vehicle_id))
         points = {r.values["_time"]: r.values["_value"] for t in tables for r in t.records}
         expected = {}
         for moment in (stamp(w.stop_ms) for w in windows):
-            ac, dc = sums(fleet.windows_in(moment - queries.SPAN + WINDOW, moment + timedelta(milliseconds=1), vehicle_id))
+            ac, dc = sums(fleet.windows_in(moment - queries.SPAN + WINDOW, moment + timedelta(milliseconds=1),
+                                           vehicle_id))
             if ac >= queries.MIN_SPAN_ENERGY_KWH:
                 expected[moment] = dc / ac
         assert sorted(points) == sorted(expected), vehicle_id
@@ -482,7 +489,7 @@ def alert_measure(fleet: SimulatedFleet, vehicle_id: str, stop: datetime, span_s
     is idle or when less than the minimum AC energy flowed."""
     start = stop - timedelta(seconds=span_seconds)
     rows = sorted(fleet.windows_in(start - WINDOW, stop, vehicle_id), key=lambda w: w.stop_ms)
-    kept = [w for previous, w in zip([None, *rows], rows) if w.stop_ms >= to_ms(start)
+    kept = [w for previous, w in zip([None, *rows], rows, strict=False) if w.stop_ms >= to_ms(start)
             and not (previous is not None and is_active(w) and not is_active(previous))]
     if not kept or is_active(kept[0]) and not is_active(kept[-1]):
         return None
@@ -506,7 +513,7 @@ def alert_values(org: Any, fleet: SimulatedFleet, title: str, stop: datetime) ->
     expected = {v: alert_measure(fleet, v, stop, span_seconds) for v in fleet.vehicles}
     assert values.keys() == {v for v, value in expected.items() if value is not None}, (title, stop)
     for vehicle_id, value in values.items():
-        assert math.isclose(value, expected[vehicle_id], rel_tol=REL), (title, vehicle_id)  # type: ignore[arg-type]
+        assert value == pytest.approx(expected[vehicle_id], rel=REL, abs=0), (title, vehicle_id)
     return values
 
 

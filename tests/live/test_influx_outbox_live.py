@@ -26,9 +26,7 @@ import requests
 from tests.e2e.harness import READ_TOKEN, IngestClient
 from tests.e2e.influx_mode import SteadyLoad, chargewatch_cli, outbox_depth, wait_until
 from tests.live.test_forwarder_engine_live import suspended
-from tests.live.test_forwarder_live import (  # noqa: F401 (running is a fixture)
-    assert_exactly_the_acknowledged, partner_of, running, stored_points,
-)
+from tests.live.test_forwarder_live import assert_exactly_the_acknowledged, partner_of, stored_points
 
 pytestmark = [pytest.mark.influx, pytest.mark.slow]
 
@@ -126,7 +124,8 @@ def test_a_400_and_a_422_end_in_dead_letters_that_the_cli_and_metrics_show(runni
     assert 'chargewatch_forwarder_failures_total{reason="rejected"} 1.0' in metrics
 
     # The operator raises the bucket's retention, then ships the 422 line again.
-    [bucket] = own_influxd.api("GET", "/api/v2/buckets", params={"org": own_influxd.org, "name": "telemetry"})["buckets"]
+    [bucket] = own_influxd.api("GET", "/api/v2/buckets",
+                               params={"org": own_influxd.org, "name": "telemetry"})["buckets"]
     # (An empty retentionRules list leaves the retention as it was: "forever" is everySeconds 0.)
     own_influxd.api("PATCH", f"/api/v2/buckets/{bucket['id']}",
                     json={"retentionRules": [{"type": "expire", "everySeconds": 0}]})

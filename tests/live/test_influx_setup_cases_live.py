@@ -53,8 +53,9 @@ def test_an_efficiency_retention_of_0_keeps_the_windows_forever(influx, scratch_
 
 
 def test_an_existing_bucket_is_left_as_it_is(influx, scratch_org):
-    influx.api("POST", "/api/v2/buckets", json={"orgID": org_id_of(influx, scratch_org), "name": "telemetry",
-                                                "retentionRules": [{"type": "expire", "everySeconds": 7 * DAY_SECONDS}]})
+    influx.api("POST", "/api/v2/buckets", json={
+        "orgID": org_id_of(influx, scratch_org), "name": "telemetry",
+        "retentionRules": [{"type": "expire", "everySeconds": 7 * DAY_SECONDS}]})
 
     steps = setup_influx(settings_for(influx, scratch_org, retention_days=30))
 

@@ -8,8 +8,8 @@ import pytest
 
 from chargewatch.influx import flux
 from chargewatch.settings import Settings
-from tests.live.conftest import chargewatch_env, run_chargewatch
 from tests.e2e.harness import free_port
+from tests.live.conftest import chargewatch_env, run_chargewatch
 
 pytestmark = pytest.mark.influx
 

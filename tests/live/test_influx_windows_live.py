@@ -231,7 +231,7 @@ def assert_json_close(got: Any, want: Any, path: str = "") -> None:
             assert_json_close(got[key], want[key], f"{path}.{key}")
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), path
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_json_close(g, w, f"{path}[{i}]")
     else:
         assert got == want, path

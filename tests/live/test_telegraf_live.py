@@ -24,7 +24,7 @@ import pytest
 
 from chargewatch.readings import READING, AnyReading, ReadingRules, to_wire
 from grafana import queries
-from tests.e2e.harness import IngestClient, IngestServer, WRITE_TOKEN, free_port
+from tests.e2e.harness import WRITE_TOKEN, IngestClient, IngestServer, free_port
 from tests.e2e.influx_mode import ForwarderProcess, influx_env, wait_until
 from tests.live.conftest import attach_log
 from tests.live.engines import REPO, EngineProcess, require_engine
@@ -117,9 +117,9 @@ def ingest_health(org: Any, started: datetime) -> dict[tuple[int, str], list[Any
     services started until now; {(panel id, refId): tables}, shapes checked against the panel type."""
     stop = datetime.now(timezone.utc)
     span = GrafanaRange(started - timedelta(minutes=1), stop, 30)  # 30 s: the panels' min interval
-    found = {}
+    found: dict[tuple[Any, str], Any] = {}
     for query in panel_queries():
-        if query.dashboard != "ingest-health.json":
+        if query.dashboard != "ingest-health.json" or query.panel is None:
             continue
         tables = run(org, span.interpolate(query.source))
         assert_panel_shape(query, tables)

@@ -101,4 +101,5 @@ def test_write_answers_like_influxdb(endpoints, case):
     else:
         status, code, reason = case.differs
         assert chargewatch_answer == (status, code), reason
-        assert influx_answer != chargewatch_answer, f"InfluxDB now answers like chargewatch: drop the difference ({reason})"
+        assert influx_answer != chargewatch_answer, (
+            f"InfluxDB now answers like chargewatch: drop the difference ({reason})")

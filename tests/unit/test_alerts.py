@@ -17,10 +17,19 @@ from chargewatch.alerts import (
     webhook_payload,
 )
 from chargewatch.efficiency import EfficiencyWindow, MeterEnergy, VehicleEnergy, windows_from_readings
+from chargewatch.efficiency_ports import AlertRecord
 
 W = 300_000
 POLICY = AlertPolicy()
 T0 = 1_795_392_000_000  # a window stop (2026-11-23T00:00Z)
+
+
+def _step(rule: str, record: AlertRecord | None, result: SpanVerdict, now_ms: int, policy: AlertPolicy
+          ) -> tuple[AlertRecord, str | None]:
+    """``step`` where the case starts or holds an alert, so a record must come out."""
+    stepped, event = step(rule, record, result, now_ms, policy)
+    assert stepped is not None
+    return stepped, event
 
 
 def window(k: int, ac: float, dc: float, ac_n: int = 5, dc_n: int = 5, vehicle: str = "V1") -> EfficiencyWindow:
@@ -51,12 +60,12 @@ def test_an_ended_session_is_measured_whole_from_idle_edge_to_idle_edge() -> Non
     windows = [window(k, 1.0, 0.9) for k in range(-12, -1)] + [window(-1, 0.4, 0.3), window(0, 0, 0)]
     span = measured_span(windows, T0, W, POLICY)
     assert span[0].stop_ms == T0 - 12 * W and span[-1].stop_ms == T0 - W
-    assert abs(span_verdict("V1", windows, T0, W, POLICY).efficiency - (9.9 + 0.3) / 11.4) < 1e-12
+    assert span_verdict("V1", windows, T0, W, POLICY).efficiency == pytest.approx((9.9 + 0.3) / 11.4, abs=1e-12)
 
 
 def test_a_lost_reading_does_not_look_like_lost_energy() -> None:
     windows = [window(k, 1.0, 0.9) for k in range(-5, 0)] + [window(0, 1.0, 0.72, dc_n=4)]
-    assert abs(span_verdict("V1", windows, T0, W, POLICY).efficiency - 0.9) < 1e-12
+    assert span_verdict("V1", windows, T0, W, POLICY).efficiency == pytest.approx(0.9, abs=1e-12)
 
 
 def test_too_little_energy_gives_no_verdict() -> None:
@@ -65,24 +74,24 @@ def test_too_little_energy_gives_no_verdict() -> None:
 
 
 def test_a_breach_must_hold_at_two_evaluations_a_pending_period_apart() -> None:
-    record, event = step(LOW, None, verdict(0.80), T0, POLICY)
+    record, event = _step(LOW, None, verdict(0.80), T0, POLICY)
     assert (record.state, event) == ("pending", None)
-    record, event = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    record, event = _step(LOW, record, verdict(0.80), T0 + W, POLICY)
     assert (record.state, event, record.fired_ms) == ("firing", "firing", T0 + W)
 
 
 def test_a_pending_alert_is_cancelled_when_the_breach_does_not_hold() -> None:
-    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
-    record, event = step(LOW, record, verdict(0.90), T0 + W, POLICY)
+    record, _ = _step(LOW, None, verdict(0.80), T0, POLICY)
+    record, event = _step(LOW, record, verdict(0.90), T0 + W, POLICY)
     assert (record.state, event) == ("cancelled", None)
 
 
 def test_the_session_start_alone_may_start_pending_but_never_fires() -> None:
-    record, _ = step(LOW, None, verdict(None, early=0.6), T0, POLICY)
+    record, _ = _step(LOW, None, verdict(None, early=0.6), T0, POLICY)
     assert record.state == "pending"
-    record, event = step(LOW, record, verdict(None, early=0.6), T0 + W, POLICY)
+    record, event = _step(LOW, record, verdict(None, early=0.6), T0 + W, POLICY)
     assert (record.state, event) == ("pending", None)
-    record, event = step(LOW, record, verdict(0.8), T0 + 2 * W, POLICY)
+    record, event = _step(LOW, record, verdict(0.8), T0 + 2 * W, POLICY)
     assert event == "firing"
 
 
@@ -92,17 +101,17 @@ def test_the_session_start_never_starts_an_above_one_alert() -> None:
 
 
 def test_a_firing_alert_resolves_only_past_the_hysteresis() -> None:
-    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
-    record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
-    unchanged, event = step(LOW, record, verdict(0.86), T0 + 2 * W, POLICY)
+    record, _ = _step(LOW, None, verdict(0.80), T0, POLICY)
+    record, _ = _step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    unchanged, event = _step(LOW, record, verdict(0.86), T0 + 2 * W, POLICY)
     assert event is None and unchanged.state == "firing"
-    resolved, event = step(LOW, record, verdict(0.875), T0 + 3 * W, POLICY)
+    resolved, event = _step(LOW, record, verdict(0.875), T0 + 3 * W, POLICY)
     assert (resolved.state, event, resolved.resolved_ms) == ("resolved", "resolved", T0 + 3 * W)
 
 
 def test_a_firing_alert_stays_firing_while_the_vehicle_is_idle() -> None:
-    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
-    record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    record, _ = _step(LOW, None, verdict(0.80), T0, POLICY)
+    record, _ = _step(LOW, record, verdict(0.80), T0 + W, POLICY)
     assert step(LOW, record, verdict(None), T0 + 2 * W, POLICY) == (None, None)
 
 
@@ -114,8 +123,8 @@ def test_efficiency_above_one_is_a_data_quality_alert() -> None:
 
 
 def test_the_webhook_payload_is_alertmanager_shaped() -> None:
-    record, _ = step(LOW, None, verdict(0.80), T0, POLICY)
-    record, _ = step(LOW, record, verdict(0.80), T0 + W, POLICY)
+    record, _ = _step(LOW, None, verdict(0.80), T0, POLICY)
+    record, _ = _step(LOW, record, verdict(0.80), T0 + W, POLICY)
     payload = webhook_payload(record, "firing", POLICY, "http://127.0.0.1:8081")
     assert payload["version"] == "4" and payload["status"] == "firing"
     (alert,) = payload["alerts"]
@@ -127,8 +136,8 @@ def test_the_webhook_payload_is_alertmanager_shaped() -> None:
 
 
 def fired_record(vehicle: str = "V1"):
-    record, _ = step(LOW, None, SpanVerdict(vehicle, "M1", 0.80, 10.0, 8.0), T0, POLICY)
-    record, _ = step(LOW, record, SpanVerdict(vehicle, "M1", 0.80, 10.0, 8.0), T0 + W, POLICY)
+    record, _ = _step(LOW, None, SpanVerdict(vehicle, "M1", 0.80, 10.0, 8.0), T0, POLICY)
+    record, _ = _step(LOW, record, SpanVerdict(vehicle, "M1", 0.80, 10.0, 8.0), T0 + W, POLICY)
     return record
 
 
@@ -145,14 +154,14 @@ def test_a_firing_alert_for_alertmanager_ends_a_validity_ahead_and_carries_the_w
 
 def test_a_resolved_alert_for_alertmanager_carries_its_real_end() -> None:
     record = fired_record()
-    record, event = step(LOW, record, SpanVerdict("V1", "M1", 0.95, 10.0, 9.5), T0 + 3 * W, POLICY)
+    record, event = _step(LOW, record, SpanVerdict("V1", "M1", 0.95, 10.0, 9.5), T0 + 3 * W, POLICY)
     assert event == "resolved"
     alert = alertmanager_alert(record, POLICY, "", T0 + 9 * W, 240_000)
     assert (alert["startsAt"], alert["endsAt"]) == ("2026-11-23T00:05:00Z", "2026-11-23T00:15:00Z")
 
 
 def test_an_alert_that_never_fired_is_not_sent_to_alertmanager() -> None:
-    pending, _ = step(LOW, None, verdict(0.80), T0, POLICY)
+    pending, _ = _step(LOW, None, verdict(0.80), T0, POLICY)
     with pytest.raises(ValueError, match="never fired"):
         alertmanager_alert(pending, POLICY, "", T0, 240_000)
 
@@ -182,13 +191,13 @@ def simulated_windows(lost_meter: tuple[int, int] | None, lost_vehicle: tuple[in
 
 def fired(windows: list[EfficiencyWindow]) -> list[tuple[str, int]]:
     """Every firing the evaluator would send, stepping each window stop as the runner does."""
-    records: dict[str, object] = {}
+    records: dict[str, AlertRecord] = {}
     firings = []
     for stop in range(T0 - 4 * 3600_000 + W, T0 + 1, W):
         known = [w for w in windows if w.stop_ms <= stop]
         result = span_verdict("V1", known, stop, W, POLICY)
         for rule in (LOW, ABOVE_ONE):
-            record, event = step(rule, records.get(rule), result, stop, POLICY)  # type: ignore[arg-type]
+            record, event = step(rule, records.get(rule), result, stop, POLICY)
             if record is not None:
                 records[rule] = record
             if event == "firing":
@@ -218,7 +227,7 @@ def test_an_outage_of_both_streams_at_a_session_edge_fires_nothing(outage: tuple
 
 
 def test_a_faulty_charger_still_fires_across_an_outage() -> None:
-    assert (LOW, ) == tuple({rule for rule, _ in fired(simulated_windows((5400, 5820), (5400, 5820), efficiency=0.78))})
+    assert tuple({rule for rule, _ in fired(simulated_windows((5400, 5820), (5400, 5820), efficiency=0.78))}) == (LOW, )
 
 
 # -- clock offsets while the power changes, and lost readings at full power --------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import pytest
 
 from chargewatch.efficiency import (
     EfficiencyWindow,
@@ -52,7 +52,7 @@ def test_span_efficiency_is_a_ratio_of_sums_not_a_mean_of_ratios() -> None:
         EfficiencyWindow("V", "M", 2 * W, 1.0, 0.5, 5, 5, 30.0, 0.5),
     ]
     totals = span_totals(windows)
-    assert math.isclose(totals.efficiency, 9.5 / 11.0)
+    assert totals.efficiency == pytest.approx(9.5 / 11.0, rel=1e-9)
     assert totals.avg_battery_temp == 25.0
     assert totals.windows == 2
 
@@ -64,4 +64,4 @@ def test_drift_across_a_window_edge_cancels_over_a_span() -> None:
     vehicles = [VehicleEnergy("V", "M", m * 60_000 - 30_000, 0.9, 20.0) for m in range(1, 11)]
     windows = windows_from_readings(meters, vehicles, W)
     assert {w.efficiency for w in windows} != {0.9}  # single windows are off ...
-    assert math.isclose(span_totals(windows).efficiency, 0.9)  # ... the span is exact
+    assert span_totals(windows).efficiency == pytest.approx(0.9, rel=1e-9)  # ... the span is exact

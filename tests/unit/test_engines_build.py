@@ -39,7 +39,9 @@ def sandbox(tmp_path: Path) -> dict:
 
 def run(sandbox: dict, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": str(sandbox["bin"]), "HOME": str(sandbox["tmp"]), "CHARGEWATCH_ENGINES_DIR": str(sandbox["cache"])}
-    return subprocess.run([shutil.which("bash"), str(SCRIPT), *args], env=env, capture_output=True, text=True,
+    bash = shutil.which("bash")
+    assert bash is not None
+    return subprocess.run([bash, str(SCRIPT), *args], env=env, capture_output=True, text=True,
                           timeout=60)
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from chargewatch.influx import flux
 from chargewatch.settings import Settings
-from tests.fluxcheck import REPO, flux_checker  # noqa: F401 (fixture)
+from tests.fluxcheck import REPO
 
+FLUX = REPO / "chargewatch" / "influx"
 SKIPPED_DIRS = {"node_modules", ".git", ".venv", "venv", "build", "dist"}
 NOW = datetime(2026, 11, 23, 6, 30, tzinfo=timezone.utc)
 
@@ -22,8 +23,8 @@ def repo_flux_files() -> list[Path]:
 
 def test_the_repository_has_the_efficiency_task_and_the_analytics_queries():
     names = {str(p.relative_to(REPO)) for p in repo_flux_files()}
-    assert {"influxdb/tasks/efficiency.flux", "influxdb/queries/vehicle_windows.flux",
-            "influxdb/queries/windows.flux", "influxdb/queries/vehicle_totals.flux"} <= names
+    assert {"chargewatch/influx/tasks/efficiency.flux", "chargewatch/influx/queries/vehicle_windows.flux",
+            "chargewatch/influx/queries/windows.flux", "chargewatch/influx/queries/vehicle_totals.flux"} <= names
 
 
 def test_every_flux_file_in_the_repository_type_checks(flux_checker):
@@ -52,8 +53,9 @@ BROKEN = {
     "missing parenthesis": ('from(bucket: "b"\n    |> range(start: -1h)\n', 1, "expected RPAREN"),
     "unknown function argument": ('from(bucket: "b") |> range(start: -1h, until: now())\n', 1, "until"),
     "unknown package member": ('import "date"\nx = date.nosuchthing(t: now())\n', 2, "nosuchthing"),
-    "option shadowing window()": ('option window = 5m\nfrom(bucket: "b") |> range(start: -1h) |> window(every: window)\n',
-                                  2, "expected duration"),
+    "option shadowing window()": (
+        'option window = 5m\nfrom(bucket: "b") |> range(start: -1h) |> window(every: window)\n', 2,
+        "expected duration"),
     "undeclared query parameter": ('// params: _start: time\nfrom(bucket: "b") |> range(start: _start, stop: _stop)\n',
                                    2, "undefined identifier _stop"),
     "parameter of the wrong type": ('// params: _n: string\nfrom(bucket: "b") |> range(start: -1h) |> limit(n: _n)\n',
@@ -88,7 +90,7 @@ def test_a_checker_exit_status_reports_any_invalid_script(flux_checker):
     assert [r.valid for r in results] == [True, False]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "influxdb" / "tasks").glob("*.flux")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((FLUX / "tasks").glob("*.flux")), ids=lambda p: p.name)
 def test_a_task_header_names_the_file_and_has_duration_every_and_offset(path):
     options = flux.task_options(path.read_text())
     assert options["name"] == path.stem
@@ -96,7 +98,7 @@ def test_a_task_header_names_the_file_and_has_duration_every_and_offset(path):
     assert flux.is_duration(options["offset"])
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "influxdb" / "queries").glob("*.flux")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((FLUX / "queries").glob("*.flux")), ids=lambda p: p.name)
 def test_an_analytics_query_declares_its_params(path):
     params = flux.declared_params(path.read_text())
     assert {"_bucket", "_start", "_stop"} <= params.keys()
@@ -116,7 +118,8 @@ def test_the_efficiency_task_takes_its_options_from_the_settings():
 
 def test_render_options_replaces_only_whole_option_lines():
     source = 'option a = 1\nx = "option a = 1"\n// option b = 2\noption ab = 3\n'
-    assert flux.render_options(source, {"a": "5"}) == 'option a = 5\nx = "option a = 1"\n// option b = 2\noption ab = 3\n'
+    rendered = flux.render_options(source, {"a": "5"})
+    assert rendered == 'option a = 5\nx = "option a = 1"\n// option b = 2\noption ab = 3\n'
 
 
 @pytest.mark.parametrize("values", [{"b": "1"}, {"a": "1\nx = 2"}])

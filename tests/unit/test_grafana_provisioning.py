@@ -7,16 +7,20 @@ against what the engines' sources say they need (docs/influxdb-and-grafana.md "G
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from chargewatch.settings import AlertSettings, Settings
 from grafana import alerting, generate, panels, queries
-from tests.fluxcheck import REPO, flux_checker  # noqa: F401 (fixture)
+from tests.fluxcheck import REPO
 
 GRAFANA = REPO / "grafana"
 PROVISIONING = GRAFANA / "provisioning"
@@ -102,7 +106,7 @@ def duration_seconds(text: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600}
     parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
     assert parts and text, f"{text!r} is not a duration like 1m or 90s"
-    return sum(int(value) * units[unit] for value, unit in zip(parts.groups(), "hms") if value)
+    return sum(int(value) * units[unit] for value, unit in zip(parts.groups(), "hms", strict=True) if value)
 
 
 # -- files parse, generated files are fresh ------------------------------------------------------
@@ -290,9 +294,10 @@ def test_rule_values_grafana_interpolates_hold_no_dollar_and_annotations_no_brac
         assert not any("${" in value for value in rule["annotations"].values())
 
 
-def test_the_low_efficiency_rule_has_the_designs_threshold_span_pending_and_hysteresis():
-    settings = AlertSettings()
-    [low] = [rule for rule in rules() if rule["labels"]["rule"] == "low_efficiency"]
+def assert_low_rule_follows(settings: AlertSettings, group_file: dict[str, Any]) -> None:
+    """The low-efficiency rule in ``group_file`` has the threshold, span, pending and hysteresis of ``settings``."""
+    [low] = [rule for group in group_file["groups"] for rule in group["rules"]
+             if rule["labels"]["rule"] == "low_efficiency"]
     query, reduce, threshold = low["data"]
     assert query["relativeTimeRange"] == {"from": settings.span_minutes * 60, "to": 0}
     assert duration_seconds(low["for"]) == settings.pending_minutes * 60
@@ -302,7 +307,30 @@ def test_the_low_efficiency_rule_has_the_designs_threshold_span_pending_and_hyst
     assert condition["evaluator"] == {"type": "lt", "params": [settings.threshold]}
     resolve = pytest.approx(settings.threshold + settings.hysteresis)
     assert condition["unloadEvaluator"] == {"type": "gt", "params": [resolve]}
-    assert f">= {settings.min_span_energy_kwh}" in query["model"]["query"]
+    assert f">= {settings.min_span_energy_kwh} and" in query["model"]["query"]
+    assert f"below {settings.threshold:.0%}" in low["annotations"]["summary"]
+
+
+def test_the_low_efficiency_rule_has_the_designs_threshold_span_pending_and_hysteresis():
+    assert_low_rule_follows(AlertSettings(), rule_group_file())
+
+
+def test_the_alert_settings_of_the_environment_reach_the_rules_the_generator_writes(tmp_path):
+    custom = {"threshold": 0.7, "hysteresis": 0.05, "span_minutes": 20, "pending_minutes": 10,
+              "min_span_energy_kwh": 1.5, "above_one_threshold": 1.1}
+    env = {**os.environ, **{f"CHARGEWATCH_ALERTS__{name.upper()}": str(value) for name, value in custom.items()}}
+    target = tmp_path / "alerting" / "rules.yaml"
+    subprocess.run([sys.executable, "-m", "grafana.generate", "--alerts-from-env", str(target)], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=120)
+
+    written = load_yaml(target)
+    assert_low_rule_follows(AlertSettings(**custom), written)
+    [above] = [rule for group in written["groups"] for rule in group["rules"]
+               if rule["labels"]["rule"] == "efficiency_above_one"]
+    [condition] = above["data"][2]["model"]["conditions"]
+    assert condition["evaluator"] == {"type": "gt", "params": [1.1]}
+    assert condition["unloadEvaluator"]["params"] == [pytest.approx(1.05)]
+    assert_low_rule_follows(AlertSettings(), rule_group_file())  # the committed file keeps the defaults
 
 
 def test_the_data_quality_rule_fires_above_one():

@@ -468,7 +468,7 @@ def test_encode_lines_joins_points_with_newlines() -> None:
 _SPECIAL = list(',= "\\#\t\0')
 _name_chars = st.one_of(
     st.sampled_from(_SPECIAL),
-    st.characters(exclude_categories=("Cs",), exclude_characters="\n\r"),
+    st.characters(exclude_categories=["Cs"], exclude_characters="\n\r"),
 )
 _names = st.text(_name_chars, min_size=1, max_size=10)
 _field_values = st.one_of(
@@ -500,6 +500,7 @@ def test_every_encodable_point_parses_back_to_the_same_data(point, precision, da
     timestamp = data.draw(st.none() | st.integers(-limit, limit))
     line = _encoded_or_none(measurement, tags, fields, timestamp)
     assume(line is not None)
+    assert line is not None
 
     parsed = parse_one(line, precision)
     expected_fields = {key: value for key, value in fields.items() if value is not None}
@@ -553,7 +554,7 @@ def test_the_fast_and_the_general_scanner_agree_on_lines_without_escapes(line) -
 
 _point_name_chars = st.one_of(
     st.sampled_from(list(',= "\\')),
-    st.characters(exclude_categories=("Cs",), exclude_characters="\n\r\t"),
+    st.characters(exclude_categories=["Cs"], exclude_characters="\n\r\t"),
 )
 _point_names = st.text(_point_name_chars, min_size=1, max_size=10)
 
@@ -571,6 +572,7 @@ def test_influxdb_client_point_output_parses_to_the_same_data(measurement, tags,
     # compare only points our encoder accepts, which are exactly those.
     ours = _encoded_or_none(measurement, tags, fields, timestamp)
     assume(ours is not None)
+    assert ours is not None
     point = client.Point(measurement)
     for key, value in tags.items():
         point.tag(key, value)

@@ -100,6 +100,10 @@ def test_the_registry_checks_the_store_at_most_once_per_interval() -> None:
     store.save_pairings({"VEHICLE_001": "GRID-2"})
     registry.invalidate()
     assert registry.current().meter_for("VEHICLE_001") == "GRID-2"
+    # a change through another process (no invalidate here): a fresh read sees it at once
+    store.save_pairings({"VEHICLE_001": "GRID-3"})
+    assert registry.current().meter_for("VEHICLE_001") == "GRID-2"
+    assert registry.current(fresh=True).meter_for("VEHICLE_001") == "GRID-3"
 
 
 def test_a_reading_is_paired_by_the_pairing_that_held_at_its_timestamp() -> None:

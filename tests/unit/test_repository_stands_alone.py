@@ -145,7 +145,7 @@ def test_every_citation_of_a_docs_section_names_an_existing_heading():
 
 def test_the_flux_task_installed_into_influxdb_names_no_file_of_the_repository():
     # Its text ends up in a user's InfluxDB, where no path of this repository means anything.
-    source = (REPO / "influxdb" / "tasks" / "efficiency.flux").read_text()
+    source = (REPO / "chargewatch" / "influx" / "tasks" / "efficiency.flux").read_text()
     comments = "\n".join(line for line in source.splitlines() if line.lstrip().startswith("//"))
     assert not re.search(r"[\w.-]+/[\w./-]+\.(py|json|md|flux)\b", comments), comments
     assert "DESIGN" not in comments

@@ -24,7 +24,10 @@ def test_every_setting_is_in_a_table_once_with_a_meaning() -> None:
     expected = set()
     for name, field in Settings.model_fields.items():
         sub = getattr(field.annotation, "model_fields", None)
-        expected |= {f"CHARGEWATCH_{name.upper()}__{s.upper()}" for s in sub} if sub else {f"CHARGEWATCH_{name.upper()}"}
+        if sub:
+            expected |= {f"CHARGEWATCH_{name.upper()}__{s.upper()}" for s in sub}
+        else:
+            expected |= {f"CHARGEWATCH_{name.upper()}"}
     assert set(variables) == expected
     assert [v for v, _, meaning in rows if not meaning] == []
 

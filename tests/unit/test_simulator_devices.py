@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ def day_of_fleet():
     return deliveries, truth
 
 
-def _by_pair_and_step(truth: GroundTruth) -> dict[tuple[int, int], dict[str, object]]:
-    steps: dict[tuple[int, int], dict[str, object]] = defaultdict(dict)
+def _by_pair_and_step(truth: GroundTruth) -> dict[tuple[int, int], dict[str, Any]]:
+    steps: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
     for generated in truth.readings:
         steps[(generated.pair, generated.step)][generated.reading.kind] = generated
     return steps
@@ -147,7 +148,7 @@ def test_between_sessions_both_devices_report_zero_energy_and_soc_falls(day_of_f
     assert idle_steps > 1000
     for pair in range(1, 21):
         series = vehicle_series[pair]
-        for before, after in zip(series, series[1:]):
+        for before, after in zip(series, series[1:], strict=False):
             if not before.is_charging and not after.is_charging:
                 assert after.reading.soc <= before.reading.soc
 
@@ -156,7 +157,7 @@ def test_every_pair_plugs_in_and_unplugs_during_a_day(day_of_fleet, vehicle_seri
     _, truth = day_of_fleet
     for pair in range(1, 21):
         states = [g.is_charging for g in vehicle_series[pair]]
-        plug_ins = sum(1 for a, b in zip(states, states[1:]) if not a and b)
+        plug_ins = sum(1 for a, b in zip(states, states[1:], strict=False) if not a and b)
         assert plug_ins >= 1
         assert not all(states)
 

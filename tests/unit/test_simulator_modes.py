@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from chargewatch.readings import AnyReading
 from simulator.cli import configure, duration_seconds, simulated_span
 from simulator.devices import Courier, DeliveryFaults, Fleet, FleetConfig, GroundTruth, stream_deliveries
 from simulator.modes import run_backfill, run_realtime
@@ -39,7 +41,7 @@ def _fleet_stream(hours: float, faults: DeliveryFaults, pairs: int = 3):
 def test_realtime_sends_each_reading_when_simulated_time_reaches_its_due_time(speed: float) -> None:
     deliveries, truth, end = _fleet_stream(0.5, DeliveryFaults.none())
     clock = FakeClock()
-    sent_at: list[tuple[datetime, object]] = []
+    sent_at: list[tuple[datetime, AnyReading]] = []
 
     def send(reading) -> None:
         sent_at.append((START + timedelta(seconds=clock() * speed), reading))
@@ -57,7 +59,7 @@ def test_realtime_sends_each_reading_when_simulated_time_reaches_its_due_time(sp
 def test_realtime_sends_what_is_due_after_the_end_at_once() -> None:
     deliveries, truth, end = _fleet_stream(0.25, DeliveryFaults(loss_rate=0, duplicate_rate=0, late_rate=0.5))
     clock = FakeClock()
-    sent = []
+    sent: list[AnyReading] = []
     run_realtime(deliveries, sent.append, truth, simulated_start=START, simulated_end=end, speed=10.0,
                  concurrency=1, clock=clock, sleep=clock.sleep)
     assert any(d.due > end for d in truth.sent)  # late readings of the last minutes
@@ -67,7 +69,7 @@ def test_realtime_sends_what_is_due_after_the_end_at_once() -> None:
 
 def test_backfill_sends_everything_in_send_order_as_lists() -> None:
     deliveries, truth, _ = _fleet_stream(2, DeliveryFaults())
-    batches: list[list] = []
+    batches: list[Sequence[AnyReading]] = []
     run_backfill(deliveries, batches.append, truth, batch_size=100, concurrency=1)
     assert all(1 <= len(batch) <= 100 for batch in batches) and len(batches[0]) == 100
     assert [r for batch in batches for r in batch] == [d.reading for d in truth.sent]
@@ -77,7 +79,7 @@ def test_backfill_sends_everything_in_send_order_as_lists() -> None:
 
 def test_backfill_with_several_threads_sends_every_batch() -> None:
     deliveries, truth, _ = _fleet_stream(2, DeliveryFaults())
-    batches: list[list] = []
+    batches: list[Sequence[AnyReading]] = []
     run_backfill(deliveries, batches.append, truth, batch_size=50, concurrency=4)
     assert sorted(id(r) for batch in batches for r in batch) == sorted(id(d.reading) for d in truth.sent)
 

@@ -10,7 +10,7 @@ import stat
 import pytest
 from pydantic import ValidationError
 
-from chargewatch.settings import Settings
+from chargewatch.settings import Settings, load_settings
 from chargewatch.tokens import Tokens, load_tokens
 
 
@@ -59,16 +59,21 @@ def test_settings_come_from_chargewatch_environment_variables(monkeypatch, tmp_p
     assert settings.sqlite_path == tmp_path / "chargewatch.db"
 
 
-@pytest.mark.parametrize("name,value", [
-    ("CHARGEWATCH_INGEST__PORT", "http"),
-    ("CHARGEWATCH_STORE", "postgres"),
-    ("CHARGEWATCH_PAIRING__PREFIXES", "VEHICLE_"),
-    ("CHARGEWATCH_RETENTION_DAYS", "0"),
+@pytest.mark.parametrize("name,value,says", [
+    ("CHARGEWATCH_INGEST__PORT", "http", "valid integer"),
+    ("CHARGEWATCH_STORE", "postgres", "'sqlite' or 'influx'"),
+    ("CHARGEWATCH_PAIRING__PREFIXES", "VEHICLE_", "VEHICLE_"),
+    ("CHARGEWATCH_RETENTION_DAYS", "0", "greater than or equal to 1"),
 ])
-def test_bad_configuration_fails_with_a_message(monkeypatch, name, value) -> None:
+def test_bad_configuration_fails_with_a_message(monkeypatch, name, value, says) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+    with pytest.raises(SystemExit) as stopped:  # what a command prints: one line naming the variable
+        load_settings()
+    message = str(stopped.value.code)
+    assert message.startswith("chargewatch: invalid configuration: ") and "\n" not in message
+    assert f"{name}: " in message and says in message, message
 
 
 def test_the_default_data_dir_follows_xdg(monkeypatch, tmp_path) -> None:
