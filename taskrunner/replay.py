@@ -62,14 +62,19 @@ def replay(runner: TaskRunner, since_ms: int, until_ms: int, now_ms: int, *, not
     since_ms = since_ms // window_ms * window_ms
     until_ms = until_ms // window_ms * window_ms
     alert_store, policy = runner.stores.alerts, runner.policy
-    # Alerts open at ``since`` carry on through the range, as they were then (one resolved since is
-    # firing again at the start, so the replay resolves it at its real time).
+    # Alerts open at ``since`` carry on through the range, as they were then: one that fired by then
+    # as firing (resolved since: firing again, so the replay resolves it at its real time), one that
+    # started by then and fired or was resolved later as pending (else the replay would find it a
+    # second time, from a later start, beside the stored one).
     only = None if vehicle_ids is None else set(vehicle_ids)
-    carried = {(a.vehicle_id, a.rule): a for a in alert_store.open_alerts()
-               if a.state == "pending" and a.started_ms <= since_ms and (only is None or a.vehicle_id in only)}
-    carried.update({(a.vehicle_id, a.rule): replace(a, state="firing", resolved_ms=None)
-                    for a in alert_store.recent_alerts(since_ms, limit=1_000_000)
-                    if a.fired_ms is not None and a.fired_ms <= since_ms and (only is None or a.vehicle_id in only)})
+    carried: dict[tuple[str, str], AlertRecord] = {}
+    for a in alert_store.open_alerts() + alert_store.recent_alerts(since_ms, limit=1_000_000):
+        if a.started_ms > since_ms or (only is not None and a.vehicle_id not in only):
+            continue
+        if a.fired_ms is not None and a.fired_ms <= since_ms:
+            carried[(a.vehicle_id, a.rule)] = replace(a, state="firing", resolved_ms=None)
+        else:
+            carried[(a.vehicle_id, a.rule)] = replace(a, state="pending", fired_ms=None, resolved_ms=None)
     chosen = None if only is None else sorted(only)
     # The chosen vehicles' windows, read once for every stop of the range.
     history = None if chosen is None else runner.history(since_ms - alerts.lookback_ms(policy), until_ms, chosen)
@@ -89,7 +94,8 @@ def replay(runner: TaskRunner, since_ms: int, until_ms: int, now_ms: int, *, not
             else:
                 open_now.pop((record.vehicle_id, record.rule), None)
         events += stepped
-    kept = [r for r in found.values() if r.state != "cancelled"]
+    # A carried alert keeps its row whatever the replay makes of it (cancelled included: it was open).
+    kept = [r for r in found.values() if r.state != "cancelled" or r.started_ms <= since_ms]
     if not notify:  # only the firings of alerts that still fire at ``until``, as they are there
         events = [(now, status) for r, status in events
                   if notify_still_firing and status == "firing" and r.replayed

@@ -185,3 +185,19 @@ def test_a_vehicle_idle_through_the_span_gets_no_verdict_and_its_alert_steps_as_
                                         runner.policy) for vehicle in (FAULTY, HEALTHY)}
     assert alerts.evaluate([firing, pending], verdicts, stop, runner.policy) == \
         alerts.evaluate([firing, pending], own, stop, runner.policy)
+
+
+@pytest.mark.parametrize("vehicle_ids", [None, [FAULTY]], ids=["fleet", "marked vehicle"])
+def test_an_alert_pending_at_the_replays_start_carries_on_and_is_not_found_twice(stores, settings,
+                                                                                 vehicle_ids) -> None:
+    readings, efficiency = stores
+    runner = TaskRunner(written(efficiency), settings)
+    for stop in range(T0 + W, END + 1, W):  # judged live first, stop by stop
+        runner.evaluate_alerts(stop, stop)
+    (live,) = [a for a in efficiency.alerts.recent_alerts(0) if a.state == "firing"]
+    assert live.vehicle_id == FAULTY and live.fired_ms > live.started_ms
+    # a replay that starts while that alert was pending (late readings marked that window)
+    replay.replay(runner, live.started_ms, END, END + 60_000, vehicle_ids=vehicle_ids)
+    firing = [a for a in efficiency.alerts.recent_alerts(0) if a.state == "firing"]
+    assert [(a.vehicle_id, a.started_ms, a.fired_ms) for a in firing] == [(FAULTY, live.started_ms, live.fired_ms)]
+    assert [a[0] for a in stored_alerts(readings) if a[3] != "cancelled"] == [FAULTY]
