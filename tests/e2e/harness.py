@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -152,3 +153,24 @@ class IngestClient:
 
     def post_readings(self, readings: Any, path: str = "/v1/ingest") -> requests.Response:
         return self.post(path, readings)
+
+
+def simulate_backfill(ingest: IngestServer, truth_path: Path, *, hours: int, pairs: int, seed: int,
+                      faulty_share: float) -> dict[str, Any]:
+    """``chargewatch simulate backfill`` into ``ingest`` as a real process; the ground truth it wrote."""
+    sent = subprocess.run(
+        [sys.executable, "-m", "chargewatch", "simulate", "backfill", "--hours", str(hours), "--pairs", str(pairs),
+         "--seed", str(seed), "--faulty-share", str(faulty_share), "--ground-truth", str(truth_path), "--json"],
+        env=ingest.env(), capture_output=True, text=True, timeout=300)
+    assert sent.returncode == 0, sent.stderr
+    truth: dict[str, Any] = json.loads(truth_path.read_text())
+    return truth
+
+
+def wait_for_task_runner(analytics: IngestServer, tasks: IngestServer, timeout_seconds: float = 180) -> None:
+    """Until analytics' /health says the task runner's last run is current (its first run has computed the
+    windows and replayed the history)."""
+    deadline = time.monotonic() + timeout_seconds
+    while requests.get(analytics.url + "/health", timeout=5).json()["details"]["taskRunner"]["status"] != "ok":
+        assert time.monotonic() < deadline, f"the task runner did not finish its run in time: {tasks.log()}"
+        time.sleep(0.5)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 import requests
 
-from tests.e2e.harness import READ_TOKEN, IngestServer, free_port
+from tests.e2e.harness import READ_TOKEN, IngestServer, free_port, simulate_backfill, wait_for_task_runner
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +42,10 @@ def demo(tmp_path_factory) -> Iterator[dict]:
     try:
         ingest.start()
         analytics.start()
-        sent = chargewatch(ingest, "simulate", "backfill", "--hours", str(HOURS), "--pairs", "16", "--seed", "7",
-                           "--faulty-share", "0.25", "--ground-truth", str(truth_path), "--json")
-        assert sent.returncode == 0, sent.stderr
+        truth = simulate_backfill(ingest, truth_path, hours=HOURS, pairs=16, seed=7, faulty_share=0.25)
         tasks.start()
-        deadline = time.monotonic() + 180
-        while requests.get(analytics.url + "/health", timeout=5).json()["details"]["taskRunner"]["status"] != "ok":
-            assert time.monotonic() < deadline, tasks.log()
-            time.sleep(0.5)
-        yield {"ingest": ingest, "analytics": analytics, "tasks": tasks,
-               "truth": json.loads(truth_path.read_text())}
+        wait_for_task_runner(analytics, tasks)
+        yield {"ingest": ingest, "analytics": analytics, "tasks": tasks, "truth": truth}
     finally:
         for process in (tasks, analytics, ingest):
             process.stop()

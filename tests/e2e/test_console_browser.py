@@ -5,11 +5,7 @@ what the API answers for the same period."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -17,7 +13,7 @@ import pytest
 import requests
 
 from tests.console_browser import sign_in, stat, wait_for_charts
-from tests.e2e.harness import READ_TOKEN, IngestServer, free_port
+from tests.e2e.harness import READ_TOKEN, IngestServer, free_port, simulate_backfill, wait_for_task_runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -26,16 +22,6 @@ def _api(fleet: dict, path: str, **params) -> dict:
                             headers={"Authorization": f"Token {READ_TOKEN}"}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def _wait_for_windows(analytics: IngestServer, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runner = requests.get(analytics.url + "/health", timeout=5).json()["details"]["taskRunner"]
-        if runner["status"] == "ok":
-            return
-        time.sleep(0.5)
-    raise AssertionError("the task runner did not compute the windows in time")
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +35,9 @@ def fleet(tmp_path_factory) -> Iterator[dict]:
     try:
         ingest.start()
         analytics.start()
-        sent = subprocess.run(
-            [sys.executable, "-m", "chargewatch", "simulate", "backfill", "--hours", "4", "--pairs", "12",
-             "--seed", "3", "--faulty-share", "0.25", "--ground-truth", str(truth_path), "--json"],
-            env=ingest.env(), capture_output=True, text=True, timeout=180)
-        assert sent.returncode == 0, sent.stderr
+        truth = simulate_backfill(ingest, truth_path, hours=4, pairs=12, seed=3, faulty_share=0.25)
         tasks.start()
-        _wait_for_windows(analytics)
-        truth = json.loads(truth_path.read_text())
+        wait_for_task_runner(analytics, tasks)
         yield {"ingest": ingest, "analytics": analytics, "truth": truth}
     finally:
         for process in (tasks, analytics, ingest):

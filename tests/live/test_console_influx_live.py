@@ -10,10 +10,7 @@ outbox and forwarder state that only influx mode has.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -21,7 +18,7 @@ import pytest
 import requests
 
 from tests.console_browser import sign_in, stat, wait_for_charts
-from tests.e2e.harness import READ_TOKEN, IngestServer, free_port
+from tests.e2e.harness import READ_TOKEN, IngestServer, free_port, simulate_backfill, wait_for_task_runner
 from tests.e2e.influx_mode import ForwarderProcess, wait_until
 from tests.live.conftest import ScratchOrg, chargewatch_env, run_chargewatch
 
@@ -52,20 +49,15 @@ def fleet(module_org: ScratchOrg, tmp_path_factory) -> Iterator[dict]:
         for process in (ingest, forwarder, analytics):
             process.start()
             started.append(process)
-        sent = subprocess.run(
-            [sys.executable, "-m", "chargewatch", "simulate", "backfill", "--hours", "4", "--pairs", "12",
-             "--seed", "3", "--faulty-share", "0.25", "--ground-truth", str(truth_path), "--json"],
-            env=ingest.env(), capture_output=True, text=True, timeout=180)
-        assert sent.returncode == 0, sent.stderr
+        truth = simulate_backfill(ingest, truth_path, hours=4, pairs=12, seed=3, faulty_share=0.25)
         wait_until(lambda: ingest.query("SELECT count(*) FROM outbox")[0][0] == 0, 120, "the outbox draining")
         since = (datetime.now(timezone.utc) - timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
         backfill = run_chargewatch(ingest.env(), "influx", "backfill", "--start", since, timeout_seconds=300)
         assert backfill.returncode == 0, backfill.stderr
         tasks.start()
         started.append(tasks)
-        wait_until(lambda: requests.get(analytics.url + "/health", timeout=5).json()["details"]["taskRunner"]
-                   ["status"] == "ok", 120, "the task runner's first run")
-        yield {"analytics": analytics, "ingest": ingest, "truth": json.loads(truth_path.read_text())}
+        wait_for_task_runner(analytics, tasks)
+        yield {"analytics": analytics, "ingest": ingest, "truth": truth}
     finally:
         for process in reversed(started):
             process.stop()
