@@ -112,7 +112,11 @@ def _per_reading_kwh(window: EfficiencyWindow) -> float:
 def measured_span(windows: Iterable[EfficiencyWindow], stop_ms: int, window_ms: int, policy: AlertPolicy,
                   trim_session_start: bool = True) -> list[EfficiencyWindow]:
     """The windows whose sums make the verdict at ``stop_ms`` (see the module docstring)."""
-    by_stop = _merged(windows)
+    return _measured_span(_merged(windows), stop_ms, window_ms, policy, trim_session_start)
+
+
+def _measured_span(by_stop: dict[int, EfficiencyWindow], stop_ms: int, window_ms: int, policy: AlertPolicy,
+                   trim_session_start: bool) -> list[EfficiencyWindow]:
     span_start = stop_ms - policy.span_ms
     if not any(_is_active(by_stop.get(s), policy) for s in range(span_start + window_ms, stop_ms + 1, window_ms)):
         return []
@@ -181,26 +185,25 @@ def edge_shift_kwh(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWi
     def per_reading(window: EfficiencyWindow) -> float:
         return window.dc_kwh / window.dc_readings if window.dc_readings else 0.0
 
+    def worth(window: EfficiencyWindow) -> float:  # a whole reading at most: AC per reading exceeds DC's
+        return max(per_reading(window), window.ac_kwh / window.ac_readings if window.ac_readings else 0.0)
+
     def session_start(window: EfficiencyWindow) -> bool:
         return not _is_active(by_stop.get(window.stop_ms - window_ms), policy)
 
     first, last = span[0], span[-1]
-    before = by_stop.get(first.stop_ms - window_ms)
+    before, after = by_stop.get(first.stop_ms - window_ms), by_stop.get(last.stop_ms + window_ms)
     # Where neither side reported next to an edge, the data starts or stops there (a backfill's
     # ends, a gateway offline), not the charging: that edge's crossing reading may be worth anything
     # up to a reading of the edge window, on either side.
-    def worth(window: EfficiencyWindow) -> float:  # at most: AC per reading exceeds DC's
-        return max(per_reading(window), window.ac_kwh / window.ac_readings if window.ac_readings else 0.0)
-
     unknown = (worth(first) if before is None else 0.0) + (
-        worth(last) if last.stop_ms < stop_ms and last.stop_ms + window_ms not in by_stop else 0.0)
+        worth(last) if last.stop_ms < stop_ms and after is None else 0.0)
     if before is None or not _is_active(before, policy):
         left = 0.0
     elif session_start(before):
         left = per_reading(first)
     else:
         left = (per_reading(before) + per_reading(first)) / 2
-    after = by_stop.get(last.stop_ms + window_ms)
     if last.stop_ms >= stop_ms:  # the newest window: extrapolate along the ramp
         previous = by_stop.get(last.stop_ms - window_ms)
         slope = 0.0 if previous is None or not _is_active(previous, policy) or session_start(previous) \
@@ -214,12 +217,13 @@ def edge_shift_kwh(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWi
 
 
 def _range(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWindow], stop_ms: int, window_ms: int,
-           policy: AlertPolicy) -> tuple[float | None, tuple[float, float] | None]:
+           policy: AlertPolicy) -> tuple[float | None, tuple[float, float] | None, float, float]:
+    """``_ratio``'s efficiency, the range the span's edges allow it, and the sums."""
     efficiency, ac, dc = _ratio(span, policy)
     if efficiency is None:
-        return None, None
+        return None, None, ac, dc
     shift = edge_shift_kwh(span, by_stop, stop_ms, window_ms, policy)
-    return efficiency, (max(dc - shift, 0.0) / ac, (dc + shift) / ac)
+    return efficiency, (max(dc - shift, 0.0) / ac, (dc + shift) / ac), ac, dc
 
 
 def span_verdict(vehicle_id: str, windows: list[EfficiencyWindow], stop_ms: int, window_ms: int,
@@ -227,14 +231,13 @@ def span_verdict(vehicle_id: str, windows: list[EfficiencyWindow], stop_ms: int,
     """The efficiency at ``stop_ms`` over the span, and over the fast span while a session goes on,
     each with the range a shift of one reading at its edges could make of it."""
     by_stop = _merged(windows)
-    span = measured_span(windows, stop_ms, window_ms, policy)
+    span = _measured_span(by_stop, stop_ms, window_ms, policy, True)
     meter_id = next((w.meter_id for w in reversed(windows) if w.meter_id), None)
-    _, ac, dc = _ratio(span, policy)
-    efficiency, efficiency_range = _range(span, by_stop, stop_ms, window_ms, policy)
+    efficiency, efficiency_range, ac, dc = _range(span, by_stop, stop_ms, window_ms, policy)
     fast = [w for w in span if w.stop_ms > stop_ms - policy.fast_span_ms]
-    fast_efficiency, fast_range = _range(fast, by_stop, stop_ms, window_ms, policy) \
+    fast_efficiency, fast_range = _range(fast, by_stop, stop_ms, window_ms, policy)[:2] \
         if span and span[-1].stop_ms == stop_ms else (None, None)
-    early = measured_span(windows, stop_ms, window_ms, policy, trim_session_start=False)
+    early = _measured_span(by_stop, stop_ms, window_ms, policy, False)
     early_efficiency = _ratio(early, replace(policy, min_span_energy_kwh=policy.active_kwh))[0]
     return SpanVerdict(vehicle_id, meter_id, efficiency, ac, dc, fast_efficiency, early_efficiency,
                        efficiency_range, fast_range)
