@@ -46,17 +46,18 @@ class SqliteSettings(BaseModel):
     path: Path | None = Field(None, description="Database file; default <data_dir>/chargewatch.db.")
     synchronous: Literal["full", "normal"] = Field(
         "full",
-        description="full: fsync every group commit (survives power loss); "
-        "normal: survives a process crash, not a power loss.",
+        description="full: a 2xx only once the readings' commit is on disk (fdatasync of the WAL after each "
+        "group commit; survives power loss); normal: once it is in the kernel's page cache (survives a crash of "
+        "chargewatch, not of the machine or its power).",
     )
     busy_timeout_ms: int = Field(10_000, ge=0, description="How long a connection waits for another's write lock.")
     cache_size_mib: int = Field(64, ge=1, description="SQLite page cache per connection.")
     writer: Literal["group", "process", "thread"] = Field(
         "group",
-        description="group: each process commits the requests queued in it in one transaction and fsync, "
-        "processes take turns; process / thread: one writer that every process on the file shares, in a process "
+        description="group: each process commits the requests queued in it in one transaction, processes take "
+        "turns, and the fsync follows outside the lock (one covers the commits of every process before it); process / thread: one writer that every process on the file shares, in a process "
         "of its own or in a thread of the first process that writes (one fsync covers the requests of every "
-        "process; measured slower for single readings on a busy 2-core machine, see README).",
+        "process; measured no faster for single readings on the 2-core build machine, see README).",
     )
 
 

@@ -78,12 +78,49 @@ class SqliteDatabase:
 
     # -- connections -------------------------------------------------------------------------
 
-    def connect(self) -> sqlite3.Connection:
-        """A new connection with this database's pragmas (autocommit; transactions are explicit)."""
+    def connect(self, *, sync_on_commit: bool = True) -> sqlite3.Connection:
+        """A new connection with this database's pragmas (autocommit; transactions are explicit).
+
+        ``sync_on_commit=False``: its commits do not fsync (synchronous=NORMAL), for a writer that
+        makes them durable itself with :meth:`sync_wal` once it has released the write lock."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         for pragma in self._pragmas:
             conn.execute(pragma)
+        if not sync_on_commit:
+            conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    @property
+    def syncs_commits(self) -> bool:
+        """Whether a commit must be on disk before it is acknowledged (``synchronous="full"``)."""
+        return bool(self.options["synchronous"] == "full")
+
+    def sync_wal(self) -> None:
+        """Make every transaction committed to the file so far durable: fdatasync its WAL.
+
+        A commit in WAL mode appends the transaction's pages and a commit frame to ``<db>-wal``;
+        with synchronous=FULL SQLite fsyncs that file before COMMIT returns, holding the write lock
+        (and so our ``flock``) through the fsync. With synchronous=NORMAL it leaves the frames in
+        the page cache, and syncs the WAL before every checkpoint copies it into the database file,
+        and the database file after. So the frames of every commit before this call are on disk
+        when it returns (one fdatasync covers the commits of every process), and a checkpoint that
+        moved them has synced them already. Opened by path each time: the WAL is deleted only after
+        a checkpoint of all of it, when the last connection closes, and a new one holds none of
+        the frames in question. Raises StorageUnavailable when the sync fails."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # no WAL: every commit has been checkpointed into the (synced) database file
+        except OSError as err:
+            raise StorageUnavailable(f"cannot open {self.path.name}-wal to sync it: {err}") from err
+        try:
+            os.fdatasync(fd)
+        except OSError as err:
+            raise StorageUnavailable(
+                f"syncing {self.path.name}-wal to disk failed ({err}); the readings may or may not be stored, "
+                "and sending them again is safe") from err
+        finally:
+            os.close(fd)
 
     def owned_here(self) -> bool:
         """Open the lock descriptor and forget inherited connections if this process has not yet;

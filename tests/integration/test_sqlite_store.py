@@ -400,3 +400,90 @@ def test_opening_a_second_store_on_the_file_keeps_the_locks_of_the_first(tmp_pat
     finally:
         second.close()
         first.close()
+
+
+class SyncRecordingDatabase:
+    """Wraps ``os.fdatasync`` for one test: records the file each sync covered, whether the file's
+    write lock (our ``flock``) was free at that moment, and how many of the test's readings the
+    WAL held then (read by a connection of its own, which sees what was committed)."""
+
+    def __init__(self, monkeypatch, db_path: Path, fail: bool = False) -> None:
+        self.syncs: list[tuple[str, bool, int]] = []
+        self._db_path = db_path
+        self._fail = fail
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            self.syncs.append((os.readlink(f"/proc/self/fd/{fd}"), self._lock_is_free(), self._committed()))
+            if self._fail:
+                raise OSError(5, "Input/output error")
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    def _lock_is_free(self) -> bool:
+        import fcntl
+
+        fd = os.open(f"{self._db_path}.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # also releases the lock if we took it
+        return True
+
+    def _committed(self) -> int:
+        with closing(sqlite3.connect(self._db_path)) as conn:
+            return conn.execute("SELECT count(*) FROM current_state").fetchone()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc to name the synced file")
+def test_a_write_returns_only_after_its_commit_is_synced_to_disk_outside_the_write_lock(
+    db_path, monkeypatch, make_meter, paired
+):
+    store = SqliteReadingStore(db_path)  # synchronous="full", the default
+    try:
+        store.write([paired(make_meter(meter_id="METER_WARMUP"))])  # day table, WAL, connections
+        recorder = SyncRecordingDatabase(monkeypatch, db_path)
+
+        assert store.write([paired(make_meter(meter_id="METER_A"))]) == WriteResult(1, 0)
+
+        # One fdatasync, of the WAL, after the commit (the WAL held the reading) and with the lock
+        # released (the other processes' commits go on meanwhile), before write returned.
+        assert recorder.syncs == [(f"{db_path}-wal", True, 2)]
+        with closing(sqlite3.connect(db_path)) as conn:  # the commit itself did not fsync
+            assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # a new connection: FULL
+        assert store._writer.execute("PRAGMA synchronous").fetchone() == (1,)  # the writer's: NORMAL
+    finally:
+        store.close()
+
+
+def test_with_synchronous_normal_a_write_does_not_wait_for_a_sync(db_path, monkeypatch, make_meter, paired):
+    store = SqliteReadingStore(db_path, synchronous="normal")
+    try:
+        store.write([paired(make_meter(meter_id="METER_WARMUP"))])
+        recorder = SyncRecordingDatabase(monkeypatch, db_path)
+        assert store.write([paired(make_meter(meter_id="METER_A"))]) == WriteResult(1, 0)
+        assert recorder.syncs == []
+    finally:
+        store.close()
+
+
+def test_a_failed_sync_fails_the_write_and_a_resend_is_answered_as_a_duplicate(
+    db_path, monkeypatch, make_meter, paired, caplog
+):
+    store = SqliteReadingStore(db_path)
+    try:
+        store.write([paired(make_meter(meter_id="METER_WARMUP"))])
+        recorder = SyncRecordingDatabase(monkeypatch, db_path, fail=True)
+        with pytest.raises(StorageUnavailable,
+                           match="syncing chargewatch.db-wal to disk failed.*sending them again is safe"):
+            store.write([paired(make_meter(meter_id="METER_A"))])
+        assert "group commit of 1 requests: syncing" in caplog.text
+        recorder._fail = False
+        # The reading was committed, so the device's retry finds it: stored once, answered 2xx.
+        assert store.write([paired(make_meter(meter_id="METER_A"))]) == WriteResult(0, 1)
+        assert len(store.history("meter", "METER_A", 0, 2**62)) == 1
+    finally:
+        store.close()
