@@ -7,6 +7,7 @@ import zlib
 from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
+from webapi.current import current_request
 from webapi.errors import ApiError
 
 _GZIP = ("gzip", "x-gzip")
@@ -19,11 +20,17 @@ def read_body(max_wire_bytes: int, max_decoded_bytes: int) -> bytes:
     off after ``max_decoded_bytes`` of output, never inflated in full. 400 for corrupt gzip,
     415 for other encodings, 408 when the body ends before its Content-Length (see webapi.worker).
     """
-    length = request.content_length
+    req = current_request()
+    length = req.content_length
     if length is not None and length > max_wire_bytes:
         raise _too_large(f"the body is {length} bytes; the limit is {max_wire_bytes}")
     try:
-        data = request.stream.read(max_wire_bytes + 1)
+        if length is not None:
+            # The server's input stream ends at Content-Length (PEP 3333), which was checked above;
+            # werkzeug's limited stream around it would only repeat that for every read.
+            data = req.environ["wsgi.input"].read(length)
+        else:  # chunked: werkzeug reads the body up to its end
+            data = req.stream.read(max_wire_bytes + 1)
     except ClientDisconnected:
         data = b""
     if length is not None and len(data) < length:
@@ -32,7 +39,7 @@ def read_body(max_wire_bytes: int, max_decoded_bytes: int) -> bytes:
                        "client stopped sending, or it did not arrive within the request timeout")
     if len(data) > max_wire_bytes:
         raise _too_large(f"the body exceeds the limit of {max_wire_bytes} bytes")
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = req.environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
     if encoding in ("", "identity"):
         return data
     if encoding not in _GZIP:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -21,8 +22,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from webapi.current import current_request
 
 READINGS_ACCEPTED = Counter(
     "chargewatch_readings_accepted_total", "Valid readings taken in (stored, duplicate or conflicting).", ["kind"]
@@ -48,6 +52,19 @@ REQUEST_SECONDS = Histogram(
 )
 
 
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: MetricWrapperBase, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per process and label values: the child it
+    returns is the same object every time, and ``labels()`` takes a lock and checks the values."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
+
 def instrument(app: Flask, service: str) -> None:
     """Record every request's latency under its route template (bounded label values)."""
 
@@ -59,8 +76,9 @@ def instrument(app: Flask, service: str) -> None:
     def _observe(response: Response) -> Response:
         started = g.get("request_started")
         if started is not None:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            REQUEST_SECONDS.labels(service, route, request.method, str(response.status_code)).observe(
+            req = current_request()
+            route = req.url_rule.rule if req.url_rule is not None else "unmatched"
+            labelled(REQUEST_SECONDS, service, route, req.method, str(response.status_code)).observe(
                 time.perf_counter() - started
             )
         return response
