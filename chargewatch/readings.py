@@ -22,7 +22,6 @@ from pydantic import (
     AllowInfNan,
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -31,7 +30,8 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    model_validator,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
 )
 from pydantic_core import from_json
 
@@ -85,12 +85,13 @@ def _within_energy_ceiling(value: float, info: ValidationInfo) -> float:
     return value
 
 
-def _require_rfc3339_text(value: Any) -> Any:
+def _is_rfc3339_text(value: Any) -> bool:
     # Python callers (simulator, tests) may pass datetimes; on the wire only text is a timestamp,
     # since a bare number could be seconds or milliseconds.
-    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
-        return value
-    raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-23T06:00:00Z")
+    return isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value) is not None)
+
+
+_RFC3339_MESSAGE = "must be an RFC 3339 string with a UTC offset, e.g. 2026-11-23T06:00:00Z"
 
 
 def to_utc(value: datetime) -> datetime:
@@ -111,23 +112,32 @@ _AWARE_DATETIME = TypeAdapter(AwareDatetime)
 def parse_timestamp(text: str) -> datetime:
     """RFC 3339 text with an offset as an aware UTC datetime (the rule readings follow, for query
     parameters); ValueError with the reason otherwise."""
+    if not _is_rfc3339_text(text):
+        raise ValueError(_RFC3339_MESSAGE)
     try:
-        return to_utc(_AWARE_DATETIME.validate_python(_require_rfc3339_text(text)))
+        return to_utc(_AWARE_DATETIME.validate_python(text))
     except ValidationError as err:
         raise ValueError(describe_errors(err)[0].message) from None
 
 
-def _within_time_bounds(value: datetime, info: ValidationInfo) -> datetime:
+def _timestamp(value: Any, parse: ValidatorFunctionWrapHandler, info: ValidationInfo) -> datetime:
+    """The timestamp rule in one call per reading: omitted (or null) means the receive time;
+    otherwise RFC 3339 text with an offset (or a datetime), parsed by pydantic, as UTC, within the
+    future skew and the retention period of the arrival."""
     rules = _rules(info)
-    value = to_utc(value)
-    if value - rules.now > rules.max_future_skew:
+    if value is None:
+        return rules.now.astimezone(timezone.utc)
+    if not _is_rfc3339_text(value):
+        raise ValueError(_RFC3339_MESSAGE)
+    moment = to_utc(parse(value))
+    if moment - rules.now > rules.max_future_skew:
         raise ValueError(
-            f"is {int((value - rules.now).total_seconds())} s in the future; "
+            f"is {int((moment - rules.now).total_seconds())} s in the future; "
             f"at most {int(rules.max_future_skew.total_seconds())} s of clock skew is accepted"
         )
-    if rules.now - value > rules.retention:
+    if rules.now - moment > rules.retention:
         raise ValueError(f"is older than the retention period of {rules.retention.days} days")
-    return value
+    return moment
 
 
 # Strict: a JSON number (or a Python int/float), never a string or a boolean; NaN and Infinity
@@ -136,9 +146,8 @@ Number = Annotated[float, Strict(), AllowInfNan(False)]
 Energy = Annotated[Number, Field(ge=0), AfterValidator(_within_energy_ceiling)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="1-64 chars of [A-Za-z0-9._:-]")]
 Timestamp = Annotated[
-    AwareDatetime,
-    BeforeValidator(_require_rfc3339_text),
-    AfterValidator(_within_time_bounds),
+    AwareDatetime | None,
+    WrapValidator(_timestamp),
     Field(description="RFC 3339 with offset; omitted means the time the reading was received."),
 ]
 
@@ -147,13 +156,7 @@ class _Reading(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
     kind: ClassVar[str]
-    timestamp: Timestamp | None = None
-
-    @model_validator(mode="after")
-    def _default_timestamp_to_receive_time(self, info: ValidationInfo) -> _Reading:
-        if self.timestamp is None:
-            object.__setattr__(self, "timestamp", _rules(info).now.astimezone(timezone.utc))
-        return self
+    timestamp: Timestamp = Field(None, validate_default=True)  # the validator puts in the receive time
 
     @property
     def device_id(self) -> str:
@@ -162,7 +165,7 @@ class _Reading(BaseModel):
     @cached_property
     def time_ms(self) -> int:
         """Device timestamp as integer milliseconds since the Unix epoch (the storage precision)."""
-        assert self.timestamp is not None  # the model validator sets it
+        assert self.timestamp is not None  # the timestamp validator sets it
         delta = self.timestamp - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 

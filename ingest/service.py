@@ -14,6 +14,7 @@ from chargewatch.readings import (
     AnyReading,
     FieldError,
     MeterReading,
+    Reading,
     ReadingRules,
     VehicleReading,
     describe_errors,
@@ -75,6 +76,7 @@ _LINE_SCHEMA: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 _LINE_ADAPTERS: dict[str, TypeAdapter[MeterReading] | TypeAdapter[VehicleReading]] = {
     "meter": TypeAdapter(MeterReading), "vehicle": TypeAdapter(VehicleReading)}
+_LINES_ADAPTER: TypeAdapter[list[AnyReading]] = TypeAdapter(list[Reading])
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -100,8 +102,8 @@ def readings_from_line_protocol(
         LineRejection(e.line_number, e.text, (FieldError("", e.reason, "line_protocol_syntax"),))
         for e in syntax_errors
     ]
-    readings: list[AnyReading] = []
-    context = rules.context()
+    items: list[dict[str, object]] = []
+    known: list[lineprotocol.Line] = []
     for line in lines:
         schema = _LINE_SCHEMA.get(line.measurement)
         if schema is None:
@@ -115,14 +117,26 @@ def readings_from_line_protocol(
             if lp_name in line.fields:
                 item[wire_name] = line.fields[lp_name]
         if line.timestamp_ns is not None:
-            item["timestamp"] = (_EPOCH + timedelta(microseconds=line.timestamp_ns // 1000)).isoformat()
-        try:
-            readings.append(_LINE_ADAPTERS[line.measurement].validate_python(item, context=context))
-        except ValidationError as err:
-            wire_to_lp = {wire: lp for lp, wire in field_names.items()} | {id_field: id_tag}
-            errors = tuple(
-                FieldError(wire_to_lp.get(e.field, e.field), e.message, e.type) for e in describe_errors(err)
-            )
-            rejections.append(LineRejection(line.line_number, line.text, errors))
+            # A datetime, not text: the rules take one from Python callers, and it is already UTC.
+            item["timestamp"] = _EPOCH + timedelta(microseconds=line.timestamp_ns // 1000)
+        items.append(item)
+        known.append(line)
+    context = rules.context()
+    try:
+        # Every line in one call into pydantic's core, as for a JSON list; line by line only when
+        # some line fails, to keep the good ones and name each failure.
+        readings: list[AnyReading] = _LINES_ADAPTER.validate_python(items, context=context)
+    except ValidationError:
+        readings = []
+        for line, item in zip(known, items, strict=True):
+            id_tag, id_field, field_names = _LINE_SCHEMA[line.measurement]
+            try:
+                readings.append(_LINE_ADAPTERS[line.measurement].validate_python(item, context=context))
+            except ValidationError as err:
+                wire_to_lp = {wire: lp for lp, wire in field_names.items()} | {id_field: id_tag}
+                errors = tuple(
+                    FieldError(wire_to_lp.get(e.field, e.field), e.message, e.type) for e in describe_errors(err)
+                )
+                rejections.append(LineRejection(line.line_number, line.text, errors))
     rejections.sort(key=lambda r: r.line)
     return readings, rejections
