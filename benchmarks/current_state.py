@@ -12,7 +12,7 @@ this machine, the floor under chargewatch's.
 
 Target: p99 <= 2 ms (judged at the low concurrency; the high one is reported for capacity).
 
-    /work/venv/bin/python benchmarks/current_state.py --duration 10 --output current.json
+    .venv/bin/python benchmarks/current_state.py --duration 10 --output current.json
 """
 
 from __future__ import annotations

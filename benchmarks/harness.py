@@ -474,6 +474,11 @@ def base_parser(description: str, default_duration: float = 10.0) -> argparse.Ar
     return parser
 
 
+def add_source_argument(parser: argparse.ArgumentParser) -> None:
+    """``--source DIR``: run another checkout's chargewatch (before/after figures in one sitting)."""
+    parser.add_argument("--source", type=Path, help="checkout whose chargewatch to run (default: this one)")
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     try:

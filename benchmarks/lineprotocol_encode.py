@@ -18,7 +18,7 @@ What it measures, on one core, in one process (time.perf_counter, median of --re
 
 Prints one JSON object (also written to --output)::
 
-    /work/venv/bin/python benchmarks/lineprotocol_encode.py --points 200000 --output lp.json
+    .venv/bin/python benchmarks/lineprotocol_encode.py --points 200000 --output lp.json
 
 Targets: encode_point >= 500,000 points/s, parse >= 150,000 lines/s. The machine may be shared:
 ``background_cores_at_start`` records other load seen just before the run, and every figure in

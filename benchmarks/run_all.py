@@ -1,8 +1,9 @@
 """Run every benchmark with its default settings and summarise the figures against the targets.
 
-Runs ingest_single, ingest_lists, current_state and worker_rss one after the other (each starts
-and stops its own servers on 127.0.0.1), writes benchmarks/results/<name>.json plus
-benchmarks/results/summary.json, and prints a table. About 3 minutes with the defaults.
+Runs ingest_single, ingest_lists (JSON lists, then line protocol bodies: ingest_lines),
+current_state and worker_rss one after the other (each starts and stops its own servers on
+127.0.0.1), writes benchmarks/results/<name>.json plus benchmarks/results/summary.json, and prints
+a table. About 4 minutes with the defaults.
 
     .venv/bin/python benchmarks/run_all.py
 """
@@ -20,11 +21,19 @@ from typing import Any
 import harness
 
 RESULTS_DIR = harness.BENCH_DIR / "results"
-BENCHMARKS = ("ingest_single", "ingest_lists", "current_state", "worker_rss")
+# result name -> (script, its arguments)
+BENCHMARKS: dict[str, tuple[str, list[str]]] = {
+    "ingest_single": ("ingest_single", []),
+    "ingest_lists": ("ingest_lists", []),
+    "ingest_lines": ("ingest_lists", ["--format", "lines"]),
+    "current_state": ("current_state", []),
+    "worker_rss": ("worker_rss", []),
+}
 
 
 def run_benchmark(name: str, output: Path, duration: float | None) -> dict[str, Any]:
-    argv = [sys.executable, str(harness.BENCH_DIR / f"{name}.py"), "--output", str(output)]
+    script, script_args = BENCHMARKS[name]
+    argv = [sys.executable, str(harness.BENCH_DIR / f"{script}.py"), *script_args, "--output", str(output)]
     if duration is not None:
         argv += ["--duration", str(duration)]
     output.unlink(missing_ok=True)
@@ -62,9 +71,9 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
     if "ingest_single" in results:
         r = results["ingest_single"]
         cw, bare = r["chargewatch"], r["bare_flask"]
-        add("single POST /v1/ingest", cw["requests_per_s"], "req/s", ">= 3,333", r["meets_target"]["requests_per_s"])
+        add("single POST /v1/ingest", cw["requests_per_s"], "req/s", ">= 2,500", r["meets_target"]["requests_per_s"])
         add("  bare Flask, same gunicorn", bare["requests_per_s"], "req/s")
-        add("  ratio to bare Flask", r["ratio_to_bare_flask"], "", ">= 0.7", r["meets_target"]["ratio_to_bare_flask"])
+        add("  ratio to bare Flask", r["ratio_to_bare_flask"], "", ">= 0.6", r["meets_target"]["ratio_to_bare_flask"])
         add("  CPU-time ratio to bare Flask", r["cpu_ratio_to_bare_flask"], "")
         add("  server CPU per request", f"{cw['server_cpu_ms_per_request']:.2f} vs bare "
             f"{bare['server_cpu_ms_per_request']:.2f}", "ms")
@@ -74,13 +83,15 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
             r["meets_target"]["no_errors"])
         for row in r.get("sweep", []):
             add(f"  sweep {row['workers']}w x {row['threads']}t", row["requests_per_s"], "req/s")
-    if "ingest_lists" in results:
-        r = results["ingest_lists"]
+    for name, what in (("ingest_lists", "lists of 1,000 POST /v1/ingest"),
+                       ("ingest_lines", "5,000 lines POST /api/v2/write")):
+        if name not in results:
+            continue
+        r = results[name]
         cw = r["chargewatch"]
-        add("lists of 1,000 POST /v1/ingest", cw["readings_per_s"], "readings/s", ">= 100,000",
-            r["meets_target"]["readings_per_s"])
+        add(what, cw["readings_per_s"], "readings/s", ">= 100,000", r["meets_target"]["readings_per_s"])
         add("  raw SQLite, same rows", r["raw_sqlite"]["readings_per_s"], "readings/s")
-        add("  ratio to raw SQLite", r["ratio_to_raw_sqlite"], "", ">= 0.6", r["meets_target"]["ratio_to_raw_sqlite"])
+        add("  ratio to raw SQLite", r["ratio_to_raw_sqlite"], "", ">= 0.7", r["meets_target"]["ratio_to_raw_sqlite"])
         add("  CPU-time ratio to raw SQLite", r["cpu_ratio_to_raw_sqlite"], "")
         add("  CPU per reading", f"{cw['server_cpu_us_per_reading']:.1f} vs raw "
             f"{r['raw_sqlite']['cpu_us_per_reading']:.1f}", "us")

@@ -36,7 +36,6 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, cast
 
 import harness
@@ -138,7 +137,7 @@ class Probe:
 
 def main() -> int:
     parser = harness.base_parser(__doc__, default_duration=15.0)
-    parser.add_argument("--source", type=Path, help="checkout whose chargewatch to run (default: this one)")
+    harness.add_source_argument(parser)
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=2.0, help="wrk request timeout, s (default %(default)s)")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ worker, found as the children of the gunicorn master.
 
 Target: <= 150 MB per worker (judged on the peak, VmHWM, after all phases).
 
-    /work/venv/bin/python benchmarks/worker_rss.py --duration 10 --output rss.json
+    .venv/bin/python benchmarks/worker_rss.py --duration 10 --output rss.json
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ import http.client
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -103,7 +102,7 @@ class PeakSampler:
 
 def main() -> int:
     parser = harness.base_parser(__doc__)
-    parser.add_argument("--source", type=Path, help="checkout whose chargewatch to run (default: this one)")
+    harness.add_source_argument(parser)
     parser.add_argument("--only", action="append", choices=sorted(BODIES), help="measure only these bodies")
     args = parser.parse_args()
     started = time.monotonic()
