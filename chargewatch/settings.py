@@ -55,9 +55,10 @@ class SqliteSettings(BaseModel):
     writer: Literal["group", "process", "thread"] = Field(
         "group",
         description="group: each process commits the requests queued in it in one transaction, processes take "
-        "turns, and the fsync follows outside the lock (one covers the commits of every process before it); process / thread: one writer that every process on the file shares, in a process "
-        "of its own or in a thread of the first process that writes (one fsync covers the requests of every "
-        "process; measured no faster for single readings on the 2-core build machine, see README).",
+        "turns, and the fsync follows outside the lock (one covers the commits of every process before it); "
+        "process / thread: one writer that every process on the file shares, in a process of its own or in a "
+        "thread of the first process that writes (one fsync covers the requests of every process; measured no "
+        "faster for single readings on the 2-core build machine, see README).",
     )
 
 
