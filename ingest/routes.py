@@ -159,7 +159,7 @@ _INFLUX_CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "no
 @bp.after_request
 def _influx_error_code(response: Response) -> Response:
     """Give /api/v2/write's error bodies InfluxDB's ``code`` (and its X-Platform-Error-Code)."""
-    if request.endpoint != "ingest.write_line_protocol" or response.status_code < 400 or not response.is_json:
+    if response.status_code < 400 or request.endpoint != "ingest.write_line_protocol" or not response.is_json:
         return response
     body = response.get_json(silent=True)
     if isinstance(body, dict) and "code" not in body:
