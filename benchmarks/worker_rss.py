@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--server-env", action="append", default=[], metavar="CHARGEWATCH_X=VALUE",
                         help="extra setting for the service, e.g. CHARGEWATCH_SQLITE__CACHE_SIZE_MIB=8 "
                              "(repeatable)")
+    harness.add_source_argument(parser)
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.server_env)
 
@@ -50,7 +51,7 @@ def main() -> int:
     server = None
     try:
         server = harness.start_chargewatch(data_dir, workers=args.workers, threads=args.threads,
-                                           extra_env=extra_env)
+                                           extra_env=extra_env, source_dir=args.source)
         result["gunicorn_options"] = server.gunicorn_options
 
         def snapshot(label: str, run: harness.WrkResult | None = None) -> dict[str, Any]:
