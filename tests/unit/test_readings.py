@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from pydantic import ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from chargewatch.readings import (
     READING,
@@ -13,7 +15,9 @@ from chargewatch.readings import (
     MeterReading,
     ReadingRules,
     VehicleReading,
+    _parse_aware,
     describe_errors,
+    to_utc,
     validate_batch,
 )
 
@@ -191,3 +195,39 @@ def test_a_list_over_the_item_limit_is_refused_whole() -> None:
 def test_rules_need_an_aware_now() -> None:
     with pytest.raises(ValueError):
         ReadingRules(now=datetime(2026, 1, 1))
+
+
+# -- the timestamp parser's fast path -------------------------------------------------------------
+
+_PYDANTIC_AWARE = TypeAdapter(AwareDatetime)
+
+
+def _two(low: int, high: int):
+    return st.integers(low, high).map(lambda n: f"{n:02d}")
+
+
+_RFC3339_LIKE = st.builds(
+    lambda y, mo, d, sep, h, mi, s, frac, off: f"{y:04d}-{mo}-{d}{sep}{h}:{mi}:{s}{frac}{off}",
+    st.integers(0, 9999), _two(0, 13), _two(0, 32), st.sampled_from("Tt "), _two(0, 25), _two(0, 61), _two(0, 61),
+    st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=12).map(lambda f: "." + f)),
+    st.one_of(st.sampled_from(["Z", "z", ""]),
+              st.builds(lambda sign, hh, mm: f"{sign}{hh}:{mm}", st.sampled_from("+-"), _two(0, 25), _two(0, 61))),
+)
+
+
+@settings(max_examples=4000, deadline=None)
+@given(_RFC3339_LIKE)
+def test_the_fast_timestamp_parser_gives_what_pydantic_gives_for_every_rfc3339_form(text: str) -> None:
+    # datetime.fromisoformat reads the text first; what it accepts must be exactly pydantic's instant,
+    # and what pydantic refuses it must not accept (the error then comes from pydantic).
+    try:
+        expected: datetime | None = to_utc(_PYDANTIC_AWARE.validate_python(text))
+    except (ValidationError, ValueError):
+        expected = None
+    try:
+        got: datetime | None = _parse_aware(text, lambda value, *_: _PYDANTIC_AWARE.validate_python(value))
+    except (ValidationError, ValueError):
+        got = None
+    assert got == expected
+    if got is not None:
+        assert got.utcoffset() == timedelta(0)
