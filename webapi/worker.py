@@ -15,6 +15,11 @@ Devices talk to chargewatch without a proxy in front, so the worker does what a 
   read the answer (RFC 9112 section 9.6) runs in the event loop, not in a thread or blocking it.
 - **gunicorn's own errors** (request line or headers over the limits, malformed requests) are
   answered in chargewatch's JSON error shape instead of gunicorn's HTML page.
+- **Workers take connections in turn.** A worker holding more connections than another (counts in
+  a :class:`~webapi.connection_share.ConnectionShare`) leaves a waiting connection to that one, and
+  takes it itself only if it is still waiting after ``ACCEPT_PATIENCE_SECONDS`` (the other worker
+  may be stopped or stuck). Without this, a gateway's few kept-alive connections often all land on
+  one worker while the other idles.
 
 This leans on gunicorn's gthread internals (``enqueue_req``, ``accept``, ``TConn``), so gunicorn is
 pinned to the version it was written against.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import selectors
 import socket
 import threading
@@ -37,7 +43,13 @@ from gunicorn.http.body import LengthReader
 from gunicorn.http.wsgi import Response as GunicornResponse
 from gunicorn.workers import gthread
 
+from webapi.connection_share import ConnectionShare, WorkerSlot
+
 PREBUFFER_BYTES = 64 * 1024
+# How long a connection waits for a worker holding fewer connections before a busier one takes it,
+# and how often the busier one looks again meanwhile.
+ACCEPT_PATIENCE_SECONDS = 0.05
+_ACCEPT_RECHECK_SECONDS = 0.002
 # Larger headers than this are gunicorn's to refuse (100 fields of 8190 bytes are far over it).
 _MAX_HEADER_BYTES = 64 * 1024
 _LINGER_SECONDS = 2.0
@@ -86,9 +98,11 @@ def _request_complete(data: bytes | bytearray) -> bool:
 
 
 class GuardedThreadWorker(gthread.ThreadWorker):
-    """gthread with the guards above; ``request_timeout_seconds`` is set by :func:`worker_class`."""
+    """gthread with the guards above; ``request_timeout_seconds`` and ``connection_share`` are set by
+    :func:`worker_class`."""
 
     request_timeout_seconds = 10.0
+    connection_share: ConnectionShare | None = None
     wsgi: Any  # the app gunicorn calls (set by load_wsgi; gunicorn is untyped)
     application: Any
 
@@ -98,10 +112,59 @@ class GuardedThreadWorker(gthread.ThreadWorker):
         self._lingering: dict[socket.socket, list] = {}  # socket -> [deadline, bytes drained]
         self._reading: dict[int, _GuardedConn] = {}  # thread id -> connection it is reading
         self._reading_lock = threading.Lock()
+        self._slot: WorkerSlot | None = None  # this worker's place in the connection share
+        self._yielding_since: float | None = None  # since when a waiting connection is left to others
+        self._look_again_at = 0.0
+
+    def run(self) -> None:
+        # Counted from when the event loop starts: a booting worker would be "holding fewer" while it
+        # cannot accept yet.
+        if self.connection_share is not None:
+            self._slot = self.connection_share.claim(os.getpid())
+        super().run()
 
     # -- accepting and arriving (event loop) ---------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
+        if self._holds_more_than_another():
+            self._yielding_since = time.monotonic()
+            self._look_again_at = self._yielding_since + _ACCEPT_RECHECK_SECONDS
+            self.set_accept_enabled(False)
+            return
+        self._take_connection(listener)
+
+    def _holds_more_than_another(self) -> bool:
+        return self._slot is not None and self._slot.holds_more_than_another(self.nr_conns)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gunicorn's loop enables accepting whenever a worker is under its connection limit; while
+        # this worker yields, it stays off until _look_again decides.
+        super().set_accept_enabled(enabled and self._yielding_since is None)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self._slot is not None:
+            self._slot.publish(self.nr_conns)
+        if self._yielding_since is not None:
+            now = time.monotonic()
+            if now >= self._look_again_at:
+                self._look_again(now)
+            if self._yielding_since is not None:
+                timeout = min(timeout, max(0.0, self._look_again_at - now))
+        super().wait_for_and_dispatch_events(timeout)
+
+    def _look_again(self, now: float) -> None:
+        """While yielding: go on yielding, or take what still waits (the others had their chance)."""
+        assert self._yielding_since is not None
+        if self._holds_more_than_another() and now - self._yielding_since < ACCEPT_PATIENCE_SECONDS:
+            self._look_again_at = now + _ACCEPT_RECHECK_SECONDS
+            return
+        self._yielding_since = None
+        if self.nr_conns < self.worker_connections:
+            for listener in self.sockets:
+                self._take_connection(listener)  # nothing happens if another worker took it
+        self.set_accept_enabled(self.nr_conns < self.worker_connections)  # as gunicorn's loop would
+
+    def _take_connection(self, listener: socket.socket) -> None:
         try:
             client_sock, client_addr = listener.accept()
         except OSError as err:
@@ -109,6 +172,8 @@ class GuardedThreadWorker(gthread.ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        if self._slot is not None:
+            self._slot.publish(self.nr_conns)  # before this or another worker's next accept looks
         conn = _GuardedConn(self.cfg, client_sock, client_addr, listener.getsockname(), linger=self._linger)
         self.enqueue_req(conn)
 
@@ -300,5 +365,14 @@ def _body_read(environ: dict) -> bool:
 
 
 def worker_class(request_timeout_seconds: float) -> type[GuardedThreadWorker]:
-    """The worker class for gunicorn's ``worker_class`` setting, with this request timeout."""
-    return type("GuardedThreadWorker", (GuardedThreadWorker,), {"request_timeout_seconds": request_timeout_seconds})
+    """The worker class for gunicorn's ``worker_class`` setting, with this request timeout and a
+    connection share of its own. Call it in gunicorn's arbiter, before the workers fork."""
+    return type("GuardedThreadWorker", (GuardedThreadWorker,), {
+        "request_timeout_seconds": request_timeout_seconds, "connection_share": ConnectionShare()})
+
+
+def release_worker_slot(worker: Any) -> None:
+    """For gunicorn's ``child_exit`` hook (in the arbiter): the exited worker's connections no longer count."""
+    share = getattr(worker, "connection_share", None)
+    if share is not None:
+        share.release(worker.pid)
