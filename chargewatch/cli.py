@@ -66,7 +66,7 @@ def gunicorn_options(settings: Settings, service: str, host: str | None, port: i
         "proc_name": f"chargewatch-{service}",
         "loglevel": settings.log_level.lower(),
         "accesslog": None,
-        "child_exit": _worker_exited,
+        "child_exit": _mark_worker_dead,
         **({"post_worker_init": _start_store_writer} if service == "ingest" else {}),
     }
 
@@ -79,13 +79,10 @@ def _start_store_writer(worker: Any) -> None:
         store.start_writer()
 
 
-def _worker_exited(server: Any, worker: Any) -> None:
+def _mark_worker_dead(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    from webapi.worker import release_worker_slot
-
     multiprocess.mark_process_dead(worker.pid)
-    release_worker_slot(worker)
 
 
 def _prepare_metrics_dir(settings: Settings, service: str) -> None:

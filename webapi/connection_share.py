@@ -7,15 +7,17 @@ once landed on one worker in 2 of 5 tries, and under load all 8 did. The workers
 counts here, and a worker holding more connections than another lets that one take the next
 (see ``GuardedThreadWorker.accept``).
 
-The arbiter creates the share before it forks the workers, so the memory is inherited, not named:
-no file to leave behind. Each worker claims a slot when it starts; the arbiter releases a dead
-worker's slot. A count is written only by its slot's owner, and read by the others without a lock:
-it guides which worker accepts, and a stale read costs at most one connection in the wrong place.
+The share is created in gunicorn's arbiter before it forks the workers, so the memory is inherited,
+not named: no file to leave behind. Each worker claims a slot when its event loop starts; the slot
+of a worker that has exited (killed, say) no longer counts, and the next worker to start claims it.
+A count is written only by its slot's owner and read by the others without a lock: it guides which
+worker accepts, and a stale read costs at most one connection in the wrong place.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 DEFAULT_SLOTS = 64  # more than any worker count the settings allow, or gunicorn's TTIN could reach
 
@@ -33,31 +35,31 @@ class ConnectionShare:
         """A free slot for worker ``pid`` with a count of 0, or None when every slot is taken."""
         with self._claiming:
             for index, owner in enumerate(self._pids):
-                if owner == 0:
+                if owner == 0 or not _alive(owner):
                     self._counts[index] = 0
                     self._pids[index] = pid
                     return WorkerSlot(self, index)
         return None
 
-    def release(self, pid: int) -> None:
-        """Forget worker ``pid`` (it has exited): its slot no longer counts and may be claimed again."""
-        with self._claiming:
-            for slot, owner in enumerate(self._pids):
-                if owner == pid:
-                    self._pids[slot] = 0
-                    self._counts[slot] = 0
-
     def _publish(self, index: int, connections: int) -> None:
         self._counts[index] = connections
 
-    def _fewest_besides(self, index: int) -> int | None:
-        fewest = None
+    def _someone_holds_fewer(self, index: int, connections: int) -> bool:
         for other, owner in enumerate(self._pids):
-            if owner and other != index:
-                count = self._counts[other]
-                if fewest is None or count < fewest:
-                    fewest = count
-        return fewest
+            # Whether the owner still lives is asked only of one that would make this worker yield.
+            if owner and other != index and self._counts[other] < connections and _alive(owner):
+                return True
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the pid
+        return False
+    return True
 
 
 class WorkerSlot:
@@ -73,5 +75,4 @@ class WorkerSlot:
 
     def holds_more_than_another(self, connections: int) -> bool:
         """Whether another live worker holds fewer than ``connections``."""
-        fewest = self._share._fewest_besides(self._index)
-        return fewest is not None and connections > fewest
+        return self._share._someone_holds_fewer(self._index, connections)

@@ -98,8 +98,7 @@ def _request_complete(data: bytes | bytearray) -> bool:
 
 
 class GuardedThreadWorker(gthread.ThreadWorker):
-    """gthread with the guards above; ``request_timeout_seconds`` and ``connection_share`` are set by
-    :func:`worker_class`."""
+    """gthread with the guards above; ``request_timeout_seconds`` is set by :func:`worker_class`."""
 
     request_timeout_seconds = 10.0
     connection_share: ConnectionShare | None = None
@@ -108,6 +107,10 @@ class GuardedThreadWorker(gthread.ThreadWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self).connection_share is None:
+            # gunicorn's arbiter builds each worker object before it forks that worker: the first
+            # one creates the share every later worker inherits.
+            type(self).connection_share = ConnectionShare()
         self._arriving: set[_GuardedConn] = set()
         self._lingering: dict[socket.socket, list] = {}  # socket -> [deadline, bytes drained]
         self._reading: dict[int, _GuardedConn] = {}  # thread id -> connection it is reading
@@ -365,14 +368,5 @@ def _body_read(environ: dict) -> bool:
 
 
 def worker_class(request_timeout_seconds: float) -> type[GuardedThreadWorker]:
-    """The worker class for gunicorn's ``worker_class`` setting, with this request timeout and a
-    connection share of its own. Call it in gunicorn's arbiter, before the workers fork."""
-    return type("GuardedThreadWorker", (GuardedThreadWorker,), {
-        "request_timeout_seconds": request_timeout_seconds, "connection_share": ConnectionShare()})
-
-
-def release_worker_slot(worker: Any) -> None:
-    """For gunicorn's ``child_exit`` hook (in the arbiter): the exited worker's connections no longer count."""
-    share = getattr(worker, "connection_share", None)
-    if share is not None:
-        share.release(worker.pid)
+    """The worker class for gunicorn's ``worker_class`` setting, with this request timeout."""
+    return type("GuardedThreadWorker", (GuardedThreadWorker,), {"request_timeout_seconds": request_timeout_seconds})
