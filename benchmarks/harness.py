@@ -401,14 +401,40 @@ def lua_script(scenario: str, work_dir: Path) -> Path:
     return path
 
 
+def wait_for_closed_connections(port: int, timeout_s: float = 10.0) -> None:
+    """Until the server on ``port`` holds no connection of an earlier run (kept-alive, or closed by
+    the client while its request is still being handled), so that a run starts from a server whose
+    workers hold none: they share out a run's connections by the counts they hold."""
+    tcp = Path("/proc/net/tcp")
+    if not tcp.exists():
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held = 0
+        for line in tcp.read_text().splitlines()[1:]:
+            fields = line.split()
+            # 01 established, 08 close-wait (the client has gone, the server has not closed yet)
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
+                held += 1
+        if not held:
+            return
+        time.sleep(0.05)
+
+
 def run_wrk(url: str, script: Path, *, duration_s: float, connections: int, threads: int = 2,
-            timeout_s: float = 5.0, args: Sequence[str] = (), server: Server | None = None) -> WrkResult:
-    """One time-bounded wrk run against a 127.0.0.1 URL; CPU of wrk and the server is accounted."""
+            timeout_s: float = 5.0, args: Sequence[str] = (), server: Server | None = None,
+            after_closed: bool = True) -> WrkResult:
+    """One time-bounded wrk run against a 127.0.0.1 URL; CPU of wrk and the server is accounted.
+
+    ``after_closed``: first wait until the server holds no connection of an earlier run (off where
+    the benchmark holds connections of its own meanwhile)."""
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"benchmarks only target {HOST}, not {url}")
     # wrk takes whole seconds only (no fractions, no ms unit).
     argv = [WRK, f"-t{threads}", f"-c{max(connections, threads)}", f"-d{max(1, round(duration_s))}s",
             "--timeout", f"{max(1, round(timeout_s))}s", "-s", str(script), url, *args]
+    if after_closed:
+        wait_for_closed_connections(int(url.split(":")[2].split("/")[0]))
     server_pids = server.pids if server else []
     server_cpu_before = cpu_seconds(server_pids)
     busy_before, total_before = machine_cpu_times()

@@ -162,7 +162,8 @@ def main() -> int:
             with holder, Probe(server, args.timeout) as probe:
                 run = harness.run_wrk(server.url + "/v1/ingest", script, duration_s=args.duration,
                                       connections=args.connections, threads=2, timeout_s=args.timeout,
-                                      args=[harness.run_tag(), server.write_token], server=server)
+                                      args=[harness.run_tag(), server.write_token], server=server,
+                                      after_closed=False)  # the holder's connections stay open
             result["phases"][phase] = {
                 "wrk": {"p50_ms": round(run.latency_us["p50"] / 1000, 2),
                         "p99_ms": round(run.latency_us["p99"] / 1000, 2),
