@@ -122,8 +122,8 @@ class GuardedThreadWorker(gthread.ThreadWorker):
     def run(self) -> None:
         # Counted from when the event loop starts: a booting worker would be "holding fewer" while it
         # cannot accept yet.
-        if self.connection_share is not None:
-            self._slot = self.connection_share.claim(os.getpid())
+        assert self.connection_share is not None  # made in __init__
+        self._slot = self.connection_share.claim(os.getpid())
         super().run()
 
     # -- accepting and arriving (event loop) ---------------------------------------------------
