@@ -7,8 +7,13 @@ Measures, in one run against 127.0.0.1:
 - ``GET /v1/analytics/performance/{vehicleId}`` (24 h, random vehicles) p50/p99 with wrk;
 - ``GET /v1/analytics/fleet/summary`` (24 h) latency over repeated requests.
 
+Then lists of 1,000 new meter readings are posted to the ingest service on the same store
+(8 connections), for ingest throughput with that history retained.
+
 Targets (issues 3 and 12): per-vehicle report p99 <= 10 ms at 4 connections, fleet summary of
-10,000 vehicles p99 <= 100 ms, one window <= 1 s, a normal run <= 1.5 s, the catch-up no slower.
+10,000 vehicles p99 <= 100 ms, one window <= 1 s, a normal run <= 1.5 s, the catch-up no slower;
+with ``--days`` 1, 10 and 30, ingest and report figures flat within noise (the days before the
+measured one are copies of it, shifted, written in minutes rather than computed for hours).
 
 The dataset is written straight into the store's day tables (as the issue allows, so it loads in
 minutes): every pair reports every minute, charging two hours in six at a power and efficiency
@@ -34,7 +39,7 @@ import harness
 
 from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.settings import Settings
-from chargewatch.stores.sqlite import _DAY_SCHEMA, _execute_script, day_table
+from chargewatch.stores.sqlite import _DAY_SCHEMA, MS_PER_DAY, _execute_script, day_table
 from simulator.devices import pair_ids
 from taskrunner.runner import TaskRunner
 
@@ -79,16 +84,56 @@ def load_day(settings: Settings, pairs: int, day_start_ms: int) -> dict[str, Any
     return {"readings": pairs * 1440 * 2, "load_seconds": round(time.perf_counter() - started, 1)}
 
 
+def catch_up(settings: Settings, day_start_ms: int) -> float:
+    """Compute the day's windows as the runner's catch-up does, an hour at a time; seconds taken."""
+    store = open_reading_store(settings)
+    runner = TaskRunner(sqlite_efficiency_stores(store.database), settings)
+    started = time.perf_counter()
+    for hour in range(24):
+        runner.compute(day_start_ms + hour * 3_600_000, day_start_ms + (hour + 1) * 3_600_000,
+                       day_start_ms + 86_400_000)
+    store.close()
+    return time.perf_counter() - started
+
+
+def copy_history(settings: Settings, day_start_ms: int, days: int) -> dict[str, Any]:
+    """Retain ``days`` days in all: the loaded day's readings, windows and hourly rollups copied to
+    each of the ``days - 1`` days before it, shifted by whole days (same fleet, same shape)."""
+    day = day_start_ms // MS_PER_DAY
+    conn = sqlite3.connect(settings.sqlite_path)
+    conn.execute("PRAGMA synchronous = OFF")  # a bulk load; the benchmark measures what follows
+    conn.execute("PRAGMA cache_size = -262144")
+    started = time.perf_counter()
+    day_end_ms = day_start_ms + MS_PER_DAY
+    for back in range(1, days):
+        shift = back * MS_PER_DAY
+        for kind, columns in (("meter", "meter_id, time_ms - ?, vehicle_id, kwh_consumed_ac, voltage, received_ms - ?"),
+                              ("vehicle", "vehicle_id, time_ms - ?, meter_id, soc, kwh_delivered_dc, battery_temp, "
+                                          "received_ms - ?")):
+            source, target = day_table(kind, day), day_table(kind, day - back)
+            _execute_script(conn, _DAY_SCHEMA[kind].format(table=target))
+            conn.execute(f"INSERT INTO {target} SELECT {columns} FROM {source} ORDER BY time_ms", (shift, shift))
+        conn.execute("INSERT INTO efficiency SELECT window_ms, vehicle_id, stop_ms - ?, meter_id, ac_kwh, dc_kwh, "
+                     "ac_readings, dc_readings, avg_battery_temp, efficiency, computed_ms - ? FROM efficiency "
+                     "WHERE stop_ms > ? AND stop_ms <= ?", (shift, shift, day_start_ms, day_end_ms))
+        conn.execute("INSERT INTO efficiency_hourly SELECT window_ms, hour_stop_ms - ?, vehicle_id, ac_kwh, dc_kwh, "
+                     "ac_readings, dc_readings, windows, battery_temp_sum, battery_temp_readings "
+                     "FROM efficiency_hourly WHERE hour_stop_ms > ? AND hour_stop_ms <= ?",
+                     (shift, day_start_ms, day_end_ms))
+        conn.commit()
+        print(f"  copied day {back + 1}/{days}", file=sys.stderr, flush=True)
+    (windows,), = conn.execute("SELECT count(*) FROM efficiency").fetchall()
+    conn.close()
+    return {"days": days, "windows": windows, "copy_seconds": round(time.perf_counter() - started, 1),
+            "database_gb": round(settings.sqlite_path.stat().st_size / 1e9, 2)}
+
+
 def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
     store = open_reading_store(settings)
     efficiency = sqlite_efficiency_stores(store.database)
     runner = TaskRunner(efficiency, settings)
     window_ms = runner.window_ms
     day_end_ms = day_start_ms + 86_400_000
-    started = time.perf_counter()
-    for hour in range(24):
-        runner.compute(day_start_ms + hour * 3_600_000, day_start_ms + (hour + 1) * 3_600_000, day_end_ms)
-    catch_up = time.perf_counter() - started
     one_window = []
     stop = day_start_ms + 12 * 3_600_000
     for _ in range(5):
@@ -114,13 +159,29 @@ def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
     store.close()
     return {
         "windows_stored": windows,
-        "day_catch_up_seconds": round(catch_up, 1),
         "one_window_seconds_median": round(statistics.median(one_window), 3),
         "one_window_seconds_runs": [round(x, 3) for x in one_window],
         "normal_run_seconds_median": round(statistics.median(runs), 3),
         "normal_run_seconds_runs": [round(x, 3) for x in runs],
         "normal_run_recomputes": f"the newest window for every vehicle + {marked} (window, vehicle) marks",
     }
+
+
+def measure_ingest(data_dir: Path, duration_s: float) -> dict[str, Any]:
+    """Lists of 1,000 new meter readings into the same store (8 connections, as ingest_lists.py)."""
+    server = harness.start_chargewatch(data_dir)
+    try:
+        script = harness.lua_script("ingest_list", data_dir)
+        wrk_args = [harness.run_tag(), server.write_token, "1000"]
+        harness.run_wrk(server.url + "/v1/ingest", script, duration_s=2, connections=8, timeout_s=30,
+                        args=wrk_args, server=server)  # warm-up
+        run = harness.run_wrk(server.url + "/v1/ingest", script, duration_s=duration_s, connections=8,
+                              timeout_s=30, args=wrk_args, server=server)
+    finally:
+        server.stop()
+    return {"readings_per_s": round(run.requests_per_s * 1000, 1), "errors": run.error_count,
+            "server_cpu_us_per_reading": round(1e6 * run.server_cpu_s / (run.requests * 1000), 2) if run.requests
+            else None, "latency_ms_p99": round(run.latency_us["p99"] / 1000, 1)}
 
 
 def start_analytics(data_dir: Path, read_token: str) -> harness.Server:
@@ -149,6 +210,9 @@ def main() -> int:
     parser = harness.base_parser(__doc__, default_duration=10.0)
     parser.add_argument("--pairs", type=int, default=10_000, help="vehicle+meter pairs (default %(default)s)")
     parser.add_argument("--summary-requests", type=int, default=20, help="fleet summary requests to time")
+    parser.add_argument("--days", type=int, default=1,
+                        help="days retained, the measured day the newest; the others are copies of it (default "
+                             "%(default)s; growth: run with 1, 10, 30 and compare)")
     args = parser.parse_args()
     data_dir = harness.make_data_dir("analytics")
     day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
@@ -159,7 +223,9 @@ def main() -> int:
         print(f"loading {args.pairs} pairs x 1440 minutes x 2 ...", file=sys.stderr)
         load = load_day(settings, args.pairs, day_start_ms)
         print("computing windows ...", file=sys.stderr)
-        runner = measure_runner(settings, day_start_ms)
+        day_catch_up = catch_up(settings, day_start_ms)
+        history = copy_history(settings, day_start_ms, args.days) if args.days > 1 else {"days": 1}
+        runner = {"day_catch_up_seconds": round(day_catch_up, 1), **measure_runner(settings, day_start_ms)}
         read_token = "bench-r-" + secrets.token_hex(8)
         server = start_analytics(data_dir, read_token)
         period = f"start={day_start.isoformat().replace('+00:00', 'Z')}&stop=" \
@@ -176,11 +242,15 @@ def main() -> int:
             seconds, summary = timed_get(f"{server.url}/v1/analytics/fleet/summary?{period}", read_token)
             timings.append(seconds)
         timings.sort()
+        server.stop()
+        server = None
+        ingest = measure_ingest(data_dir, args.duration)
         result = {
             "benchmark": "analytics_day",
             "machine": harness.machine_info(),
             "pairs": args.pairs,
             "dataset": load,
+            "history": history,
             "runner": runner,
             "performance_report": {
                 "requests_per_s": report["requests_per_s"], "latency_ms": report["latency_ms"],
@@ -192,6 +262,7 @@ def main() -> int:
                 "max_ms": round(1000 * timings[-1], 1),
                 "vehicles": summary["vehicles"],
             },
+            "ingest_lists": ingest,
             "targets": {"performance_p99_ms": 10, "fleet_summary_p99_ms": 100, "one_window_s": 1.0,
                         "normal_run_s": 1.5},
         }
