@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import ingest_lists
 
 from chargewatch.bootstrap import open_reading_store, sqlite_efficiency_stores
 from chargewatch.settings import Settings
@@ -171,12 +172,7 @@ def measure_ingest(data_dir: Path, duration_s: float) -> dict[str, Any]:
     """Lists of 1,000 new meter readings into the same store (8 connections, as ingest_lists.py)."""
     server = harness.start_chargewatch(data_dir)
     try:
-        script = harness.lua_script("ingest_list", data_dir)
-        wrk_args = [harness.run_tag(), server.write_token, "1000"]
-        harness.run_wrk(server.url + "/v1/ingest", script, duration_s=2, connections=8, timeout_s=30,
-                        args=wrk_args, server=server)  # warm-up
-        run = harness.run_wrk(server.url + "/v1/ingest", script, duration_s=duration_s, connections=8,
-                              timeout_s=30, args=wrk_args, server=server)
+        run = ingest_lists.post_lists(server, data_dir, "json", size=1000, duration_s=duration_s)[-1]
     finally:
         server.stop()
     return {"readings_per_s": round(run.requests_per_s * 1000, 1), "errors": run.error_count,

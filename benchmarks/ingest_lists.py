@@ -93,22 +93,26 @@ def raw_sqlite_rate(db_path: Path, *, duration_s: float, size: int, synchronous:
     }
 
 
+def post_lists(server: harness.Server, data_dir: Path, body_format: str, *, size: int, connections: int = 8,
+               wrk_threads: int = 2, warmup_s: float = 2, duration_s: float) -> list[harness.WrkResult]:
+    """wrk posting bodies of ``size`` new readings: the warm-up run (if any), then the measured one."""
+    scenario, path, _ = FORMATS[body_format]
+    script = harness.lua_script(scenario, data_dir)
+    return [harness.run_wrk(server.url + path, script, duration_s=seconds, connections=connections,
+                            threads=wrk_threads, timeout_s=30,
+                            args=[harness.run_tag(), server.write_token, str(size)], server=server)
+            for seconds in ([warmup_s] if warmup_s > 0 else []) + [duration_s]]
+
+
 def server_rate(args, repeat: int) -> dict[str, Any]:
     data_dir = harness.make_data_dir(f"lists-{repeat}")
     server = None
     try:
         server = harness.start_chargewatch(data_dir, workers=args.workers, threads=args.threads,
                                            synchronous=args.synchronous, source_dir=args.source)
-        scenario, path, _ = FORMATS[args.format]
-        script = harness.lua_script(scenario, data_dir)
-        answered = 0
-        runs = []
-        for seconds in ([args.warmup] if args.warmup > 0 else []) + [args.duration]:
-            runs.append(harness.run_wrk(
-                server.url + path, script, duration_s=seconds, connections=args.connections,
-                threads=args.wrk_threads, timeout_s=30,
-                args=[harness.run_tag(), server.write_token, str(args.size)], server=server))
-            answered += runs[-1].requests
+        runs = post_lists(server, data_dir, args.format, size=args.size, connections=args.connections,
+                          wrk_threads=args.wrk_threads, warmup_s=args.warmup, duration_s=args.duration)
+        answered = sum(run.requests for run in runs)
         server.stop()
         stored = harness.count_rows(data_dir / "chargewatch.db", "meter_[0-9]*")
         measured = runs[-1]

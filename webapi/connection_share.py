@@ -55,9 +55,7 @@ class ConnectionShare:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process took the pid
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process took the pid
         return False
     return True
 
