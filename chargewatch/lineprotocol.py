@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 FieldValue = float | int | str | bool
 EncodablePoint = tuple[str, Mapping[str, str | None], Mapping[str, FieldValue | None], int | None]
@@ -72,12 +71,12 @@ _ESCAPED_IN_TAG = re.compile(r"\\([, =])")
 _ESCAPED_IN_STRING = re.compile(r'\\([\\"])')
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(NamedTuple):
     """One parsed line.
 
     ``timestamp_ns`` is nanoseconds since the Unix epoch, or None when the line has no timestamp
-    (InfluxDB uses the receive time). ``text`` is the raw line without its line ending.
+    (InfluxDB uses the receive time). ``text`` is the raw line without its line ending. A named
+    tuple, not a frozen dataclass: one is built for every line, and a tuple costs a third as much.
     """
 
     measurement: str

@@ -63,12 +63,16 @@ def ingest_readings(
 
 # -- line protocol -----------------------------------------------------------------------------
 
-# measurement -> (id tag, {line protocol field: wire field}); docs/readings.md "Storage schema".
-_LINE_SCHEMA: dict[str, tuple[str, str, dict[str, str]]] = {
-    "meter": ("meter_id", "meterId", {"kwh_consumed_ac": "kwhConsumedAc", "voltage": "voltage"}),
-    "vehicle": ("vehicle_id", "vehicleId",
-                {"soc": "soc", "kwh_delivered_dc": "kwhDeliveredDc", "battery_temp": "batteryTemp"}),
-}
+# Line protocol names its tags and fields as the models name their attributes (docs/readings.md,
+# "Storage schema"), and the models take those names as well as the wire's camelCase: a line's
+# fields go to pydantic as they are, with the id from its tag. measurement -> (id tag, value
+# fields, {wire name: line protocol name} for naming failures).
+def _line_schema(model: type[MeterReading | VehicleReading], id_tag: str) -> tuple[str, frozenset[str], dict[str, str]]:
+    names = {field.alias or name: name for name, field in model.model_fields.items()}
+    return id_tag, frozenset(names.values()) - {id_tag, "timestamp"}, names
+
+
+_LINE_SCHEMA = {"meter": _line_schema(MeterReading, "meter_id"), "vehicle": _line_schema(VehicleReading, "vehicle_id")}
 _LINE_ADAPTERS: dict[str, TypeAdapter[MeterReading] | TypeAdapter[VehicleReading]] = {
     "meter": TypeAdapter(MeterReading), "vehicle": TypeAdapter(VehicleReading)}
 _LINES_ADAPTER: TypeAdapter[list[AnyReading]] = TypeAdapter(list[Reading])
@@ -99,6 +103,7 @@ def readings_from_line_protocol(
     ]
     items: list[dict[str, object]] = []
     known: list[lineprotocol.Line] = []
+    moments: dict[int, datetime] = {}  # a gateway's batch shares a few timestamps
     for line in lines:
         schema = _LINE_SCHEMA.get(line.measurement)
         if schema is None:
@@ -106,14 +111,18 @@ def readings_from_line_protocol(
                 "measurement", f"unknown measurement {line.measurement!r}; expected meter or vehicle",
                 "unknown_measurement"),)))
             continue
-        id_tag, id_field, field_names = schema
-        item: dict[str, object] = {id_field: line.tags.get(id_tag)}
-        for lp_name, wire_name in field_names.items():
-            if lp_name in line.fields:
-                item[wire_name] = line.fields[lp_name]
-        if line.timestamp_ns is not None:
+        id_tag, value_fields, _ = schema
+        fields = line.fields
+        # Fields the models do not take are ignored; a field named like the id tag or "timestamp" too.
+        item: dict[str, object] = (
+            {**fields} if fields.keys() <= value_fields else {k: v for k, v in fields.items() if k in value_fields})
+        item[id_tag] = line.tags.get(id_tag)
+        if (timestamp_ns := line.timestamp_ns) is not None:
             # A datetime, not text: the rules take one from Python callers, and it is already UTC.
-            item["timestamp"] = _EPOCH + timedelta(microseconds=line.timestamp_ns // 1000)
+            moment = moments.get(timestamp_ns)
+            if moment is None:
+                moment = moments[timestamp_ns] = _EPOCH + timedelta(microseconds=timestamp_ns // 1000)
+            item["timestamp"] = moment
         items.append(item)
         known.append(line)
     context = rules.context()
@@ -124,11 +133,10 @@ def readings_from_line_protocol(
     except ValidationError:
         readings = []
         for line, item in zip(known, items, strict=True):
-            id_tag, id_field, field_names = _LINE_SCHEMA[line.measurement]
             try:
                 readings.append(_LINE_ADAPTERS[line.measurement].validate_python(item, context=context))
             except ValidationError as err:
-                wire_to_lp = {wire: lp for lp, wire in field_names.items()} | {id_field: id_tag}
+                wire_to_lp = _LINE_SCHEMA[line.measurement][2]
                 errors = tuple(
                     FieldError(wire_to_lp.get(e.field, e.field), e.message, e.type) for e in describe_errors(err)
                 )

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from chargewatch.pairing import PairingInterval, PairingRule, Pairings
-from chargewatch.readings import ReadingRules, to_wire, validate_batch
+from chargewatch.readings import MeterReading, ReadingRules, to_wire, validate_batch
 from chargewatch.stores.memory import InMemoryReadingStore
 from ingest.service import ingest_readings, readings_from_line_protocol
 
@@ -142,6 +142,24 @@ def test_a_pairing_tag_in_line_protocol_is_ignored_for_the_registry_s_pairing(st
     assert rejections == []
     state = store.current("meter", "METER_001")
     assert state is not None and (state.time_ms, state.vehicle_id) == (_ms(reading_time), "VEHICLE_001")
+
+
+def test_fields_the_models_do_not_take_are_ignored_even_when_named_like_a_reading_s_attributes(
+        reading_time, rules) -> None:
+    ns = _ms(reading_time) * 1_000_000
+    extras = 'meter_id="METER_999",timestamp="2026-01-01T00:00:00Z",kwhConsumedAc=9.0,phase=1i'
+    body = "\n".join([
+        f"meter,meter_id=METER_001 kwh_consumed_ac=1.2,voltage=231,{extras} {ns}",
+        f"meter,meter_id=METER_002 kwh_consumed_ac=1.3,voltage=232,{extras}",
+        f'meter kwh_consumed_ac=1.4,voltage=233,meter_id="METER_003" {ns}',
+    ])
+    readings, rejections = readings_from_line_protocol(body, "ns", rules)
+
+    meters = [r for r in readings if isinstance(r, MeterReading)]
+    assert len(meters) == len(readings)
+    assert [(r.meter_id, r.kwh_consumed_ac, r.voltage, r.timestamp) for r in meters] == [
+        ("METER_001", 1.2, 231, reading_time), ("METER_002", 1.3, 232, rules.now)]
+    assert [(r.line, [(e.field, e.type) for e in r.errors]) for r in rejections] == [(3, [("meter_id", "string_type")])]
 
 
 def test_a_line_without_a_timestamp_takes_the_receive_time(store, rules) -> None:
