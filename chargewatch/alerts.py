@@ -98,8 +98,8 @@ def _merged(windows: Iterable[EfficiencyWindow]) -> dict[int, EfficiencyWindow]:
     by_stop: dict[int, EfficiencyWindow] = {}
     for w in windows:
         seen = by_stop.get(w.stop_ms)
-        by_stop[w.stop_ms] = w if seen is None else replace(
-            seen, ac_kwh=seen.ac_kwh + w.ac_kwh, dc_kwh=seen.dc_kwh + w.dc_kwh,
+        by_stop[w.stop_ms] = w if seen is None else seen._replace(
+            ac_kwh=seen.ac_kwh + w.ac_kwh, dc_kwh=seen.dc_kwh + w.dc_kwh,
             ac_readings=seen.ac_readings + w.ac_readings, dc_readings=seen.dc_readings + w.dc_readings,
             meter_id=w.meter_id or seen.meter_id)
     return by_stop
@@ -141,7 +141,7 @@ def _measured_span(by_stop: dict[int, EfficiencyWindow], stop_ms: int, window_ms
     return [by_stop[s] for s in range(first, stop_ms + 1, window_ms) if s in by_stop]
 
 
-def _ratio(span: list[EfficiencyWindow], policy: AlertPolicy) -> tuple[float | None, float, float]:
+def _ratio(span: list[EfficiencyWindow], min_span_energy_kwh: float) -> tuple[float | None, float, float]:
     # Readings lost in transit are made up for window by window, on the DC side: where a window's
     # DC holds fewer readings than its AC, each missing one is worth that window's DC per reading
     # (added); where it holds more (an AC reading lost), as much is taken off. A span-wide mean
@@ -165,7 +165,7 @@ def _ratio(span: list[EfficiencyWindow], policy: AlertPolicy) -> tuple[float | N
         ratio = (math.fsum(w.dc_kwh for w in with_dc) + math.fsum(made_up)) / with_dc_ac if with_dc_ac else 0.0
         made_up.append(without_dc_ac * ratio)
     dc = max(dc + math.fsum(made_up), 0.0)
-    return (dc / ac if span and ac >= policy.min_span_energy_kwh else None), ac, dc
+    return (dc / ac if span and ac >= min_span_energy_kwh else None), ac, dc
 
 
 def edge_shift_kwh(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWindow], stop_ms: int,
@@ -219,7 +219,7 @@ def edge_shift_kwh(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWi
 def _range(span: list[EfficiencyWindow], by_stop: dict[int, EfficiencyWindow], stop_ms: int, window_ms: int,
            policy: AlertPolicy) -> tuple[float | None, tuple[float, float] | None, float, float]:
     """``_ratio``'s efficiency, the range the span's edges allow it, and the sums."""
-    efficiency, ac, dc = _ratio(span, policy)
+    efficiency, ac, dc = _ratio(span, policy.min_span_energy_kwh)
     if efficiency is None:
         return None, None, ac, dc
     shift = edge_shift_kwh(span, by_stop, stop_ms, window_ms, policy)
@@ -238,7 +238,7 @@ def span_verdict(vehicle_id: str, windows: list[EfficiencyWindow], stop_ms: int,
     fast_efficiency, fast_range = _range(fast, by_stop, stop_ms, window_ms, policy)[:2] \
         if span and span[-1].stop_ms == stop_ms else (None, None)
     early = _measured_span(by_stop, stop_ms, window_ms, policy, False)
-    early_efficiency = _ratio(early, replace(policy, min_span_energy_kwh=policy.active_kwh))[0]
+    early_efficiency = _ratio(early, policy.active_kwh)[0]
     return SpanVerdict(vehicle_id, meter_id, efficiency, ac, dc, fast_efficiency, early_efficiency,
                        efficiency_range, fast_range)
 

@@ -35,4 +35,4 @@ def expected_windows() -> list[EfficiencyWindow]:
 
 
 def as_dicts(windows: list[EfficiencyWindow]) -> list[dict[str, Any]]:
-    return [vars(w) for w in windows]
+    return [w._asdict() for w in windows]

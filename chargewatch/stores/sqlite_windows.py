@@ -52,8 +52,11 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
 ]
 
-_WINDOW_COLUMNS = ("vehicle_id, meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp, "
-                   "efficiency")
+# A window's row as EfficiencyWindow's fields. meter_id is stored as "" where no meter fed the
+# window (a key column cannot be NULL) and read back as None; the expression is left unnamed, so
+# that ORDER BY meter_id still names the column (and follows the index's order).
+_WINDOW_COLUMNS = ("vehicle_id, nullif(meter_id, ''), stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, "
+                   "avg_battery_temp, efficiency")
 
 
 class _FSum:
@@ -68,11 +71,6 @@ class _FSum:
 
     def finalize(self) -> float:
         return math.fsum(self.parts)
-
-
-def _window(row: Sequence[Any]) -> EfficiencyWindow:
-    vehicle_id, meter_id, *rest = row
-    return EfficiencyWindow(vehicle_id, meter_id or None, *rest)
 
 
 _SUM_COLUMNS = "meter_id, stop_ms, ac_kwh, dc_kwh, ac_readings, dc_readings, avg_battery_temp"
@@ -254,7 +252,7 @@ class SqliteWindowStore:
                 f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle "
                 "WHERE window_ms = ? AND vehicle_id = ? AND stop_ms > ? AND stop_ms <= ? ORDER BY stop_ms, meter_id",
                 (window_ms, vehicle_id, start_ms, end_ms))
-        return [_window(row) for row in rows]
+        return list(map(EfficiencyWindow._make, rows))
 
     def windows_of(self, window_ms: int, start_ms: int, end_ms: int, vehicle_ids: Sequence[str]
                    ) -> list[EfficiencyWindow]:
@@ -262,10 +260,10 @@ class SqliteWindowStore:
         result: list[EfficiencyWindow] = []
         for first in range(0, len(vehicle_ids), 500):  # SQLite caps the number of bound parameters
             chunk = vehicle_ids[first:first + 500]
-            result.extend(_window(row) for row in self.database.read(
+            result.extend(map(EfficiencyWindow._make, self.database.read(
                 f"SELECT {_WINDOW_COLUMNS} FROM efficiency INDEXED BY efficiency_vehicle WHERE window_ms = ? "
                 f"AND vehicle_id IN ({', '.join('?' * len(chunk))}) AND stop_ms > ? AND stop_ms <= ? "
-                "ORDER BY vehicle_id, stop_ms, meter_id", (window_ms, *chunk, start_ms, end_ms)))
+                "ORDER BY vehicle_id, stop_ms, meter_id", (window_ms, *chunk, start_ms, end_ms))))
         return result
 
     def charging_windows(self, window_ms: int, start_ms: int, end_ms: int, active_since_ms: int, active_kwh: float
@@ -279,7 +277,7 @@ class SqliteWindowStore:
             "AND stop_ms <= :hi GROUP BY vehicle_id, stop_ms HAVING total(ac_kwh) >= :kwh OR total(dc_kwh) >= :kwh) "
             "ORDER BY stop_ms, vehicle_id, meter_id",
             {"w": window_ms, "lo": start_ms, "hi": end_ms, "since": active_since_ms, "kwh": active_kwh - 1e-9})
-        return [_window(row) for row in rows]
+        return list(map(EfficiencyWindow._make, rows))
 
     def vehicle_window_sums(self, window_ms: int, vehicle_id: str, start_ms: int, end_ms: int) -> dict[str, Any]:
         """:func:`window_sums` of one vehicle's windows with stop in (start_ms, end_ms]."""

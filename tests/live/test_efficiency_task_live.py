@@ -95,7 +95,7 @@ def assert_same_windows(actual: list[EfficiencyWindow], expected: list[Efficienc
     key = lambda w: (w.stop_ms, w.vehicle_id, w.meter_id or "")  # noqa: E731
     assert [key(w) for w in actual] == [key(w) for w in sorted(expected, key=key)]
     for got, want in zip(actual, sorted(expected, key=key), strict=True):
-        for name, want_value in vars(want).items():
+        for name, want_value in want._asdict().items():
             got_value = getattr(got, name)
             if isinstance(want_value, float) and got_value is not None:
                 assert math.isclose(got_value, want_value, rel_tol=REL_TOLERANCE, abs_tol=1e-12), (name, got, want)
