@@ -243,12 +243,15 @@ READING_KINDS: dict[str, type[_Reading]] = {"meter": MeterReading, "vehicle": Ve
 
 
 def _reading_kind(value: Any) -> str | None:
-    if isinstance(value, BaseModel):
-        return getattr(value, "kind", None)
-    if not isinstance(value, dict):
-        return None
-    has_meter, has_vehicle = "meterId" in value or "meter_id" in value, "vehicleId" in value or "vehicle_id" in value
-    if has_meter == has_vehicle:
+    # Called for every item of a list: a plain dict, what JSON and line protocol give, is tested
+    # first (isinstance of BaseModel costs as much as the rest of the call).
+    if type(value) is not dict:
+        if isinstance(value, BaseModel):
+            return getattr(value, "kind", None)
+        if not isinstance(value, dict):
+            return None
+    has_meter = "meterId" in value or "meter_id" in value
+    if has_meter == ("vehicleId" in value or "vehicle_id" in value):
         return None
     return "meter" if has_meter else "vehicle"
 

@@ -115,7 +115,7 @@ def readings_from_line_protocol(
         fields = line.fields
         # Fields the models do not take are ignored; a field named like the id tag or "timestamp" too.
         item: dict[str, object] = (
-            {**fields} if fields.keys() <= value_fields else {k: v for k, v in fields.items() if k in value_fields})
+            {**fields} if value_fields.issuperset(fields) else {k: v for k, v in fields.items() if k in value_fields})
         item[id_tag] = line.tags.get(id_tag)
         if (timestamp_ns := line.timestamp_ns) is not None:
             # A datetime, not text: the rules take one from Python callers, and it is already UTC.
