@@ -17,7 +17,10 @@ measured one are copies of it, shifted, written in minutes rather than computed 
 
 The dataset is written straight into the store's day tables (as the issue allows, so it loads in
 minutes): every pair reports every minute, charging two hours in six at a power and efficiency
-drawn from its number, each device's clock offset within +-30 s.
+drawn from its number, each device's clock offset within +-30 s. ``--keep-data`` keeps it and
+``--reuse DIR`` measures again on it, without the load and the catch-up (the measured day is the
+newest one there). The figures in-process (the runner's) come from the chargewatch on
+``PYTHONPATH``, as do the servers, so ``PYTHONPATH=/tmp/before`` measures another checkout.
 """
 
 from __future__ import annotations
@@ -129,6 +132,19 @@ def copy_history(settings: Settings, day_start_ms: int, days: int) -> dict[str, 
             "database_gb": round(settings.sqlite_path.stat().st_size / 1e9, 2)}
 
 
+def newest_day_ms(settings: Settings) -> int:
+    """The start of the newest day a kept dataset holds windows of (the day it measured; its ingest
+    phase adds readings of today, without windows)."""
+    conn = sqlite3.connect(f"file:{settings.sqlite_path}?mode=ro", uri=True)
+    try:
+        (newest_stop_ms,), = conn.execute("SELECT max(stop_ms) FROM efficiency").fetchall()
+    finally:
+        conn.close()
+    if newest_stop_ms is None:
+        raise SystemExit(f"{settings.sqlite_path} holds no windows: not a dataset kept by --keep-data")
+    return (newest_stop_ms - 1) // MS_PER_DAY * MS_PER_DAY
+
+
 def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
     store = open_reading_store(settings)
     efficiency = sqlite_efficiency_stores(store.database)
@@ -156,6 +172,17 @@ def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
         marked = len(marks)
         report = runner.run_once(day_end_ms + settings.efficiency.offset_seconds * 1000)
         runs.append(report.duration_s)
+    # Two parts of a run alone: the live alert verdicts at the newest stop (every vehicle charging in
+    # the span), and the day of windows a replay of 600 vehicles reads.
+    verdicts, history = [], []
+    replayed = late.sample(vehicle_ids, min(600, len(vehicle_ids)))
+    for _ in range(5):
+        t = time.perf_counter()
+        judged = len(runner.verdicts_at(day_end_ms))
+        verdicts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        runner.history(day_start_ms, day_end_ms, replayed)
+        history.append(time.perf_counter() - t)
     (windows,), = store.read("SELECT count(*) FROM efficiency")
     store.close()
     return {
@@ -165,6 +192,10 @@ def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
         "normal_run_seconds_median": round(statistics.median(runs), 3),
         "normal_run_seconds_runs": [round(x, 3) for x in runs],
         "normal_run_recomputes": f"the newest window for every vehicle + {marked} (window, vehicle) marks",
+        "alert_verdicts_seconds_median": round(statistics.median(verdicts), 3),
+        "alert_verdicts_vehicles": judged,
+        "replay_history_seconds_median": round(statistics.median(history), 3),
+        "replay_history_vehicles": len(replayed),
     }
 
 
@@ -209,19 +240,30 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=1,
                         help="days retained, the measured day the newest; the others are copies of it (default "
                              "%(default)s; growth: run with 1, 10, 30 and compare)")
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="measure on the dataset an earlier run kept (--keep-data) in DIR: no load, no catch-up")
     args = parser.parse_args()
-    data_dir = harness.make_data_dir("analytics")
-    day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
-    day_start_ms = int(day_start.timestamp() * 1000)
+    data_dir = args.reuse or harness.make_data_dir("analytics")
     settings = Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
+    if args.reuse:
+        day_start_ms = newest_day_ms(settings)
+    else:
+        day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+        day_start_ms = int(day_start.timestamp() * 1000)
+    day_start = datetime.fromtimestamp(day_start_ms / 1000, timezone.utc)
     server = None
     try:
-        print(f"loading {args.pairs} pairs x 1440 minutes x 2 ...", file=sys.stderr)
-        load = load_day(settings, args.pairs, day_start_ms)
-        print("computing windows ...", file=sys.stderr)
-        day_catch_up = catch_up(settings, day_start_ms)
-        history = copy_history(settings, day_start_ms, args.days) if args.days > 1 else {"days": 1}
-        runner = {"day_catch_up_seconds": round(day_catch_up, 1), **measure_runner(settings, day_start_ms)}
+        if args.reuse:
+            load: dict[str, Any] = {"reused": str(args.reuse)}
+            history: dict[str, Any] = {"days": "as kept"}
+            runner = measure_runner(settings, day_start_ms)
+        else:
+            print(f"loading {args.pairs} pairs x 1440 minutes x 2 ...", file=sys.stderr)
+            load = load_day(settings, args.pairs, day_start_ms)
+            print("computing windows ...", file=sys.stderr)
+            day_catch_up = catch_up(settings, day_start_ms)
+            history = copy_history(settings, day_start_ms, args.days) if args.days > 1 else {"days": 1}
+            runner = {"day_catch_up_seconds": round(day_catch_up, 1), **measure_runner(settings, day_start_ms)}
         read_token = "bench-r-" + secrets.token_hex(8)
         server = start_analytics(data_dir, read_token)
         period = f"start={day_start.isoformat().replace('+00:00', 'Z')}&stop=" \
@@ -266,7 +308,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
-        harness.remove_data_dir(data_dir, args.keep_data)
+        harness.remove_data_dir(data_dir, args.keep_data or args.reuse is not None)
     return 0
 
 
