@@ -245,11 +245,8 @@ def main() -> int:
     args = parser.parse_args()
     data_dir = args.reuse or harness.make_data_dir("analytics")
     settings = Settings(data_dir=data_dir, sqlite={"synchronous": "normal"})
-    if args.reuse:
-        day_start_ms = newest_day_ms(settings)
-    else:
-        day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
-        day_start_ms = int(day_start.timestamp() * 1000)
+    # The newest day a kept dataset measured, or yesterday (UTC).
+    day_start_ms = newest_day_ms(settings) if args.reuse else (int(time.time() * 1000) // MS_PER_DAY - 1) * MS_PER_DAY
     day_start = datetime.fromtimestamp(day_start_ms / 1000, timezone.utc)
     server = None
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -63,13 +64,20 @@ def ingest_readings(
 
 # -- line protocol -----------------------------------------------------------------------------
 
-# Line protocol names its tags and fields as the models name their attributes (docs/readings.md,
-# "Storage schema"), and the models take those names as well as the wire's camelCase: a line's
-# fields go to pydantic as they are, with the id from its tag. measurement -> (id tag, value
-# fields, {wire name: line protocol name} for naming failures).
-def _line_schema(model: type[MeterReading | VehicleReading], id_tag: str) -> tuple[str, frozenset[str], dict[str, str]]:
+class _LineSchema(NamedTuple):
+    """How a measurement's lines become readings: line protocol names its tags and fields as the
+    models name their attributes (docs/readings.md, "Storage schema"), and the models take those
+    names as well as the wire's camelCase, so a line's fields go to pydantic as they are, with the
+    id from its tag."""
+
+    id_tag: str
+    value_fields: frozenset[str]  # what a line's fields may carry; any other field is ignored
+    line_names: dict[str, str]  # wire name -> line protocol name, for naming failures
+
+
+def _line_schema(model: type[MeterReading | VehicleReading], id_tag: str) -> _LineSchema:
     names = {field.alias or name: name for name, field in model.model_fields.items()}
-    return id_tag, frozenset(names.values()) - {id_tag, "timestamp"}, names
+    return _LineSchema(id_tag, frozenset(names.values()) - {id_tag, "timestamp"}, names)
 
 
 _LINE_SCHEMA = {"meter": _line_schema(MeterReading, "meter_id"), "vehicle": _line_schema(VehicleReading, "vehicle_id")}
@@ -111,7 +119,7 @@ def readings_from_line_protocol(
                 "measurement", f"unknown measurement {line.measurement!r}; expected meter or vehicle",
                 "unknown_measurement"),)))
             continue
-        id_tag, value_fields, _ = schema
+        id_tag, value_fields = schema.id_tag, schema.value_fields
         fields = line.fields
         # Fields the models do not take are ignored; a field named like the id tag or "timestamp" too.
         item: dict[str, object] = (
@@ -136,7 +144,7 @@ def readings_from_line_protocol(
             try:
                 readings.append(_LINE_ADAPTERS[line.measurement].validate_python(item, context=context))
             except ValidationError as err:
-                wire_to_lp = _LINE_SCHEMA[line.measurement][2]
+                wire_to_lp = _LINE_SCHEMA[line.measurement].line_names
                 errors = tuple(
                     FieldError(wire_to_lp.get(e.field, e.field), e.message, e.type) for e in describe_errors(err)
                 )
