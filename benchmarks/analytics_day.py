@@ -199,9 +199,17 @@ def measure_runner(settings: Settings, day_start_ms: int) -> dict[str, Any]:
     }
 
 
+def _source_dir() -> Path | None:
+    """The checkout on ``PYTHONPATH``, whose chargewatch the servers run too: ``python -m`` puts its
+    working directory first on the path, so they start there (else the checkout they were started
+    from would win)."""
+    first = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
+    return Path(first).resolve() if first else None
+
+
 def measure_ingest(data_dir: Path, duration_s: float) -> dict[str, Any]:
     """Lists of 1,000 new meter readings into the same store (8 connections, as ingest_lists.py)."""
-    server = harness.start_chargewatch(data_dir)
+    server = harness.start_chargewatch(data_dir, source_dir=_source_dir())
     try:
         run = ingest_lists.post_lists(server, data_dir, "json", size=1000, duration_s=duration_s)[-1]
     finally:
@@ -219,7 +227,8 @@ def start_analytics(data_dir: Path, read_token: str) -> harness.Server:
                 "CHARGEWATCH_AUTH__WRITE_TOKENS": "bench-unused-" + secrets.token_hex(4),
                 "CHARGEWATCH_LOG_LEVEL": "WARNING"})
     log_path = data_dir / "analytics.log"
-    process = harness.spawn([sys.executable, "-m", "chargewatch", "serve", "analytics"], env=env, log_path=log_path)
+    process = harness.spawn([sys.executable, "-m", "chargewatch", "serve", "analytics"], env=env, log_path=log_path,
+                            cwd=_source_dir())
     server = harness.Server("analytics", process, port, log_path, data_dir, "", read_token, {"workers": 2})
     harness.wait_until_answering(server, "/health")
     return server
